@@ -1,0 +1,220 @@
+"""What every FastAPI service shares: request ids, the error table, health routes, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.errors import ArticleforgeError, error_body
+from services.common.logging import request_id_var
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(
+        description="Machine-readable error class.", examples=["invalid_request_error"]
+    )
+    message: str = Field(
+        description="What went wrong, naming the limit that was broken.",
+        examples=["max_new_tokens: Input should be less than or equal to 4096; got 5000"],
+    )
+    param: str | None = Field(
+        default=None, description="The request field at fault, if any.", examples=["max_new_tokens"]
+    )
+    request_id: str | None = Field(
+        default=None, description="Echo of the X-Request-Id header.", examples=["3f2a9c"]
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every articleforge service."""
+
+    error: ErrorDetail = Field(description="The error.")
+
+
+# Pass as `responses=` on routes so that the OpenAPI page documents the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Bad input (the message names the limit).",
+        422: "A field broke its bounds.",
+        429: "Queue full or rate-limited; see Retry-After.",
+        503: "Not ready, or a dependency is down.",
+    }.items()
+}
+
+
+class RequestIdMiddleware:
+    """Takes X-Request-Id from the client (or makes one) and echoes it on every response.
+
+    Plain ASGI rather than BaseHTTPMiddleware, so streaming responses pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", None) or request_id_var.get())
+
+
+def _error_response(
+    request: Request,
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = error_body(type_, message, param, request_id_of(request))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value"))
+    if "input" in first and first.get("type") != "missing":
+        shown = repr(first["input"])
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        message = f"{message}; got {shown}"
+    if param:
+        message = f"{param}: {message}"
+    return _error_response(request, 422, "invalid_request_error", message, param)
+
+
+async def _domain_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ArticleforgeError)
+    return _error_response(request, exc.status_code, exc.type, exc.message, exc.param, exc.headers)
+
+
+async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    types = {404: "not_found_error", 405: "method_not_allowed", 401: "authentication_error"}
+    return _error_response(
+        request,
+        exc.status_code,
+        types.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        None,
+        dict(exc.headers or {}),
+    )
+
+
+async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("request %s: unhandled error", request_id_of(request))
+    return _error_response(request, 500, "internal_error", "internal server error", None)
+
+
+def install_common(app: FastAPI, *, is_ready: Callable[[FastAPI], str | None]) -> None:
+    """Adds the request-id middleware, the error table, /healthz, /readyz and /metrics.
+
+    ``is_ready(app)`` returns None when ready, else the reason it is not (shown in the 503).
+    """
+    app.add_middleware(RequestIdMiddleware)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(ArticleforgeError, _domain_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(Exception, _unhandled_handler)
+
+    health = APIRouter(tags=["health"])
+
+    @health.get("/healthz", summary="Liveness: the process answers.")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @health.get(
+        "/readyz",
+        summary="Readiness: the model is loaded and warmed up.",
+        responses={503: {"model": ErrorResponse, "description": "Still loading, or failed."}},
+    )
+    async def readyz(request: Request) -> Any:
+        reason = is_ready(request.app)
+        if reason is not None:
+            return _error_response(
+                request, 503, "service_unavailable", reason, None, {"Retry-After": "5"}
+            )
+        return {"status": "ready"}
+
+    @health.get("/metrics", summary="Prometheus metrics.", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(health)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(
+    request: Request, work: Awaitable[T], on_disconnect: Callable[[], None]
+) -> T | None:
+    """Awaits ``work``; if the client goes away first, calls ``on_disconnect`` and returns None.
+
+    Starlette does not cancel a plain (non-streaming) handler when its client leaves, so a
+    request that nobody will read would otherwise keep its slot until it finishes.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    on_disconnect()
+    logger.info("request %s: client disconnected, work cancelled", request_id_of(request))
+    return None

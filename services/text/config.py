@@ -1,0 +1,85 @@
+"""Settings of the text service (``ARTICLEFORGE_TEXT_*``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.common.config import CommonSettings
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class TextSettings(CommonSettings):
+    # HF id, local folder, or `tiny` (a small random-weight Llama built offline).
+    text_model: str = "tiny"
+    # PEFT adapter(s): `path`, or `name=path,name2=path2`. A request picks one with `model`.
+    text_adapter: str | None = None
+    # `nf4`: bitsandbytes 4-bit NormalFloat, bf16 compute, no double quantization (seed paper).
+    text_quantization: Literal["none", "nf4"] = "none"
+    # Weights dtype; `auto` is bfloat16 on CUDA and float32 on the CPU.
+    text_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # `auto` picks CUDA when present; otherwise `cpu`, `cuda` or `cuda:N`.
+    text_device: str = "auto"
+    # Merge a single adapter into a 16/32-bit base at load time (free per token). Adapters on
+    # an nf4 base, or several adapters, always stay unmerged.
+    text_merge_adapter: bool = True
+    # Most requests decoded together in one batch.
+    text_max_batch_size: int = Field(default=16, ge=1, le=512)
+    # Most requests admitted at once (running + waiting); beyond it the service answers 429.
+    text_max_queue: int = Field(default=256, ge=1)
+    # How long the engine waits for more requests to join a batch, in milliseconds.
+    text_batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    # Longest prompt accepted, in tokens (also bounded by the model's context window).
+    text_max_input_tokens: int = Field(default=3072, ge=1)
+    # Largest `max_new_tokens` a request may ask for.
+    text_max_new_tokens: int = Field(default=2048, ge=1)
+    # `max_new_tokens` when a request does not say.
+    text_default_max_new_tokens: int = Field(default=512, ge=1)
+    # Name the base model is served under in `/v1/models`; defaults to the model setting.
+    text_served_model_name: str | None = None
+    # Bind address and port of `articleforge serve text`.
+    text_host: str = "127.0.0.1"
+    text_port: int = Field(default=8001, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> TextSettings:
+        if self.text_default_max_new_tokens > self.text_max_new_tokens:
+            raise ValueError(
+                "ARTICLEFORGE_TEXT_DEFAULT_MAX_NEW_TOKENS "
+                f"({self.text_default_max_new_tokens}) is larger than "
+                f"ARTICLEFORGE_TEXT_MAX_NEW_TOKENS ({self.text_max_new_tokens}); lower the "
+                "default or raise the limit"
+            )
+        self.adapters()  # fail at start-up on a malformed adapter list
+        return self
+
+    def adapters(self) -> dict[str, str]:
+        """``{name: path}`` parsed from ``text_adapter``, in the order given."""
+        if not self.text_adapter:
+            return {}
+        found: dict[str, str] = {}
+        for item in (part.strip() for part in self.text_adapter.split(",")):
+            if not item:
+                continue
+            name, sep, path = item.partition("=")
+            if not sep:
+                path = item
+                name = PurePath(item.rstrip("/")).name or "adapter"
+            name, path = name.strip(), path.strip()
+            if not _ADAPTER_NAME.match(name) or not path:
+                raise ValueError(
+                    f"ARTICLEFORGE_TEXT_ADAPTER entry {item!r} is not `path` or `name=path` "
+                    "(names use letters, digits, '.', '_' and '-')"
+                )
+            if name in found:
+                raise ValueError(f"ARTICLEFORGE_TEXT_ADAPTER names {name!r} twice")
+            found[name] = path
+        return found
+
+    @property
+    def base_model_name(self) -> str:
+        return self.text_served_model_name or self.text_model
