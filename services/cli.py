@@ -92,6 +92,9 @@ def generate_text(
     from services.text.loading import load_text_model
     from services.text.schemas import GenerateRequest
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     settings = TextSettings()
     setup_logging("WARNING")
     with console.status(f"loading {settings.text_model} ..."):

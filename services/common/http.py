@@ -82,8 +82,12 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -91,6 +95,13 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug: answer 500 in the error shape (with the id) instead of a bare text page.
+            logger.exception("request %s: unhandled error", request_id)
+            if started:
+                raise
+            body = error_body("internal_error", "internal server error", None, request_id)
+            await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
 
@@ -149,11 +160,6 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("request %s: unhandled error", request_id_of(request))
-    return _error_response(request, 500, "internal_error", "internal server error", None)
-
-
 def install_common(app: FastAPI, *, is_ready: Callable[[FastAPI], str | None]) -> None:
     """Adds the request-id middleware, the error table, /healthz, /readyz and /metrics.
 
@@ -163,7 +169,6 @@ def install_common(app: FastAPI, *, is_ready: Callable[[FastAPI], str | None]) -
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(ArticleforgeError, _domain_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
-    app.add_exception_handler(Exception, _unhandled_handler)
 
     health = APIRouter(tags=["health"])
 

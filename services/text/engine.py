@@ -333,8 +333,8 @@ class TextEngine:
 
         def on_delta(i: int, delta: str) -> None:
             if first_token_at[i] is None:
-                first_token_at[i] = time.monotonic()
-                metrics.TIME_TO_FIRST_TOKEN.observe(first_token_at[i] - handles[i].request.arrival)
+                at = first_token_at[i] = time.monotonic()
+                metrics.TIME_TO_FIRST_TOKEN.observe(at - handles[i].request.arrival)
             metrics.GENERATED_TOKENS.inc()
             if delta:
                 handles[i].push("delta", delta)

@@ -70,7 +70,7 @@ def load_base(settings: TextSettings) -> tuple[Any, Any, torch.device]:
     logger.info("text model %s: loading from %s on %s", settings.text_model, path, device)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if settings.text_quantization != "nf4":
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE

@@ -136,7 +136,7 @@ async def _stream(
             choice: dict[str, Any] = {"index": 0, "delta": content, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-        body = {
+        body: dict[str, Any] = {
             "id": chunk_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
@@ -159,7 +159,7 @@ async def _stream(
         assert result is not None
         yield chunk(None, result.finish_reason)
         if include_usage:
-            last = {
+            last: dict[str, Any] = {
                 "id": chunk_id,
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created,

@@ -1,0 +1,68 @@
+"""Start real `articleforge` processes on free ports and wait until they are ready."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def articleforge_command() -> list[str]:
+    exe = shutil.which("articleforge")
+    return [exe] if exe else [sys.executable, "-m", "services.cli"]
+
+
+@contextmanager
+def running(
+    args: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_url: str | None = None,
+    timeout: float = 120.0,
+    log_path: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs `articleforge <args>`; waits for `ready_url` to answer 200; stops it on exit."""
+    full_env = {**os.environ, **(env or {})}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        articleforge_command() + args, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        if ready_url:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    detail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+                    raise RuntimeError(f"{args} exited with {proc.returncode}\n{detail}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{args} not ready at {ready_url} after {timeout}s")
+                time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
