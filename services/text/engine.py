@@ -29,6 +29,7 @@ from services.common.errors import ArticleforgeError, InvalidRequest, NotFound, 
 from services.text import metrics
 from services.text.config import TextSettings
 from services.text.loading import BASE_ADAPTER, LoadedModel
+from services.text.perplexity import encode_scored, mean_nll
 from services.text.sampling import DecodeState, FinishReason
 from services.text.schemas import MAX_SEED, Prompt, SamplingParams, Usage
 
@@ -247,13 +248,8 @@ class TextEngine:
         name, adapter = self.resolve_model(model)
         sequences = []
         for i, text in enumerate(texts):
-            if contexts is not None:
-                lead = list(self.tokenizer(contexts[i]).input_ids)
-                ids = lead + list(self.tokenizer(text, add_special_tokens=False).input_ids)
-            else:
-                ids = list(self.tokenizer(text).input_ids)
-                lead = ids[:1]
-            if len(ids) <= len(lead):
+            ids, lead = encode_scored(self.tokenizer, text, contexts[i] if contexts else None)
+            if len(ids) <= lead:
                 raise InvalidRequest(f"texts[{i}] has no tokens to score", param=f"texts.{i}")
             if len(ids) > self.loaded.context_window:
                 raise InvalidRequest(
@@ -261,7 +257,7 @@ class TextEngine:
                     f"context window is {self.loaded.context_window} tokens",
                     param=f"texts.{i}",
                 )
-            sequences.append((ids, len(lead)))
+            sequences.append((ids, lead))
         return name, _PerplexityJob(adapter, sequences)
 
     async def perplexity(self, job: _PerplexityJob) -> list[tuple[float, int]]:
@@ -457,13 +453,8 @@ class TextEngine:
                 extra: dict[str, Any] = {}
                 if self.loaded.unmerged_adapters:
                     extra["adapter_names"] = [job.adapter]
-                tensor = torch.tensor([ids], device=self.loaded.device)
-                logits = model(input_ids=tensor, **extra).logits[0, :-1].float()
-                targets = tensor[0, 1:]
-                nll = torch.nn.functional.cross_entropy(
-                    logits[lead - 1 :], targets[lead - 1 :], reduction="mean"
-                )
-                results.append((float(nll), len(ids) - lead))
+                nll = mean_nll(model, ids, lead, self.loaded.device, **extra)
+                results.append((nll, len(ids) - lead))
             job.future.set_result(results)
         except Exception as exc:
             logger.exception("perplexity job failed")
