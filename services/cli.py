@@ -27,6 +27,22 @@ class Service(StrEnum):
     gateway = "gateway"
 
 
+def quiet_libraries() -> None:
+    """Keeps library progress bars and notices off a CLI user's terminal."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+
+    from services.common.logging import setup_logging
+
+    setup_logging("WARNING")
+    for lib in (hf_logging, diffusers_logging):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 @app.command()
 def serve(
     service: Annotated[Service, typer.Argument(help="Which service to run.")],
@@ -55,9 +71,148 @@ def serve(
         application = create_image_app(image_settings)
         bind = (host or image_settings.image_host, port or image_settings.image_port)
     else:
-        console.print("[red]the gateway is not built yet[/red]")
-        raise typer.Exit(2)
+        from services.gateway.app import create_app as create_gateway_app
+        from services.gateway.config import GatewaySettings
+
+        gateway_settings = GatewaySettings()
+        setup_logging(gateway_settings.log_level)
+        application = create_gateway_app(gateway_settings)
+        bind = (host or gateway_settings.gateway_host, port or gateway_settings.gateway_port)
     uvicorn.run(application, host=bind[0], port=bind[1], log_config=None, access_log=False)
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated RQ queues, in priority order.")
+    ] = "articles,images",
+    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
+    name: Annotated[str | None, typer.Option(help="Worker name (default: random).")] = None,
+) -> None:
+    """Run an RQ worker for the article pipeline (it never loads a model)."""
+    from rq import Queue, Worker
+
+    from services.common.logging import setup_logging
+    from services.gateway.jobs import redis_connection, settings
+
+    config = settings()
+    setup_logging(config.log_level)
+    connection = redis_connection(config)
+    try:
+        connection.ping()
+    except Exception as exc:
+        console.print(f"[red]no Redis at {config.redis_url}: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    config.resolved_webhook_secret()
+    worker_queues = [Queue(q.strip(), connection=connection) for q in queues.split(",") if q]
+    Worker(worker_queues, connection=connection, name=name).work(
+        burst=burst, with_scheduler=True, logging_level=config.log_level
+    )
+
+
+@app.command()
+def generate(
+    topic: Annotated[str, typer.Argument(help="What the article is about.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("article"),
+    images: Annotated[int, typer.Option(help="Images (first is featured).", min=0, max=8)] = 1,
+    sections: Annotated[int, typer.Option(help="Body sections.", min=1, max=12)] = 3,
+    words: Annotated[int, typer.Option(help="Target length in words.", min=100, max=4000)] = 400,
+    audience: Annotated[str | None, typer.Option(help="Who reads it.")] = None,
+    tone: Annotated[str | None, typer.Option(help="How it sounds.")] = None,
+    style: Annotated[str | None, typer.Option(help="Image style, appended to prompts.")] = None,
+    size: Annotated[
+        str | None, typer.Option(help="Image size, WIDTHxHEIGHT (default: the model's own).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.", min=1, max=150)] = 25,
+    seed: Annotated[int | None, typer.Option(help="Seed for text and images.")] = None,
+    image_prompt: Annotated[
+        list[str] | None, typer.Option(help="Image prompt by hand (repeat, one per image).")
+    ] = None,
+) -> None:
+    """Write and illustrate an article in this process (no servers, no Redis)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from services.gateway.generate import run_pipeline
+    from services.gateway.local import LocalImage, LocalText
+    from services.gateway.schemas import ArticleRequest
+    from services.image.config import ImageSettings
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+    from services.text.config import TextSettings
+    from services.text.engine import TextEngine
+    from services.text.loading import load_text_model
+
+    quiet_libraries()
+    try:
+        request = ArticleRequest.model_validate(
+            {
+                "topic": topic,
+                "audience": audience,
+                "tone": tone,
+                "sections": sections,
+                "target_words": words,
+                "text": {"seed": seed},
+                "images": {
+                    "count": images,
+                    "size": size,
+                    "steps": steps,
+                    "style": style,
+                    "seed": seed,
+                },
+                "image_prompts": image_prompt or None,
+            }
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        console.print(f"[red]{where}: {first['msg']}[/red]")
+        raise typer.Exit(2) from exc
+
+    text_settings, image_settings = TextSettings(), ImageSettings()
+    with console.status(f"loading {text_settings.text_model} and {image_settings.image_model}"):
+        text_engine = TextEngine(text_settings, load_text_model(text_settings))
+        text_engine.start()
+        image_engine = None
+        if images:
+            image_engine = ImageEngine(image_settings, load_image_pipeline(image_settings))
+            image_engine.start()
+
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as bar:
+            tasks: dict[str, object] = {}
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)  # type: ignore[arg-type]
+
+            article = asyncio.run(
+                run_pipeline(
+                    request,
+                    LocalText(text_engine),
+                    LocalImage(image_engine) if image_engine else None,
+                    out,
+                    on_progress,
+                )
+            )
+    finally:
+        text_engine.shutdown()
+        if image_engine is not None:
+            image_engine.shutdown()
+    console.print(
+        f"[bold]{article.title}[/bold]: {article.word_count} words, {len(article.images)} images"
+    )
+    for name in ("article.json", "article.md", "article.html"):
+        print(out / name)
+    for ref in article.images:
+        print(out / ref.url)
 
 
 @models_app.command("tiny")
@@ -86,17 +241,13 @@ def generate_text(
     seed: Annotated[int | None, typer.Option(help="Fix the sampling seed.")] = None,
 ) -> None:
     """Write an article's text in this process (no server), streaming it to stdout."""
-    from services.common.logging import setup_logging
     from services.text.config import TextSettings
     from services.text.engine import TextEngine
     from services.text.loading import load_text_model
     from services.text.schemas import GenerateRequest
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     settings = TextSettings()
-    setup_logging("WARNING")
     with console.status(f"loading {settings.text_model} ..."):
         engine = TextEngine(settings, load_text_model(settings))
         engine.start()

@@ -1,0 +1,57 @@
+"""Bearer-key auth (constant-time compare) and the per-key rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.common.errors import Overloaded, Unauthorized
+from services.gateway.deps import SettingsDep, StoreDep
+
+ANONYMOUS = "anonymous"
+
+
+def key_scope(key: str) -> str:
+    """A short, stable id for a key: used in Redis names and logs instead of the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def authenticate(request: Request, settings: SettingsDep) -> str:
+    keys = settings.keys()
+    if not keys:
+        return ANONYMOUS
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized(
+            "missing `Authorization: Bearer <key>` header", headers={"WWW-Authenticate": "Bearer"}
+        )
+    # Compare against every key, always, so timing says nothing about which one nearly matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    if not matched:
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return key_scope(given)
+
+
+KeyDep = Annotated[str, Depends(authenticate)]
+
+
+def rate_limited(scope: KeyDep, settings: SettingsDep, store: StoreDep) -> str:
+    limit = settings.rate_limit_per_minute
+    if limit:
+        wait = store.hit_rate_limit(scope, limit)
+        if wait is not None:
+            raise Overloaded(
+                f"rate limit of {limit} articles per minute reached for this key "
+                "(ARTICLEFORGE_RATE_LIMIT_PER_MINUTE)",
+                retry_after=wait,
+            )
+    return scope
+
+
+RateLimitedKeyDep = Annotated[str, Depends(rate_limited)]

@@ -1,0 +1,95 @@
+"""Settings of the gateway and the workers (they share one class: workers run its jobs)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import time
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from services.common.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    # The queue and status store.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Where the gateway and workers reach the two model services.
+    text_url: str = "http://127.0.0.1:8001"
+    image_url: str = "http://127.0.0.1:8002"
+    # Articles (JSON) and images (PNG) on disk; survives a Redis restart.
+    data_dir: Path = Path("./data")
+    # Comma-separated Bearer keys; empty turns auth off (the gateway warns at start-up).
+    api_keys: str = ""
+    # `whsec_...` secret for signing webhooks; generated at first start and kept in DATA_DIR.
+    webhook_secret: str | None = None
+    # Allow webhook URLs that resolve to private, loopback or link-local addresses.
+    webhook_allow_private: bool = False
+    # Seconds between webhook delivery attempts (RQ Retry); one retry per entry.
+    webhook_retry_intervals: list[int] = Field(default=[10, 60, 300, 1800])
+    # Seconds to wait for a webhook receiver to answer.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Article creations per API key per minute (kept in Redis); 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=60, ge=0)
+    # Most articles queued or in progress at once; beyond it POST /v1/articles answers 429.
+    max_active_articles: int = Field(default=100, ge=1)
+    # Per-call timeout for the text and image services, in seconds.
+    service_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Attempts per service call (connection errors and 5xx/429), with exponential backoff.
+    service_attempts: int = Field(default=4, ge=1, le=20)
+    # First backoff between attempts, in seconds (doubles each time, capped at 30 s).
+    service_backoff_seconds: float = Field(default=1.0, ge=0)
+    # RQ job timeout for the text stages and for each image, in seconds.
+    job_timeout_seconds: int = Field(default=1800, ge=10)
+    # How long finished records stay in Redis, in seconds (the JSON stays on disk).
+    result_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Base URL clients use to reach the gateway; image URLs in articles start with it.
+    public_url: str = "http://127.0.0.1:8000"
+    # Bind address and port of `articleforge serve gateway`.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("webhook_retry_intervals", mode="before")
+    @classmethod
+    def _split_intervals(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [int(v) for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySettings:
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise ValueError(
+                "ARTICLEFORGE_WEBHOOK_SECRET must start with `whsec_` (Standard Webhooks); "
+                "unset it to have one generated"
+            )
+        return self
+
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def resolved_webhook_secret(self) -> str:
+        """The configured secret, or the one kept in DATA_DIR (created on first use).
+
+        Gateway and workers may start together; O_EXCL makes one of them the creator and the
+        others read what it wrote.
+        """
+        if self.webhook_secret:
+            return self.webhook_secret
+        path = self.data_dir / "webhook_secret"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            for _ in range(50):
+                text = path.read_text().strip()
+                if text:
+                    return text
+                time.sleep(0.02)
+            raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        return secret

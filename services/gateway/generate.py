@@ -1,0 +1,139 @@
+"""``articleforge generate``: the whole article pipeline in one process, no servers, no Redis.
+
+The same stage functions the RQ workers run, against in-process engines. Writes
+``article.json``, ``article.md``, ``article.html`` and ``images/*.png`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from services.gateway import assemble, pipeline
+from services.gateway.local import LocalImage, LocalText
+from services.gateway.schemas import Article, ArticleRequest, ImageRef
+
+# (stage, done, total) -> None; the CLI draws a progress bar from it
+ProgressFn = Callable[[str, int, int], None]
+
+
+async def run_pipeline(
+    request: ArticleRequest,
+    text: LocalText,
+    image: LocalImage | None,
+    out_dir: Path,
+    progress: ProgressFn,
+) -> Article:
+    article_id = "art_" + secrets.token_hex(12)
+    text_seed = request.text.seed if request.text.seed is not None else secrets.randbelow(2**31)
+    image_seed = (
+        request.images.seed if request.images.seed is not None else secrets.randbelow(2**31)
+    )
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    progress("outline", 0, 1)
+    outline = await pipeline.write_outline(text, request, text_seed)
+    fallbacks = ["outline"] if outline.fallback else []
+    progress("outline", 1, 1)
+    timings["outline"] = round(time.monotonic() - started, 3)
+
+    expected = pipeline.estimate_tokens(request)
+    tokens = 0
+
+    def on_delta(_: str) -> None:
+        nonlocal tokens
+        tokens += 1
+        progress("sections", min(tokens, expected), expected)
+
+    mark = time.monotonic()
+    bodies, more = await pipeline.write_sections(text, request, outline, text_seed, on_delta)
+    progress("sections", tokens, tokens)
+    fallbacks += more
+    timings["sections"] = round(time.monotonic() - mark, 3)
+
+    images: list[ImageRef] = []
+    image_model = None
+    if request.images.count and image is not None:
+        mark = time.monotonic()
+        prompts, more = await pipeline.write_image_prompts(
+            text, request, outline, bodies, text_seed
+        )
+        fallbacks += more
+        timings["image_prompts"] = round(time.monotonic() - mark, 3)
+        subjects = pipeline.image_subjects(outline, request.images.count)
+        steps_done = [0] * len(prompts)
+        total_steps = request.images.steps * len(prompts)
+
+        async def draw(k: int, prompt: str) -> dict[str, object]:
+            def on_step(step: int, steps: int) -> None:
+                steps_done[k] = step
+                progress("images", sum(steps_done), total_steps)
+
+            return await image.generate(
+                pipeline.image_body(request, prompt, image_seed + k), on_step
+            )
+
+        mark = time.monotonic()
+        # All at once: the image engine batches compatible requests into one pipeline call.
+        replies = await asyncio.gather(*(draw(k, p) for k, p in enumerate(prompts)))
+        timings["images"] = round(time.monotonic() - mark, 3)
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        for k, reply in enumerate(replies):
+            drawn = reply["images"][0]  # type: ignore[index]
+            image_model = reply.get("model")
+            if drawn.get("nsfw") or not drawn.get("b64_png"):
+                fallbacks.append(f"image:{k}:nsfw")
+                continue
+            name = f"image-{k + 1}.png"
+            (out_dir / "images" / name).write_bytes(base64.b64decode(drawn["b64_png"]))
+            images.append(
+                assemble.image_ref(
+                    f"img_{k + 1}",
+                    f"images/{name}",
+                    prompts[k],
+                    int(drawn["seed"]),
+                    int(drawn["width"]),
+                    int(drawn["height"]),
+                    subjects[k],
+                )
+            )
+
+    progress("assemble", 0, 1)
+    base, adapter = text.model_info()
+    provenance = assemble.provenance(
+        request,
+        text_model=base,
+        adapter=adapter,
+        image_model=image_model,  # type: ignore[arg-type]
+        text_seed=text_seed,
+        image_seeds=[image_seed + k for k in range(request.images.count)],
+        timings={**timings, "total": round(time.monotonic() - started, 3)},
+        fallbacks=fallbacks,
+    )
+    article = assemble.assemble(
+        article_id, request, outline, bodies, images, provenance, assemble.now_iso()
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "article.json").write_text(article.model_dump_json(indent=2))
+    (out_dir / "article.md").write_text(article.markdown)
+    (out_dir / "article.html").write_text(html_page(article))
+    progress("assemble", 1, 1)
+    return article
+
+
+def html_page(article: Article) -> str:
+    """A standalone page around the article's (already sanitized) HTML."""
+    lang = html.escape(article.language)
+    title = html.escape(article.title)
+    description = html.escape(article.meta_description)
+    return (
+        f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8">'
+        f'<title>{title}</title><meta name="description" content="{description}"></head>'
+        f"<body><article>\n{article.html}\n</article></body></html>\n"
+    )

@@ -1,0 +1,399 @@
+"""RQ jobs: one per pipeline stage, one per image, then assemble and the webhook.
+
+``enqueue_article`` builds the whole graph at submission with ``depends_on``, so no worker ever
+blocks waiting for another: outline -> sections -> image prompts -> image 0..n-1 (on the
+``images`` queue, in parallel) -> assemble. A failing stage fails the article (``on_failure``),
+cancels what is left, and sends the `article.failed` webhook. Jobs re-read the article's status
+before working, so a cancelled article stops at the next stage or image step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import lru_cache
+from typing import Any
+
+from redis import Redis
+from rq import Callback, Queue, Retry
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from services.common.errors import ArticleforgeError
+from services.common.logging import request_id_var
+from services.gateway import assemble, pipeline
+from services.gateway.clients import HttpImage, HttpText, ServiceClient
+from services.gateway.config import GatewaySettings
+from services.gateway.schemas import ArticleRequest, ErrorInfo
+from services.gateway.store import ArticleStore
+from services.gateway.views import status_view
+
+logger = logging.getLogger(__name__)
+
+ARTICLES_QUEUE = "articles"
+IMAGES_QUEUE = "images"
+PROGRESS_EVERY_SECONDS = 0.25
+
+
+class Stopped(Exception):
+    """The article reached a terminal state (cancelled) while this job ran."""
+
+
+@lru_cache(maxsize=1)
+def settings() -> GatewaySettings:
+    return GatewaySettings()
+
+
+def redis_connection(config: GatewaySettings) -> Redis:
+    return Redis.from_url(config.redis_url)
+
+
+def store_for(config: GatewaySettings) -> ArticleStore:
+    return ArticleStore(redis_connection(config), config.data_dir, config.result_ttl_seconds)
+
+
+def _client(config: GatewaySettings, name: str, url: str) -> ServiceClient:
+    return ServiceClient(
+        name,
+        url,
+        config.service_timeout_seconds,
+        config.service_attempts,
+        config.service_backoff_seconds,
+    )
+
+
+def text_backend(config: GatewaySettings) -> HttpText:
+    return HttpText(_client(config, "text", config.text_url))
+
+
+def image_backend(config: GatewaySettings) -> HttpImage:
+    return HttpImage(_client(config, "image", config.image_url))
+
+
+# --- submission and cancellation ---
+
+
+def enqueue_article(
+    store: ArticleStore,
+    config: GatewaySettings,
+    article_id: str,
+    request: ArticleRequest,
+    request_id: str,
+) -> list[str]:
+    connection = store.redis
+    articles = Queue(ARTICLES_QUEUE, connection=connection)
+    images = Queue(IMAGES_QUEUE, connection=connection)
+
+    def options(stage: str) -> dict[str, Any]:
+        return {
+            "job_id": f"{article_id}-{stage}",
+            "job_timeout": config.job_timeout_seconds,
+            "result_ttl": 3600,
+            "failure_ttl": config.result_ttl_seconds,
+            "on_failure": Callback(on_stage_failure),
+            "meta": {"article_id": article_id, "request_id": request_id, "stage": stage},
+        }
+
+    outline = articles.enqueue(outline_job, article_id, **options("outline"))
+    sections = articles.enqueue(sections_job, article_id, depends_on=outline, **options("sections"))
+    prompts = articles.enqueue(
+        image_prompts_job, article_id, depends_on=sections, **options("image_prompts")
+    )
+    image_jobs = [
+        images.enqueue(image_job, article_id, k, depends_on=prompts, **options(f"image-{k}"))
+        for k in range(request.images.count)
+    ]
+    final = articles.enqueue(
+        assemble_job, article_id, depends_on=image_jobs or prompts, **options("assemble")
+    )
+    ids = [outline.id, sections.id, prompts.id, *(j.id for j in image_jobs), final.id]
+    store.put(article_id, jobs=ids)
+    return ids
+
+
+def stop_jobs(connection: Redis, job_ids: list[str]) -> None:
+    """Drops queued and deferred jobs; asks workers to kill running ones."""
+    for job_id in job_ids:
+        try:
+            job = Job.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            continue
+        status = job.get_status(refresh=False)
+        try:
+            if status == JobStatus.STARTED:
+                send_stop_job_command(connection, job_id)
+            elif status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                job.cancel()
+        except InvalidJobOperation:
+            pass  # it finished in between
+
+
+def on_stage_failure(
+    job: Job, connection: Redis, exc_type: type, value: BaseException, traceback: Any
+) -> None:
+    article_id = job.meta["article_id"]
+    config = settings()
+    store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
+    kind = (
+        value.type
+        if isinstance(value, ArticleforgeError)
+        else ("timeout" if "Timeout" in exc_type.__name__ else "internal_error")
+    )
+    error = ErrorInfo(
+        type=kind, message=str(value) or exc_type.__name__, stage=job.meta.get("stage")
+    )
+    logger.error("article %s: stage %s failed: %s", article_id, error.stage, error.message)
+    if store.transition(article_id, "failed", error=error.model_dump_json()):
+        stop_jobs(connection, [j for j in store.get(article_id, "jobs") or [] if j != job.id])
+        enqueue_webhook(store, config, article_id, "article.failed")
+
+
+# --- the stages ---
+
+
+def _begin(store: ArticleStore, article_id: str, stage: str, status: str) -> ArticleRequest:
+    job_meta_request_id(store, article_id)
+    if store.is_over(article_id):
+        raise Stopped(article_id)
+    store.stage(article_id, stage, status)
+    return ArticleRequest.model_validate(store.get(article_id, "request"))
+
+
+def job_meta_request_id(store: ArticleStore, article_id: str) -> None:
+    request_id = store.get(article_id, "request_id")
+    if request_id:
+        request_id_var.set(str(request_id))
+
+
+def _timed(store: ArticleStore, article_id: str, stage: str, started: float) -> None:
+    timings = store.get(article_id, "timings") or {}
+    timings[stage] = round(time.monotonic() - started, 3)
+    store.put(article_id, timings=timings)
+
+
+def _add_fallbacks(store: ArticleStore, article_id: str, new: list[str]) -> None:
+    if new:
+        store.put(article_id, fallbacks=(store.get(article_id, "fallbacks") or []) + new)
+
+
+def _throttled(action: Callable[[], None]) -> Callable[[], None]:
+    last = 0.0
+
+    def maybe() -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_EVERY_SECONDS:
+            last = time.monotonic()
+            action()
+
+    return maybe
+
+
+def outline_job(article_id: str) -> None:
+    config, store = settings(), store_for(settings())
+    try:
+        request = _begin(store, article_id, "outline", "writing")
+    except Stopped:
+        return
+    started = time.monotonic()
+    outline = asyncio.run(
+        pipeline.write_outline(text_backend(config), request, store.get(article_id, "text_seed"))
+    )
+    store.put(article_id, outline=asdict(outline))
+    _add_fallbacks(store, article_id, ["outline"] if outline.fallback else [])
+    _timed(store, article_id, "outline", started)
+    logger.info(
+        "article %s: outline %r, %d sections", article_id, outline.title, len(outline.headings)
+    )
+
+
+def sections_job(article_id: str) -> None:
+    config, store = settings(), store_for(settings())
+    try:
+        request = _begin(store, article_id, "sections", "writing")
+    except Stopped:
+        return
+    started = time.monotonic()
+    outline = pipeline.Outline(**store.get(article_id, "outline"))
+    pending = 0
+    publish = _throttled(lambda: store.publish(article_id))
+
+    def on_delta(_: str) -> None:
+        nonlocal pending
+        pending += 1
+        if pending >= 8:
+            store.add_tokens(article_id, pending)
+            pending = 0
+            publish()
+
+    backend = text_backend(config)
+    bodies, fallbacks = asyncio.run(
+        pipeline.write_sections(
+            backend, request, outline, store.get(article_id, "text_seed"), on_delta
+        )
+    )
+    store.add_tokens(article_id, pending)
+    models = asyncio.run(backend.models())
+    store.put(article_id, sections=bodies, text_models=models)
+    _add_fallbacks(store, article_id, fallbacks)
+    _timed(store, article_id, "sections", started)
+    store.publish(article_id)
+    logger.info("article %s: %d sections written", article_id, len(bodies))
+
+
+def image_prompts_job(article_id: str) -> None:
+    config, store = settings(), store_for(settings())
+    try:
+        request = _begin(store, article_id, "image_prompts", "writing")
+    except Stopped:
+        return
+    started = time.monotonic()
+    outline = pipeline.Outline(**store.get(article_id, "outline"))
+    prompts, fallbacks = asyncio.run(
+        pipeline.write_image_prompts(
+            text_backend(config),
+            request,
+            outline,
+            store.get(article_id, "sections"),
+            store.get(article_id, "text_seed"),
+        )
+    )
+    store.put(article_id, image_prompts=prompts)
+    _add_fallbacks(store, article_id, fallbacks)
+    _timed(store, article_id, "image_prompts", started)
+
+
+def image_job(article_id: str, index: int) -> None:
+    config, store = settings(), store_for(settings())
+    try:
+        request = _begin(store, article_id, "images", "illustrating")
+    except Stopped:
+        return
+    started = time.monotonic()
+    prompt = store.get(article_id, "image_prompts")[index]
+    seed = int(store.get(article_id, "image_seed")) + index
+    publish = _throttled(lambda: store.publish(article_id))
+
+    def on_step(step: int, steps: int) -> None:
+        if store.is_over(article_id):
+            raise Stopped(article_id)  # closing the stream interrupts the image pipeline
+        store.image_step(article_id, index, step, steps)
+        publish()
+
+    try:
+        reply = asyncio.run(
+            image_backend(config).generate(pipeline.image_body(request, prompt, seed), on_step)
+        )
+    except Stopped:
+        logger.info("article %s: image %d stopped (article over)", article_id, index)
+        return
+    image = reply["images"][0]
+    outline = pipeline.Outline(**store.get(article_id, "outline"))
+    caption = pipeline.image_subjects(outline, request.images.count)[index]
+    if image.get("nsfw") or not image.get("b64_png"):
+        _add_fallbacks(store, article_id, [f"image:{index}:nsfw"])
+        store.image_done(article_id, index, {"skipped": "nsfw"})
+        return
+    import base64
+
+    image_id = "img_" + secrets.token_hex(12)
+    store.save_image(image_id, base64.b64decode(image["b64_png"]))
+    ref = assemble.image_ref(
+        image_id,
+        f"{config.public_url.rstrip('/')}/v1/images/{image_id}",
+        prompt,
+        int(image["seed"]),
+        int(image["width"]),
+        int(image["height"]),
+        caption,
+    )
+    store.image_done(article_id, index, {**ref.model_dump(), "model": reply.get("model")})
+    _timed(store, article_id, f"image_{index}", started)
+    logger.info(
+        "article %s: image %d/%d done (%s)", article_id, index + 1, request.images.count, image_id
+    )
+
+
+def assemble_job(article_id: str) -> None:
+    config, store = settings(), store_for(settings())
+    try:
+        request = _begin(store, article_id, "assemble", "assembling")
+    except Stopped:
+        return
+    started = time.monotonic()
+    fields = store.fields(article_id)
+    outline = pipeline.Outline(**json.loads(fields["outline"]))
+    records = store.images(article_id, request.images.count)
+    images = [assemble.ImageRef.model_validate(r) for r in records if r and "skipped" not in r]
+    image_model = next((r.get("model") for r in records if r and r.get("model")), None)
+    text_models = json.loads(fields.get("text_models", "{}")).get("data", [])
+    served = next(iter(text_models), {})
+    timings = json.loads(fields.get("timings", "{}"))
+    timings["assemble"] = round(time.monotonic() - started, 3)
+    provenance = assemble.provenance(
+        request,
+        text_model=served.get("root"),
+        adapter=served.get("id") if served.get("parent") else None,
+        image_model=image_model,
+        text_seed=int(fields["text_seed"]),
+        image_seeds=[int(fields["image_seed"]) + k for k in range(request.images.count)],
+        timings=timings,
+        fallbacks=json.loads(fields.get("fallbacks", "[]")),
+    )
+    created = status_view(article_id, fields).timestamps.get("created", assemble.now_iso())
+    article = assemble.assemble(
+        article_id, request, outline, json.loads(fields["sections"]), images, provenance, created
+    )
+    store.put(article_id, article=article.model_dump(mode="json"), timings=timings)
+    # Disk first: once a client sees `succeeded`, the article already survives Redis.
+    final = status_view(
+        article_id,
+        {
+            **store.fields(article_id),
+            "status": "succeeded",
+            "stage": "done",
+            "finished": str(time.time()),
+        },
+    )
+    store.save_article(final)
+    if store.transition(article_id, "succeeded", stage="done"):
+        enqueue_webhook(store, config, article_id, "article.succeeded")
+    logger.info("article %s: succeeded (%d words)", article_id, article.word_count)
+
+
+# --- webhooks ---
+
+
+def enqueue_webhook(
+    store: ArticleStore, config: GatewaySettings, article_id: str, event: str
+) -> None:
+    webhook = (store.get(article_id, "request") or {}).get("webhook")
+    if not webhook:
+        return
+    intervals = config.webhook_retry_intervals
+    Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
+        webhook_job,
+        article_id,
+        event,
+        webhook["url"],
+        job_id=f"{article_id}-webhook",
+        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+        job_timeout=int(config.webhook_timeout_seconds) + 30,
+        meta={"article_id": article_id, "stage": "webhook"},
+    )
+
+
+def webhook_job(article_id: str, event: str, url: str) -> None:
+    from services.gateway.webhooks import deliver
+
+    config, store = settings(), store_for(settings())
+    job_meta_request_id(store, article_id)
+    status = store.load_article(article_id) if event == "article.succeeded" else None
+    if status is None:
+        status = status_view(article_id, store.fields(article_id))
+    deliver(config, url, event, article_id, status.model_dump(mode="json"))

@@ -1,0 +1,281 @@
+"""The article pipeline's stages, independent of where they run.
+
+RQ jobs (``jobs.py``) run them one stage per job against the HTTP services; ``articleforge
+generate`` runs them in one process against in-process engines. Both hand in a ``TextBackend``
+and an ``ImageBackend`` and a ``Progress`` sink, so the stage code is the same.
+
+Model output is untrusted: the tiny model writes nonsense and a real one can ignore the format.
+Every parse is tolerant, and where it fails a deterministic fallback keeps the article going and
+is recorded in ``provenance.fallbacks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.gateway.schemas import ArticleRequest
+
+SYSTEM = (
+    "You are a skilled writer who writes clear, accurate, well-structured articles for the web."
+)
+NEGATIVE_PROMPT = "text, watermark, logo, signature, blurry, low quality, deformed"
+MAX_IMAGE_PROMPT_CHARS = 400
+TOKENS_PER_WORD = 1.4  # Llama-2's tokenizer on English prose, with some margin
+
+
+class TextBackend(Protocol):
+    async def generate(
+        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/generate semantics: returns {text, finish_reason, model, seed, usage}."""
+        ...
+
+
+class ImageBackend(Protocol):
+    async def generate(
+        self, body: dict[str, Any], on_step: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """POST /v1/images semantics (n=1): returns {images: [{b64_png, seed, width, height}]}."""
+        ...
+
+
+@dataclass
+class Outline:
+    title: str
+    headings: list[str]
+    fallback: bool = False
+
+
+@dataclass
+class TextResult:
+    outline: Outline
+    sections: list[str]
+    image_prompts: list[str]
+    fallbacks: list[str] = field(default_factory=list)
+    text_model: str | None = None
+
+
+def instruction(request: ArticleRequest) -> str:
+    """The seed paper's prompt shape: topic, audience and tone in one instruction."""
+    parts = [f"an article about {request.topic}"]
+    if request.audience:
+        parts.append(f"for {request.audience}")
+    if request.tone:
+        parts.append(f"in a {request.tone} tone")
+    return "Write " + " ".join(parts) + "."
+
+
+def text_body(
+    prompt: str,
+    request: ArticleRequest,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float | None = None,
+) -> dict[str, Any]:
+    return {
+        "system": SYSTEM,
+        "prompt": prompt,
+        "max_new_tokens": max_new_tokens,
+        "temperature": request.text.temperature if temperature is None else temperature,
+        "top_p": request.text.top_p,
+        "seed": seed,
+    }
+
+
+# --- 1. outline ---------------------------------------------------------------------------------
+
+_FALLBACK_HEADINGS = [
+    "What {topic} is",
+    "Why {topic} matters",
+    "How {topic} works",
+    "The benefits",
+    "The challenges",
+    "Getting started",
+    "Real-world examples",
+    "Common mistakes",
+    "Costs and trade-offs",
+    "What experts say",
+    "Looking ahead",
+    "Key takeaways",
+]
+_CLEAN_LINE = re.compile(r"^\s*(?:#+|[-*•]|\d+[.)]|title\s*:|section\s*\d*\s*:)\s*", re.I)
+
+
+def fallback_outline(request: ArticleRequest) -> Outline:
+    topic = request.topic.strip().rstrip(".")
+    title = topic[:1].upper() + topic[1:]
+    headings = [h.format(topic=topic.lower()) for h in _FALLBACK_HEADINGS[: request.sections]]
+    return Outline(title=title, headings=[h[:1].upper() + h[1:] for h in headings], fallback=True)
+
+
+def _plausible(text: str, max_len: int) -> bool:
+    """Short, printable, mostly letters: what a title or heading looks like."""
+    text = text.strip()
+    if not 2 <= len(text) <= max_len or "\ufffd" in text:
+        return False
+    if any(ord(c) < 32 for c in text):
+        return False
+    letters = sum(c.isalpha() for c in text)
+    return letters >= 0.6 * len(text.replace(" ", "")) and len(text.split()) <= 16
+
+
+def parse_outline(raw: str, sections: int) -> Outline | None:
+    """JSON {"title", "sections"} first, then a `Title:` + list layout; None when unusable."""
+    title: str | None = None
+    headings: list[str] = []
+    match = re.search(r"\{.*\}", raw, re.S)
+    if match:
+        try:
+            data = json.loads(match.group(0))
+            if isinstance(data, dict):
+                title = str(data.get("title", "")).strip() or None
+                headings = [str(h).strip() for h in data.get("sections", []) if str(h).strip()]
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            pass
+    if title is None or not headings:
+        lines = [_CLEAN_LINE.sub("", line).strip() for line in raw.splitlines()]
+        lines = [line.strip("\"' ") for line in lines if line.strip()]
+        if len(lines) > sections:
+            title, headings = lines[0], lines[1:]
+    if title is None or len(headings) < sections:
+        return None
+    headings = headings[:sections]
+    if not _plausible(title, 150) or not all(_plausible(h, 100) for h in headings):
+        return None
+    return Outline(title=title, headings=headings)
+
+
+async def write_outline(text: TextBackend, request: ArticleRequest, seed: int) -> Outline:
+    prompt = (
+        f"{instruction(request)} First plan it. Answer with JSON only, in the form "
+        f'{{"title": "...", "sections": ["...", ...]}} with exactly {request.sections} '
+        "section headings."
+    )
+    reply = await text.generate(text_body(prompt, request, seed, 48 + 24 * request.sections))
+    return parse_outline(reply["text"], request.sections) or fallback_outline(request)
+
+
+# --- 2. sections --------------------------------------------------------------------------------
+
+
+def clean_section(raw: str, heading: str) -> str:
+    lines = raw.strip().splitlines()
+    # Models like to repeat the heading; the article adds its own.
+    while lines and (
+        lines[0].lstrip("# ").strip().lower() == heading.lower() or not lines[0].strip()
+    ):
+        lines.pop(0)
+    lines = [line for line in lines if not line.lstrip().startswith("#")]
+    return "\n".join(lines).strip()
+
+
+def fallback_section(heading: str, request: ArticleRequest) -> str:
+    return f"This section, {heading.lower()}, covers one part of {request.topic}."
+
+
+async def write_sections(
+    text: TextBackend,
+    request: ArticleRequest,
+    outline: Outline,
+    seed: int,
+    on_delta: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[str]]:
+    """All sections at once, so the text engine decodes them in one batch."""
+    words = max(60, request.words // len(outline.headings))
+    max_new = min(2048, int(words * TOKENS_PER_WORD) + 32)
+
+    async def one(k: int, heading: str) -> str:
+        prompt = (
+            f'{instruction(request)} The article is titled "{outline.title}". Write only the '
+            f'section "{heading}", about {words} words, as Markdown paragraphs without a heading.'
+        )
+        if request.keywords:
+            prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
+        reply = await text.generate(text_body(prompt, request, seed + 1 + k, max_new), on_delta)
+        return clean_section(reply["text"], heading)
+
+    bodies = await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings)))
+    fallbacks = []
+    for k, body in enumerate(bodies):
+        if not body:
+            bodies[k] = fallback_section(outline.headings[k], request)
+            fallbacks.append(f"section:{k}")
+    return list(bodies), fallbacks
+
+
+# --- 3. image prompts ---------------------------------------------------------------------------
+
+
+def image_subjects(outline: Outline, count: int) -> list[str]:
+    """Image 0 is the featured image (the title); image k illustrates section k-1."""
+    subjects = [outline.title]
+    subjects += outline.headings[: max(0, count - 1)]
+    while len(subjects) < count:  # more images than sections: reuse the title
+        subjects.append(outline.title)
+    return subjects[:count]
+
+
+def with_style(prompt: str, style: str | None) -> str:
+    prompt = prompt.strip()
+    if style:
+        prompt = f"{prompt}, {style.strip()}"
+    return prompt[:MAX_IMAGE_PROMPT_CHARS]
+
+
+def clean_image_prompt(raw: str) -> str | None:
+    line = next((ln.strip() for ln in raw.splitlines() if ln.strip()), "")
+    line = line.strip("\"'` ").removeprefix("Prompt:").strip()
+    if len(line.split()) < 3 or "\ufffd" in line:
+        return None
+    letters = sum(c.isalpha() for c in line)
+    if letters < 0.6 * len(line.replace(" ", "")):
+        return None
+    return line[:MAX_IMAGE_PROMPT_CHARS]
+
+
+async def write_image_prompts(
+    text: TextBackend, request: ArticleRequest, outline: Outline, sections: list[str], seed: int
+) -> tuple[list[str], list[str]]:
+    count = request.images.count
+    if request.image_prompts is not None:  # given by hand, as in the seed paper
+        return [with_style(p, request.images.style) for p in request.image_prompts], []
+    subjects = image_subjects(outline, count)
+
+    async def one(k: int, subject: str) -> tuple[str, bool]:
+        context = sections[k - 1][:400] if 0 < k <= len(sections) else request.topic
+        prompt = (
+            f'Describe one illustration for "{subject}" (from an article about '
+            f"{request.topic}) as a Stable Diffusion prompt: a single line of comma-separated "
+            f"visual details, under 40 words, no text in the image. Context: {context}"
+        )
+        reply = await text.generate(text_body(prompt, request, seed + 100 + k, 64))
+        cleaned = clean_image_prompt(reply["text"])
+        if cleaned is None:
+            return f"{subject}, {request.topic}, editorial illustration, detailed", True
+        return cleaned, False
+
+    results = await asyncio.gather(*(one(k, s) for k, s in enumerate(subjects)))
+    fallbacks = [f"image_prompt:{k}" for k, (_, fell) in enumerate(results) if fell]
+    return [with_style(p, request.images.style) for p, _ in results], fallbacks
+
+
+def image_body(request: ArticleRequest, prompt: str, seed: int) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "negative_prompt": NEGATIVE_PROMPT,
+        **request.images.dimensions(),
+        "steps": request.images.steps,
+        "guidance_scale": request.images.guidance_scale,
+        "seed": seed,
+        "n": 1,
+    }
+
+
+def estimate_tokens(request: ArticleRequest) -> int:
+    return max(1, math.ceil(request.words * TOKENS_PER_WORD))

@@ -1,0 +1,238 @@
+"""The public article API: create, follow, cancel, list, and serve images."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette import EventSourceResponse
+
+from services.common.errors import Conflict, NotFound, Overloaded
+from services.common.http import ERROR_RESPONSES, request_id_of
+from services.gateway import jobs
+from services.gateway.auth import ANONYMOUS, KeyDep, RateLimitedKeyDep
+from services.gateway.deps import SettingsDep, StoreDep
+from services.gateway.pipeline import estimate_tokens
+from services.gateway.schemas import (
+    TERMINAL,
+    Accepted,
+    ArticleList,
+    ArticleRequest,
+    ArticleStatus,
+)
+from services.gateway.store import ARTICLE_ID, IMAGE_ID, ArticleStore
+from services.gateway.views import status_view
+from services.gateway.webhooks import check_url
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["articles"],
+    responses={
+        **ERROR_RESPONSES,
+        401: ERROR_RESPONSES[400] | {"description": "Missing or invalid API key."},
+    },
+)
+ArticleId = Annotated[
+    str, Path(description="Article id.", examples=["art_3f2a9c1d0e4b5a6978a1b2c3"])
+]
+
+
+def _accepted(article_id: str, status: str, replayed: bool = False) -> JSONResponse:
+    links = {"self": f"/v1/articles/{article_id}", "events": f"/v1/articles/{article_id}/events"}
+    body = Accepted.model_validate({"id": article_id, "status": status, "links": links})
+    headers = {"Location": links["self"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body.model_dump(), status_code=202, headers=headers)
+
+
+@router.post(
+    "/articles",
+    status_code=202,
+    response_model=Accepted,
+    summary="Queue an article; follow it at `links.self` or `links.events`.",
+)
+def create_article(
+    body: ArticleRequest,
+    request: Request,
+    scope: RateLimitedKeyDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Same key + same body returns the same article; "
+            "same key + another body is a 409.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    if body.webhook is not None:
+        check_url(str(body.webhook.url), settings.webhook_allow_private)
+    article_id = "art_" + secrets.token_hex(12)
+    if idempotency_key is not None:
+        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+        earlier = store.claim_idempotency(scope, idempotency_key, fingerprint, article_id)
+        if earlier is not None:
+            if earlier["fingerprint"] != fingerprint:
+                raise Conflict(
+                    "this Idempotency-Key was already used with a different body",
+                    param="Idempotency-Key",
+                )
+            return _accepted(
+                earlier["article_id"],
+                store.status(earlier["article_id"]) or "queued",
+                replayed=True,
+            )
+    if store.active_count() >= settings.max_active_articles:
+        raise Overloaded(
+            f"{settings.max_active_articles} articles are already queued or in progress "
+            "(ARTICLEFORGE_MAX_ACTIVE_ARTICLES); retry later",
+            retry_after=10,
+        )
+    store.create(
+        article_id,
+        {
+            "request": body.model_dump(mode="json"),
+            "request_id": request_id_of(request),
+            "key": scope,
+            "text_seed": body.text.seed if body.text.seed is not None else secrets.randbelow(2**31),
+            "image_seed": body.images.seed
+            if body.images.seed is not None
+            else secrets.randbelow(2**31),
+            "images_total": body.images.count,
+            "expected_tokens": estimate_tokens(body),
+        },
+    )
+    jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
+    return _accepted(article_id, "queued")
+
+
+def _owned(store: ArticleStore, article_id: str, scope: str) -> dict[str, str] | None:
+    """The record, if it exists and this key may see it (ids of other keys look absent)."""
+    if not ARTICLE_ID.match(article_id):
+        return None
+    fields = store.fields(article_id)
+    if fields and scope != ANONYMOUS and fields.get("key", '"anonymous"').strip('"') != scope:
+        return None
+    return fields
+
+
+def _load(store: ArticleStore, article_id: str, scope: str) -> ArticleStatus:
+    fields = _owned(store, article_id, scope)
+    if fields:
+        return status_view(article_id, fields)
+    if fields is not None:  # not in Redis (expired, or Redis lost it): the disk copy
+        on_disk = store.load_article(article_id)
+        if on_disk is not None:
+            return on_disk
+    raise NotFound(f"no article {article_id!r}", param="id")
+
+
+@router.get(
+    "/articles/{article_id}",
+    response_model=ArticleStatus,
+    summary="Status, progress, and the article once it succeeded.",
+)
+def get_article(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> ArticleStatus:
+    return _load(store, article_id, scope)
+
+
+@router.delete(
+    "/articles/{article_id}",
+    response_model=ArticleStatus,
+    summary="Cancel: queued jobs are dropped and running ones stopped.",
+)
+def cancel_article(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> ArticleStatus:
+    current = _load(store, article_id, scope)
+    if current.status in TERMINAL:
+        raise Conflict(
+            f"article {article_id} already {current.status}; nothing to cancel", param="id"
+        )
+    store.transition(article_id, "cancelled")
+    jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
+    return _load(store, article_id, scope)
+
+
+@router.get("/articles", response_model=ArticleList, summary="Articles, newest first.")
+def list_articles(
+    scope: KeyDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        float | None, Query(description="`next_cursor` of the previous page.")
+    ] = None,
+) -> ArticleList:
+    ids, next_cursor = store.page(limit, cursor)
+    data = []
+    for article_id in ids:
+        fields = _owned(store, article_id, scope)
+        if fields:
+            data.append(status_view(article_id, fields, include_article=False))
+    return ArticleList(data=data, next_cursor=None if next_cursor is None else str(next_cursor))
+
+
+@router.get(
+    "/articles/{article_id}/events",
+    summary="Progress as Server-Sent Events.",
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`progress` events, then one event named after the final status "
+            "(`succeeded`, `failed` or `cancelled`) carrying the full status.",
+        }
+    },
+)
+async def article_events(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> Any:
+    await anyio.to_thread.run_sync(_load, store, article_id, scope)  # 404 before streaming
+    return EventSourceResponse(_events(store, article_id, scope))
+
+
+async def _events(
+    store: ArticleStore, article_id: str, scope: str
+) -> AsyncIterator[dict[str, str]]:
+    after = "0-0"
+    while True:
+        events = await anyio.to_thread.run_sync(store.read_events, article_id, after, 1000)
+        for event_id, data in events:
+            after = event_id
+            yield {"event": "progress", "id": event_id, "data": _dump(data)}
+        status = await anyio.to_thread.run_sync(_load, store, article_id, scope)
+        if status.status in TERMINAL:
+            yield {"event": status.status, "data": status.model_dump_json()}
+            return
+
+
+def _dump(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data)
+
+
+@router.get(
+    "/images/{image_id}",
+    summary="An article image (PNG, with its parameters chunk).",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The PNG."}},
+)
+def get_image(
+    image_id: Annotated[
+        str, Path(description="Image id.", examples=["img_9b1e2c3d4e5f6a7b8c9d0e1f"])
+    ],
+    store: StoreDep,
+) -> FileResponse:
+    if not IMAGE_ID.match(image_id):
+        raise NotFound(f"no image {image_id!r}", param="image_id")
+    path = store.image_path(image_id)
+    if not path.exists():
+        raise NotFound(f"no image {image_id!r}", param="image_id")
+    return FileResponse(
+        path,
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )

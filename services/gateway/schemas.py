@@ -1,0 +1,304 @@
+"""The gateway's protocol: the article request, its status, and the Article JSON contract."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
+
+Status = Literal[
+    "queued", "writing", "illustrating", "assembling", "succeeded", "failed", "cancelled"
+]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+Stage = Literal[
+    "queued", "outline", "sections", "image_prompts", "images", "assemble", "webhook", "done"
+]
+
+LENGTH_WORDS = {"short": 400, "medium": 800, "long": 1500}
+_SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+
+
+class TextOptions(BaseModel):
+    temperature: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature; 0 is greedy.",
+        examples=[0.7],
+    )
+    top_p: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.9]
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Fixes the text sampling; random when absent.",
+        examples=[7],
+    )
+
+
+class ImageOptions(BaseModel):
+    count: int = Field(
+        default=1,
+        ge=0,
+        le=8,
+        description="Images: the first is the featured image, the rest illustrate "
+        "sections in order.",
+        examples=[2],
+    )
+    size: str | None = Field(
+        default=None,
+        description="WIDTHxHEIGHT in multiples of 8; the image model's native size when absent "
+        "(512x512 for SD 1.5).",
+        examples=["512x512"],
+    )
+    steps: int = Field(default=25, ge=1, le=150, description="Denoising steps.", examples=[25])
+    guidance_scale: float = Field(
+        default=7.5, ge=0.0, le=30.0, description="Classifier-free guidance.", examples=[7.5]
+    )
+    style: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Appended to every derived image prompt.",
+        examples=["watercolor illustration, soft light"],
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Image k uses seed+k; random when absent.",
+        examples=[1234],
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"size must look like 512x512, got {value!r}")
+        width, height = int(match[1]), int(match[2])
+        for side in (width, height):
+            if side % 8 or not 64 <= side <= 2048:
+                raise ValueError(
+                    f"width and height must be multiples of 8 in 64..2048, got {value}"
+                )
+        return value
+
+    def dimensions(self) -> dict[str, int]:
+        """`width`/`height` for the image service; empty means its native size."""
+        if self.size is None:
+            return {}
+        width, height = self.size.split("x")
+        return {"width": int(width), "height": int(height)}
+
+
+class WebhookTarget(BaseModel):
+    url: AnyHttpUrl = Field(
+        description="Receives `article.succeeded` / `article.failed`, signed "
+        "per Standard Webhooks.",
+        examples=["https://cms.example.com/hooks/af"],
+    )
+
+
+class ArticleRequest(BaseModel):
+    topic: str = Field(
+        min_length=3,
+        max_length=300,
+        description="What the article is about.",
+        examples=["The future of solar power"],
+    )
+    audience: str | None = Field(
+        default=None, max_length=200, description="Who reads it.", examples=["homeowners"]
+    )
+    tone: str | None = Field(
+        default=None, max_length=100, description="How it sounds.", examples=["friendly"]
+    )
+    length: Literal["short", "medium", "long"] | None = Field(
+        default=None,
+        description="short ≈ 400, medium ≈ 800, long ≈ 1500 words.",
+        examples=["medium"],
+    )
+    target_words: int | None = Field(
+        default=None,
+        ge=100,
+        le=4000,
+        description="Target length in words (instead of `length`).",
+        examples=[800],
+    )
+    sections: int = Field(default=4, ge=1, le=12, description="Body sections.", examples=[4])
+    keywords: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Terms to work in; they also become tags.",
+        examples=[["photovoltaics", "net metering"]],
+    )
+    language: str = Field(
+        default="en",
+        pattern=r"^[a-z]{2}(-[A-Z]{2})?$",
+        description="BCP-47 language tag.",
+        examples=["en"],
+    )
+    text: TextOptions = Field(default_factory=TextOptions, description="Text sampling.")
+    images: ImageOptions = Field(default_factory=ImageOptions, description="Illustrations.")
+    image_prompts: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="Image prompts given by hand (the seed paper's flow); one per image. "
+        "Otherwise prompts are derived from the text.",
+        examples=[["a rooftop covered in solar panels at sunrise"]],
+    )
+    webhook: WebhookTarget | None = Field(default=None, description="Where to announce the end.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Echoed back untouched (up to 4 KB as JSON).",
+        examples=[{"cms_post_id": 42}],
+    )
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not 1 <= len(word) <= 50:
+                raise ValueError(f"each keyword must be 1..50 characters, got {len(word)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArticleRequest:
+        if self.length is not None and self.target_words is not None:
+            raise ValueError("give `length` or `target_words`, not both")
+        if self.image_prompts is not None:
+            if len(self.image_prompts) != self.images.count:
+                raise ValueError(
+                    f"image_prompts has {len(self.image_prompts)} entries but images.count is "
+                    f"{self.images.count}; give one prompt per image"
+                )
+            for prompt in self.image_prompts:
+                if not 1 <= len(prompt) <= 1000:
+                    raise ValueError("each image prompt must be 1..1000 characters")
+        if len(repr(self.metadata)) > 4096:
+            raise ValueError("metadata must be at most 4 KB")
+        return self
+
+    @property
+    def words(self) -> int:
+        if self.target_words is not None:
+            return self.target_words
+        return LENGTH_WORDS[self.length or "medium"]
+
+
+class Links(BaseModel):
+    self: str = Field(description="This article's status URL.", examples=["/v1/articles/art_1"])
+    events: str = Field(description="SSE progress stream.", examples=["/v1/articles/art_1/events"])
+
+
+class Accepted(BaseModel):
+    id: str = Field(description="Article id.", examples=["art_3f2a9c1d"])
+    status: Status = Field(description="Always `queued` on creation.", examples=["queued"])
+    links: Links = Field(description="Where to follow it.")
+
+
+class Progress(BaseModel):
+    stage: Stage = Field(description="Current pipeline stage.", examples=["sections"])
+    percent: float = Field(ge=0, le=100, description="Rough completion.", examples=[42.0])
+    tokens: int = Field(description="Text tokens generated so far.", examples=[512])
+    images_done: int = Field(description="Images finished.", examples=[1])
+    images_total: int = Field(description="Images requested.", examples=[2])
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="Error class.", examples=["service_unavailable"])
+    message: str = Field(
+        description="What went wrong.",
+        examples=["the text service did not answer after 4 attempts"],
+    )
+    stage: str | None = Field(default=None, description="Stage that failed.", examples=["sections"])
+
+
+class ImageRef(BaseModel):
+    id: str = Field(
+        description="Image id; GET /v1/images/{id} serves the PNG.", examples=["img_9b1e2c"]
+    )
+    url: str = Field(
+        description="Absolute URL of the PNG.",
+        examples=["http://127.0.0.1:8000/v1/images/img_9b1e2c"],
+    )
+    alt: str = Field(description="Alt text.", examples=["Solar panels on a roof at sunrise"])
+    caption: str = Field(description="Caption.", examples=["How it works"])
+    width: int = Field(description="Pixels.", examples=[512])
+    height: int = Field(description="Pixels.", examples=[512])
+    prompt: str = Field(
+        description="The final prompt the image was drawn from.",
+        examples=["solar panels on a roof at sunrise, watercolor"],
+    )
+    seed: int = Field(description="Seed that reproduces it.", examples=[1234])
+
+
+class Section(BaseModel):
+    heading: str = Field(description="Section heading.", examples=["How it works"])
+    markdown: str = Field(description="Body as Markdown.", examples=["Panels turn light..."])
+    html: str = Field(description="Body as sanitized HTML.", examples=["<p>Panels turn...</p>"])
+    image: ImageRef | None = Field(default=None, description="Illustration, if any.")
+
+
+class Provenance(BaseModel):
+    text_model: str = Field(
+        description="Base text model.", examples=["NousResearch/Llama-2-7b-chat-hf"]
+    )
+    adapter: str | None = Field(description="Adapter that wrote it, if any.", examples=["writer"])
+    image_model: str | None = Field(description="Image model.", examples=["stable-diffusion-v1-5"])
+    parameters: dict[str, Any] = Field(description="Request parameters used.")
+    seeds: dict[str, Any] = Field(description="Text and image seeds, to reproduce.")
+    timings: dict[str, float] = Field(description="Seconds per stage.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Where model output was unusable and a deterministic fallback was used.",
+        examples=[["outline"]],
+    )
+
+
+class Article(BaseModel):
+    id: str = Field(description="Article id.", examples=["art_3f2a9c1d"])
+    title: str = Field(description="Title.", examples=["The Future of Solar Power"])
+    slug: str = Field(description="URL slug.", examples=["the-future-of-solar-power"])
+    excerpt: str = Field(description="One or two sentences for listings.", examples=["..."])
+    meta_description: str = Field(
+        description="At most 160 characters, for search engines.", examples=["..."]
+    )
+    tags: list[str] = Field(description="Tags (keywords first).", examples=[["solar", "energy"]])
+    sections: list[Section] = Field(description="Body sections in order.")
+    featured_image: ImageRef | None = Field(description="The lead image, if any.")
+    images: list[ImageRef] = Field(description="Every image.")
+    markdown: str = Field(description="The whole article as Markdown.", examples=["# ..."])
+    html: str = Field(description="The whole article as sanitized HTML.", examples=["<h1>..."])
+    word_count: int = Field(description="Words in the body.", examples=[812])
+    reading_time_minutes: int = Field(
+        description="At 200 words per minute, rounded up.", examples=[5]
+    )
+    language: str = Field(description="Language tag.", examples=["en"])
+    provenance: Provenance = Field(description="How it was made.")
+    created_at: str = Field(description="ISO 8601 UTC.", examples=["2026-11-26T06:30:00Z"])
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echo of the request's.")
+
+
+class ArticleStatus(BaseModel):
+    id: str = Field(description="Article id.", examples=["art_3f2a9c1d"])
+    status: Status = Field(description="Where it stands.", examples=["writing"])
+    progress: Progress = Field(description="Progress.")
+    article: Article | None = Field(default=None, description="Present once `succeeded`.")
+    error: ErrorInfo | None = Field(default=None, description="Present once `failed`.")
+    timestamps: dict[str, str] = Field(
+        description="ISO times: created, started, finished.",
+        examples=[{"created": "2026-11-26T06:30:00Z"}],
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echo of the request's.")
+
+
+class ArticleList(BaseModel):
+    data: list[ArticleStatus] = Field(description="Newest first; `article` is left out.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page.", examples=["1764140000.123"]
+    )

@@ -1,0 +1,235 @@
+"""Article records in Redis, finished articles and PNGs on disk, progress as a Redis stream.
+
+Each article is one Redis hash (``af:article:{id}``): fields are written by whichever job owns
+them, so concurrent image jobs never overwrite each other. Status changes into a terminal state
+go through a Lua check-and-set, so a late job can never turn `cancelled` back into `failed`.
+The assembled article is also written to ``DATA_DIR/articles/{id}.json``: it survives a Redis
+restart, and GET falls back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from services.gateway.schemas import TERMINAL, ArticleStatus
+
+PREFIX = "af"
+ARTICLE_ID = re.compile(r"^art_[0-9a-f]{24}$")
+IMAGE_ID = re.compile(r"^img_[0-9a-f]{24}$")
+STREAM_MAXLEN = 2000
+
+# Sets the status unless the record is already terminal; returns 1 when it changed.
+_SET_STATUS = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+if current == 'succeeded' or current == 'failed' or current == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+STAGE_SPAN = {  # stage -> (start percent, end percent)
+    "queued": (0, 0),
+    "outline": (0, 10),
+    "sections": (10, 60),
+    "image_prompts": (60, 65),
+    "images": (65, 95),
+    "assemble": (95, 100),
+    "webhook": (100, 100),
+    "done": (100, 100),
+}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+class ArticleStore:
+    def __init__(self, redis: Redis, data_dir: Path, ttl_seconds: int = 7 * 24 * 3600) -> None:
+        self.redis = redis
+        self.data_dir = data_dir
+        self.ttl = ttl_seconds
+        self._set_status = redis.register_script(_SET_STATUS)
+
+    # --- keys ---
+
+    @staticmethod
+    def key(article_id: str) -> str:
+        return f"{PREFIX}:article:{article_id}"
+
+    @staticmethod
+    def events_key(article_id: str) -> str:
+        return f"{PREFIX}:article:{article_id}:events"
+
+    INDEX = f"{PREFIX}:articles"
+    ACTIVE = f"{PREFIX}:active"
+
+    # --- records ---
+
+    def create(self, article_id: str, fields: dict[str, Any]) -> None:
+        created = time.time()
+        mapping = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        mapping.update(
+            status="queued", stage="queued", tokens="0", images_done="0", created=str(created)
+        )
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key(article_id), mapping=mapping)
+        pipe.zadd(self.INDEX, {article_id: created})
+        pipe.sadd(self.ACTIVE, article_id)
+        pipe.execute()
+        self.publish(article_id)
+
+    def fields(self, article_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.key(article_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def get(self, article_id: str, name: str) -> Any:
+        value = self.redis.hget(self.key(article_id), name)
+        return None if value is None else json.loads(value)
+
+    def put(self, article_id: str, **values: Any) -> None:
+        self.redis.hset(self.key(article_id), mapping={k: json.dumps(v) for k, v in values.items()})
+
+    def status(self, article_id: str) -> str | None:
+        value = self.redis.hget(self.key(article_id), "status")
+        return None if value is None else value.decode()
+
+    def is_over(self, article_id: str) -> bool:
+        """True once the article reached a terminal state (a job should stop)."""
+        return self.status(article_id) in TERMINAL
+
+    def transition(self, article_id: str, status: str, **extra: str) -> bool:
+        """Moves to ``status`` unless already terminal; publishes a progress event."""
+        args: list[str] = [status]
+        for k, v in extra.items():
+            args += [k, v]
+        if status in TERMINAL:
+            args += ["finished", str(time.time())]
+        changed = bool(self._set_status(keys=[self.key(article_id)], args=args))
+        if changed:
+            if status in TERMINAL:
+                pipe = self.redis.pipeline()
+                pipe.srem(self.ACTIVE, article_id)
+                pipe.expire(self.key(article_id), self.ttl)
+                pipe.expire(self.events_key(article_id), self.ttl)
+                pipe.execute()
+            self.publish(article_id)
+        return changed
+
+    def stage(self, article_id: str, stage: str, status: str) -> bool:
+        if self.redis.hget(self.key(article_id), "started") is None:
+            self.redis.hset(self.key(article_id), "started", str(time.time()))
+        return self.transition(article_id, status, stage=stage)
+
+    def add_tokens(self, article_id: str, count: int) -> None:
+        self.redis.hincrby(self.key(article_id), "tokens", count)
+
+    def image_step(self, article_id: str, index: int, step: int, steps: int) -> None:
+        self.redis.hset(self.key(article_id), f"image_step:{index}", f"{step}/{steps}")
+
+    def image_done(self, article_id: str, index: int, image: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key(article_id), f"image:{index}", json.dumps(image))
+        pipe.hincrby(self.key(article_id), "images_done", 1)
+        pipe.execute()
+        self.publish(article_id)
+
+    def images(self, article_id: str, count: int) -> list[dict[str, Any] | None]:
+        values = self.redis.hmget(self.key(article_id), [f"image:{k}" for k in range(count)])
+        return [None if v is None else json.loads(v) for v in values]
+
+    def active_count(self) -> int:
+        return int(self.redis.scard(self.ACTIVE))
+
+    # --- finished articles and images on disk ---
+
+    def article_path(self, article_id: str) -> Path:
+        return self.data_dir / "articles" / f"{article_id}.json"
+
+    def image_path(self, image_id: str) -> Path:
+        if not IMAGE_ID.match(image_id):  # nothing but our own ids reaches the filesystem
+            raise ValueError(f"not an image id: {image_id!r}")
+        return self.data_dir / "images" / f"{image_id}.png"
+
+    def save_image(self, image_id: str, png: bytes) -> None:
+        _atomic_write(self.image_path(image_id), png)
+
+    def save_article(self, status: ArticleStatus) -> None:
+        _atomic_write(self.article_path(status.id), status.model_dump_json(indent=2).encode())
+
+    def load_article(self, article_id: str) -> ArticleStatus | None:
+        path = self.article_path(article_id)
+        if not ARTICLE_ID.match(article_id) or not path.exists():
+            return None
+        return ArticleStatus.model_validate_json(path.read_text())
+
+    # --- progress events ---
+
+    def publish(self, article_id: str) -> None:
+        """Appends the current status/progress snapshot to the article's event stream."""
+        from services.gateway.views import status_view
+
+        fields = self.fields(article_id)
+        if not fields:
+            return
+        view = status_view(article_id, fields, include_article=False)
+        data = view.model_dump_json(include={"id", "status", "progress", "error"})
+        self.redis.xadd(
+            self.events_key(article_id), {"data": data}, maxlen=STREAM_MAXLEN, approximate=True
+        )
+
+    def read_events(
+        self, article_id: str, after: str, block_ms: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        reply = self.redis.xread({self.events_key(article_id): after}, block=block_ms, count=100)
+        events = []
+        for _stream, entries in reply or []:
+            for entry_id, values in entries:
+                events.append((entry_id.decode(), json.loads(values[b"data"])))
+        return events
+
+    # --- listing, idempotency, rate limits ---
+
+    def page(self, limit: int, before: float | None) -> tuple[list[str], float | None]:
+        high = f"({before}" if before is not None else "+inf"
+        rows = self.redis.zrevrangebyscore(
+            self.INDEX, high, "-inf", start=0, num=limit + 1, withscores=True
+        )
+        ids = [row[0].decode() for row in rows[:limit]]
+        cursor = rows[limit - 1][1] if len(rows) > limit else None
+        return ids, cursor
+
+    def claim_idempotency(
+        self, scope: str, key: str, fingerprint: str, article_id: str, ttl: int = 24 * 3600
+    ) -> dict[str, str] | None:
+        """Records key -> article; returns the earlier claim when the key was used before."""
+        name = f"{PREFIX}:idem:{scope}:{key}"
+        claim = json.dumps({"fingerprint": fingerprint, "article_id": article_id})
+        if self.redis.set(name, claim, nx=True, ex=ttl):
+            return None
+        existing = self.redis.get(name)
+        return None if existing is None else dict(json.loads(existing))
+
+    def hit_rate_limit(self, scope: str, limit: int) -> int | None:
+        """Counts one request in this minute's window; returns seconds to wait when over."""
+        window = int(time.time() // 60)
+        name = f"{PREFIX}:rate:{scope}:{window}"
+        pipe = self.redis.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, 120)
+        count = int(pipe.execute()[0])
+        if count > limit:
+            return max(1, 60 - int(time.time() % 60))
+        return None

@@ -1,0 +1,69 @@
+"""Turns a stored record into the public ``ArticleStatus`` (progress percent included)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from services.gateway.schemas import Article, ArticleStatus, ErrorInfo, Progress
+
+
+def _iso(value: str | None) -> str | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def percent(fields: dict[str, str]) -> float:
+    from services.gateway.store import STAGE_SPAN
+
+    status, stage = fields.get("status", "queued"), fields.get("stage", "queued")
+    if status == "succeeded":
+        return 100.0
+    start, end = STAGE_SPAN.get(stage, (0, 0))
+    fraction = 0.0
+    if stage == "sections":
+        expected = max(1, int(fields.get("expected_tokens", "1")))
+        fraction = min(1.0, int(fields.get("tokens", "0")) / expected)
+    elif stage == "images":
+        total = max(1, int(fields.get("images_total", "1")))
+        done = 0.0
+        for k in range(total):
+            if f"image:{k}" in fields:
+                done += 1
+            elif f"image_step:{k}" in fields:
+                step, steps = fields[f"image_step:{k}"].split("/")
+                done += int(step) / max(1, int(steps))
+        fraction = done / total
+    return round(start + (end - start) * fraction, 1)
+
+
+def status_view(
+    article_id: str, fields: dict[str, str], include_article: bool = True
+) -> ArticleStatus:
+    request = json.loads(fields.get("request", "{}"))
+    stage = fields.get("stage", "queued")
+    article = None
+    if include_article and "article" in fields:
+        article = Article.model_validate_json(fields["article"])
+    error = ErrorInfo.model_validate_json(fields["error"]) if "error" in fields else None
+    timestamps = {
+        name: iso
+        for name in ("created", "started", "finished")
+        if (iso := _iso(fields.get(name))) is not None
+    }
+    return ArticleStatus(
+        id=article_id,
+        status=fields.get("status", "queued"),  # type: ignore[arg-type]
+        progress=Progress(
+            stage=stage,  # type: ignore[arg-type]
+            percent=percent(fields),
+            tokens=int(fields.get("tokens", "0")),
+            images_done=int(fields.get("images_done", "0")),
+            images_total=int(fields.get("images_total", "0")),
+        ),
+        article=article,
+        error=error,
+        timestamps=timestamps,
+        metadata=request.get("metadata", {}),
+    )
