@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -118,7 +119,7 @@ def _owned(store: ArticleStore, article_id: str, scope: str) -> dict[str, str] |
     if not ARTICLE_ID.match(article_id):
         return None
     fields = store.fields(article_id)
-    if fields and scope != ANONYMOUS and fields.get("key", '"anonymous"').strip('"') != scope:
+    if fields and scope != ANONYMOUS and json.loads(fields.get("key", "null")) != scope:
         return None
     return fields
 
@@ -209,8 +210,6 @@ async def _events(
 
 
 def _dump(data: dict[str, Any]) -> str:
-    import json
-
     return json.dumps(data)
 
 

@@ -80,7 +80,7 @@ class ArticleStore:
 
     def create(self, article_id: str, fields: dict[str, Any]) -> None:
         created = time.time()
-        mapping = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+        mapping = {k: json.dumps(v) for k, v in fields.items()}
         mapping.update(
             status="queued", stage="queued", tokens="0", images_done="0", created=str(created)
         )
@@ -147,6 +147,8 @@ class ArticleStore:
         self.publish(article_id)
 
     def images(self, article_id: str, count: int) -> list[dict[str, Any] | None]:
+        if count == 0:
+            return []
         values = self.redis.hmget(self.key(article_id), [f"image:{k}" for k in range(count)])
         return [None if v is None else json.loads(v) for v in values]
 

@@ -1,0 +1,194 @@
+"""Pipeline stages on their own: tolerant parsing, fallbacks, sanitized assembly, signing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from services.gateway import assemble, pipeline
+from services.gateway.schemas import ArticleRequest
+from services.gateway.webhooks import WebhookRefused, check_url, sign
+
+REQUEST = ArticleRequest(topic="The future of solar power", sections=3, keywords=["photovoltaics"])
+
+
+class ScriptedText:
+    """A TextBackend that answers with fixed text, standing in for model output we choose.
+
+    The model code itself is exercised by the whole-system tests; here the point is what the
+    pipeline does with well-formed, malformed and hostile output."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = replies
+        self.bodies: list[dict[str, Any]] = []
+
+    async def generate(
+        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        self.bodies.append(body)
+        text = self.replies[min(len(self.bodies) - 1, len(self.replies) - 1)]
+        if on_delta:
+            for word in text.split(" "):
+                on_delta(word)
+        return {"text": text, "finish_reason": "stop", "model": "tiny", "seed": body["seed"]}
+
+
+def test_outline_from_json_even_inside_chatter() -> None:
+    raw = (
+        'Sure! Here it is:\n{"title": "Sunny Days Ahead", "sections": ["Why now", '
+        '"How panels work", "Costs", "Extra"]}\nHope that helps.'
+    )
+    outline = pipeline.parse_outline(raw, 3)
+    assert outline is not None
+    assert outline.title == "Sunny Days Ahead"
+    assert outline.headings == ["Why now", "How panels work", "Costs"]
+
+
+def test_outline_from_a_title_and_list() -> None:
+    raw = "Title: Sunny Days Ahead\n1. Why now\n2. How panels work\n- Costs"
+    outline = pipeline.parse_outline(raw, 3)
+    assert outline is not None and outline.headings == ["Why now", "How panels work", "Costs"]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "\ufffd\x01ion\ufffd once\ufffdust",
+        '{"title": 5}',
+        "A\nB",
+        "###\n@@@\n$$$\n%%%",
+        '{"title": "Ok title", "sections": ["only one"]}',
+    ],
+)
+def test_junk_gives_no_outline(junk: str) -> None:
+    assert pipeline.parse_outline(junk, 3) is None
+
+
+def test_junk_falls_back_deterministically_and_says_so() -> None:
+    backend = ScriptedText(["\ufffd\x01 garbage \ufffd"])
+    outline = asyncio.run(pipeline.write_outline(backend, REQUEST, seed=3))
+    assert outline.fallback
+    assert outline == pipeline.fallback_outline(REQUEST)
+    assert outline.title == "The future of solar power"
+    assert len(outline.headings) == 3
+    assert backend.bodies[0]["seed"] == 3
+
+
+def test_sections_go_out_together_and_stream_tokens() -> None:
+    backend = ScriptedText(["## How panels work\nPanels turn light into power.", "", "Text."])
+    outline = pipeline.Outline("T", ["How panels work", "B", "C"])
+    deltas: list[str] = []
+    bodies, fallbacks = asyncio.run(
+        pipeline.write_sections(backend, REQUEST, outline, 10, deltas.append)
+    )
+    assert bodies[0] == "Panels turn light into power."  # the repeated heading is dropped
+    assert bodies[1] == pipeline.fallback_section("B", REQUEST) and fallbacks == ["section:1"]
+    assert [b["seed"] for b in backend.bodies] == [11, 12, 13]
+    assert deltas
+
+
+def test_manual_image_prompts_are_used_as_given_plus_style() -> None:
+    request = ArticleRequest(
+        topic="Solar power",
+        images={"count": 1, "style": "watercolor"},
+        image_prompts=["a rooftop of panels at dawn"],
+    )
+    backend = ScriptedText(["unused"])
+    prompts, fallbacks = asyncio.run(
+        pipeline.write_image_prompts(backend, request, pipeline.fallback_outline(request), ["x"], 1)
+    )
+    assert prompts == ["a rooftop of panels at dawn, watercolor"]
+    assert backend.bodies == [] and fallbacks == []
+
+
+def test_derived_image_prompts_and_their_fallback() -> None:
+    request = ArticleRequest(topic="Solar power", sections=2, images={"count": 2})
+    backend = ScriptedText(['"solar panels on a red roof, morning light, detailed"', "\ufffd"])
+    outline = pipeline.Outline("Solar at home", ["Costs", "Installers"])
+    prompts, fallbacks = asyncio.run(
+        pipeline.write_image_prompts(
+            backend, request, outline, ["Panels cost less now.", "Pick a good installer."], 5
+        )
+    )
+    assert prompts[0] == "solar panels on a red roof, morning light, detailed"
+    assert prompts[1].startswith("Costs, Solar power") and fallbacks == ["image_prompt:1"]
+    assert "Panels cost less now." in backend.bodies[1]["prompt"]  # section text as context
+
+
+def _provenance() -> Any:
+    return assemble.provenance(REQUEST, "tiny", None, "tiny", 1, [5], {"outline": 0.1}, [])
+
+
+def test_model_html_is_sanitized() -> None:
+    outline = pipeline.Outline("<b>Title</b>", ["Intro <img src=x onerror=alert(1)>"])
+    body = 'Hello <script>alert("x")</script> [click](javascript:alert(1)) **bold**'
+    article = assemble.assemble(
+        "art_1",
+        REQUEST.model_copy(update={"sections": 1}),
+        outline,
+        [body],
+        [],
+        _provenance(),
+        "2026-11-26T00:00:00Z",
+    )
+    for html in (article.html, article.sections[0].html):
+        assert "<script" not in html and 'href="javascript:' not in html
+        assert "<img src=x" not in html  # the heading's tag is text, not an element
+    assert "&lt;script&gt;" in article.sections[0].html
+    assert "<strong>bold</strong>" in article.html
+    assert "<h1>&lt;b&gt;Title&lt;/b&gt;</h1>" in article.html
+
+
+def test_article_fields_are_derived_from_the_text() -> None:
+    outline = pipeline.Outline("Solar Power at Home!", ["Why", "How"])
+    bodies = ["Panels are cheap now. They pay back fast. More text here.", "Call an installer."]
+    image = assemble.image_ref("img_1", "http://x/v1/images/img_1", "p", 5, 64, 64, "Solar")
+    article = assemble.assemble(
+        "art_1",
+        REQUEST.model_copy(update={"sections": 2}),
+        outline,
+        bodies,
+        [image],
+        _provenance(),
+        "2026-11-26T00:00:00Z",
+    )
+    assert article.slug == "solar-power-at-home"
+    assert article.excerpt == "Panels are cheap now. They pay back fast."
+    assert article.word_count == 14 and article.reading_time_minutes == 1
+    assert article.tags[0] == "photovoltaics" and "solar" in article.tags
+    assert article.featured_image == image and article.sections[0].image is None
+    assert article.markdown.startswith("# Solar Power at Home!\n\n![Solar](http://x/v1/images")
+    assert len(article.meta_description) <= 160
+
+
+def test_webhook_signature_follows_standard_webhooks() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    when = datetime(2026, 11, 26, tzinfo=UTC)
+    headers = sign(secret, "msg_1", when, '{"a": 1}')
+    assert headers["webhook-timestamp"] == str(int(when.timestamp()))
+    assert headers["webhook-signature"].startswith("v1,")
+    with pytest.raises(Exception, match="timestamp|Message"):
+        Webhook(secret).verify('{"a": 1}', headers)  # too old: replay protection works
+    fresh = sign(secret, "msg_1", datetime.now(UTC), '{"a": 1}')
+    assert Webhook(secret).verify('{"a": 1}', fresh) == {"a": 1}
+    with pytest.raises(Exception, match="signature"):
+        Webhook(secret).verify('{"a": 2}', fresh)
+
+
+def test_ssrf_guard() -> None:
+    check_url("http://127.0.0.1/x", allow_private=True)
+    for url in (
+        "ftp://example.com/x",
+        "http:///nohost",
+        "http://192.168.1.1/",
+        "http://[fe80::1]/",
+    ):
+        with pytest.raises(WebhookRefused):
+            check_url(url, allow_private=False)
