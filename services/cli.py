@@ -215,6 +215,39 @@ def generate(
         print(out / ref.url)
 
 
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="RQ workers to start.", min=1, max=32)] = 1,
+    host: Annotated[str, typer.Option(help="Bind address for all three services.")] = "127.0.0.1",
+) -> None:
+    """Start text, image, gateway and workers locally; Ctrl-C stops them all."""
+    from services.gateway.config import GatewaySettings
+    from services.image.config import ImageSettings
+    from services.launcher import up as launch
+    from services.text.config import TextSettings
+
+    gateway = GatewaySettings()
+    ports = {
+        "text": TextSettings().text_port,
+        "image": ImageSettings().image_port,
+        "gateway": gateway.gateway_port,
+    }
+
+    def redis_ok() -> str | None:
+        from redis import Redis
+
+        try:
+            Redis.from_url(gateway.redis_url, socket_timeout=2).ping()
+        except Exception as exc:
+            return f"{gateway.redis_url} does not answer ({exc})"
+        return None
+
+    def say(message: str) -> None:
+        console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+    raise typer.Exit(launch(host, ports, workers, redis_ok, say))
+
+
 @models_app.command("tiny")
 def models_tiny(
     cache_dir: Annotated[

@@ -332,7 +332,7 @@ def assemble_job(article_id: str) -> None:
     images = [assemble.ImageRef.model_validate(r) for r in records if r and "skipped" not in r]
     image_model = next((r.get("model") for r in records if r and r.get("model")), None)
     text_models = json.loads(fields.get("text_models", "{}")).get("data", [])
-    served = next(iter(text_models), {})
+    served: dict[str, Any] = next(iter(text_models), {})
     timings = json.loads(fields.get("timings", "{}"))
     timings["assemble"] = round(time.monotonic() - started, 3)
     provenance = assemble.provenance(

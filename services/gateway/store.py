@@ -58,7 +58,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 class ArticleStore:
     def __init__(self, redis: Redis, data_dir: Path, ttl_seconds: int = 7 * 24 * 3600) -> None:
-        self.redis = redis
+        # redis-py's annotations mix sync/async and bytes/str replies; replies here are bytes.
+        self.redis: Any = redis
         self.data_dir = data_dir
         self.ttl = ttl_seconds
         self._set_status = redis.register_script(_SET_STATUS)

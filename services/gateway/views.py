@@ -54,9 +54,9 @@ def status_view(
     }
     return ArticleStatus(
         id=article_id,
-        status=fields.get("status", "queued"),  # type: ignore[arg-type]
+        status=fields.get("status", "queued"),
         progress=Progress(
-            stage=stage,  # type: ignore[arg-type]
+            stage=stage,
             percent=percent(fields),
             tokens=int(fields.get("tokens", "0")),
             images_done=int(fields.get("images_done", "0")),

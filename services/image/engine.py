@@ -1,0 +1,488 @@
+"""The image engine: one thread owns the pipeline and draws compatible requests together.
+
+Requests are checked and given their defaults and seeds on the caller's side (``prepare``),
+admitted against the queue bound (``submit``), then picked up by the engine thread. It takes the
+oldest waiting request, waits up to ``batch_wait_ms`` (counted from that request's arrival) for
+others with the same size, steps, scheduler and guidance, and runs them as one pipeline call of
+at most ``max_batch_size`` images. Each image keeps its own prompt, negative prompt and CPU
+generator, so image k of a request with seed s is the image a lone request with seed s + k
+draws, batched or not. Every call gets a fresh scheduler (diffusers schedulers hold state).
+
+Progress flows back per step through ``callback_on_step_end``; when every request of a call has
+been cancelled (its client left) the callback interrupts the pipeline. PNG encoding and the
+safety checker run on this thread too; ``_call_pipeline`` is the only code that runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.common.errors import ArticleforgeError, InvalidRequest, Overloaded
+from services.image import metrics
+from services.image.config import ImageSettings
+from services.image.infotext import ImageParameters, encode_png
+from services.image.loading import LoadedPipeline
+from services.image.schedulers import check_steps, make_scheduler
+from services.image.schemas import MAX_SEED, ImageParams
+
+logger = logging.getLogger(__name__)
+
+BatchKey = tuple[int, int, int, str, float]  # width, height, steps, scheduler, guidance
+
+
+@dataclass
+class ImageJob:
+    """A prepared request: checked, with every default and seed resolved."""
+
+    request_id: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    seeds: tuple[int, ...]
+    stream: bool = False
+    arrival: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> BatchKey:
+        """Requests with equal keys can share a pipeline call."""
+        return (self.width, self.height, self.steps, self.scheduler, self.guidance_scale)
+
+
+@dataclass
+class Progress:
+    step: int
+    steps: int
+    preview_b64: str | None = None
+
+
+@dataclass
+class OutputImage:
+    png: bytes | None  # None when the safety checker flagged it
+    seed: int
+    width: int
+    height: int
+    nsfw: bool
+
+
+@dataclass
+class ImageResult:
+    images: list[OutputImage]
+    model: str
+    scheduler: str
+    steps: int
+    guidance_scale: float
+    queue_seconds: float
+    inference_seconds: float
+    total_seconds: float
+    seconds_per_image: float
+    batch_size: int
+
+
+class ImageHandle:
+    """The caller's side of a request: stream progress, await the result, or cancel."""
+
+    def __init__(self, engine: ImageEngine, job: ImageJob) -> None:
+        self.engine = engine
+        self.job = job
+        self.cancelled = threading.Event()
+        self.finalized = False
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.result: ImageResult | None = None
+
+    # called from the engine thread
+    def push(self, kind: str, payload: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, payload))
+        except RuntimeError:  # the caller's loop is gone
+            self.cancel()
+
+    async def progress(self) -> AsyncIterator[Progress]:
+        """Yields progress (streaming jobs only); afterwards ``self.result`` holds the result."""
+        while True:
+            kind, payload = await self._events.get()
+            if kind == "progress":
+                yield payload
+            elif kind == "done":
+                self.result = payload
+                return
+            else:
+                raise payload
+
+    async def wait(self) -> ImageResult:
+        async for _ in self.progress():
+            pass
+        assert self.result is not None
+        return self.result
+
+    def cancel(self) -> None:
+        """Frees the request's slot now; the engine skips it, or interrupts its call."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self.engine.release(self, "cancelled")
+
+
+class ImageEngine:
+    def __init__(self, settings: ImageSettings, loaded: LoadedPipeline) -> None:
+        self.settings = settings
+        self.loaded = loaded
+        self._cond = threading.Condition()
+        self._pending: list[ImageHandle] = []
+        self._admitted = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Future[None]:
+        """Starts the engine thread, which warms up before it takes requests.
+
+        The returned future resolves once the warm-up is done (or fails with its error). The
+        warm-up runs on the engine thread itself: CUDA graphs (torch.compile's
+        `reduce-overhead` and `max-autotune` modes) belong to the thread that recorded them.
+        """
+        warmed: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._loop, args=(warmed,), name="image-engine", daemon=True
+        )
+        self._thread.start()
+        return warmed
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def warmup(self) -> None:
+        """2-step images at the default size (the engine thread runs this first).
+
+        With ``image_compile`` on, this is where torch.compile pays its compile time: once for
+        one image, and once more for a full batch, after which dynamo treats the batch size as
+        dynamic and later batch sizes do not recompile. (A new image size still does once.)
+        """
+        loaded, settings = self.loaded, self.settings
+        sizes = [1]
+        if settings.image_compile and settings.image_max_batch_size > 1:
+            sizes.append(settings.image_max_batch_size)
+        for size in sizes:
+            job = ImageJob(
+                request_id="warmup",
+                prompt="warm up",
+                negative_prompt="",
+                width=loaded.default_width,
+                height=loaded.default_height,
+                steps=2,
+                guidance_scale=settings.image_default_guidance_scale,
+                scheduler=settings.image_default_scheduler,
+                seeds=tuple(range(size)),
+            )
+            started = time.monotonic()
+            self._call_pipeline(job, [job.prompt] * size, [""] * size, list(job.seeds), None)
+            logger.info(
+                "image model %s: warm-up with %d image(s) took %.2fs",
+                loaded.model_name,
+                size,
+                time.monotonic() - started,
+            )
+
+    # --- the caller's side -------------------------------------------------------------------
+
+    def prepare(
+        self, params: ImageParams, request_id: str, *, stream: bool = False, size_param: str = ""
+    ) -> ImageJob:
+        """Resolves defaults and checks the limits the schema cannot see; raises 400s."""
+        settings, loaded = self.settings, self.loaded
+        limit = settings.image_max_prompt_length
+        for name, text in (("prompt", params.prompt), ("negative_prompt", params.negative_prompt)):
+            if len(text) > limit:
+                raise InvalidRequest(
+                    f"{name} is {len(text)} characters long; the limit is {limit} "
+                    "(ARTICLEFORGE_IMAGE_MAX_PROMPT_LENGTH)",
+                    param=name,
+                )
+        width = params.width or loaded.default_width
+        height = params.height or loaded.default_height
+        for name, side in (("width", width), ("height", height)):
+            if side > settings.image_max_side:
+                raise InvalidRequest(
+                    f"{name} must be <= {settings.image_max_side} "
+                    f"(ARTICLEFORGE_IMAGE_MAX_SIDE), got {side}",
+                    param=size_param or name,
+                )
+            if side < loaded.min_side:
+                raise InvalidRequest(
+                    f"{name} must be >= {loaded.min_side} for this model, got {side}",
+                    param=size_param or name,
+                )
+        if params.n > settings.image_max_batch_size:
+            raise InvalidRequest(
+                f"n must be <= {settings.image_max_batch_size} "
+                f"(ARTICLEFORGE_IMAGE_MAX_BATCH_SIZE), got {params.n}",
+                param="n",
+            )
+        seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1 - 8)
+        if seed + params.n - 1 > MAX_SEED:
+            raise InvalidRequest(
+                f"seed + n - 1 must be <= {MAX_SEED} (image k uses seed + k), got "
+                f"{seed + params.n - 1}",
+                param="seed",
+            )
+        scheduler = params.scheduler or settings.image_default_scheduler
+        steps = params.steps or settings.image_default_steps
+        check_steps(scheduler, steps, loaded.scheduler_config)
+        guidance = params.guidance_scale
+        return ImageJob(
+            request_id=request_id,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=settings.image_default_guidance_scale if guidance is None else guidance,
+            scheduler=scheduler,
+            seeds=tuple(seed + k for k in range(params.n)),
+            stream=stream,
+        )
+
+    def submit(self, job: ImageJob) -> ImageHandle:
+        """Admits a prepared request, or raises 429 when the queue is full."""
+        handle = ImageHandle(self, job)
+        with self._cond:
+            if self._admitted >= self.settings.image_max_queue:
+                metrics.REQUESTS.labels("rejected").inc()
+                raise Overloaded(
+                    f"the image queue is full ({self.settings.image_max_queue} requests, "
+                    "ARTICLEFORGE_IMAGE_MAX_QUEUE); retry later",
+                    retry_after=2,
+                )
+            self._admitted += 1
+            self._pending.append(handle)
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+            self._cond.notify_all()
+        return handle
+
+    def release(self, handle: ImageHandle, status: str) -> None:
+        with self._cond:
+            if handle.finalized:
+                return
+            handle.finalized = True
+            self._admitted -= 1
+        metrics.REQUESTS.labels(status).inc()
+
+    # --- the engine thread ---------------------------------------------------------------------
+
+    def _loop(self, warmed: Future[None]) -> None:
+        if not warmed.set_running_or_notify_cancel():  # the app stopped before we began
+            return
+        try:
+            self.warmup()
+        except Exception as exc:
+            warmed.set_exception(exc)
+            return
+        warmed.set_result(None)
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                break
+            self._run_batch(batch)
+        self._fail_pending()
+
+    def _next_batch(self) -> list[ImageHandle] | None:
+        """The oldest request plus compatible ones, once full or once its wait is over."""
+        wait = self.settings.image_batch_wait_ms / 1000
+        limit = self.settings.image_max_batch_size
+        with self._cond:
+            while True:
+                self._pending = [h for h in self._pending if not h.cancelled.is_set()]
+                if self._stopping:
+                    return None
+                if not self._pending:
+                    metrics.QUEUE_DEPTH.set(0)
+                    self._cond.wait()
+                    continue
+                first = self._pending[0]
+                batch: list[ImageHandle] = []
+                images = 0
+                for handle in self._pending:
+                    n = len(handle.job.seeds)
+                    if handle.job.key == first.job.key and images + n <= limit:
+                        batch.append(handle)
+                        images += n
+                remaining = first.job.arrival + wait - time.monotonic()
+                if images >= limit or remaining <= 0:
+                    taken = {id(h) for h in batch}
+                    self._pending = [h for h in self._pending if id(h) not in taken]
+                    metrics.QUEUE_DEPTH.set(len(self._pending))
+                    return batch
+                self._cond.wait(timeout=remaining)
+
+    def _fail_pending(self) -> None:
+        with self._cond:
+            pending, self._pending = self._pending, []
+        for handle in pending:
+            handle.push("error", ArticleforgeError("the image service is shutting down"))
+            self.release(handle, "error")
+
+    def _run_batch(self, handles: list[ImageHandle]) -> None:
+        handles = [h for h in handles if not h.cancelled.is_set()]
+        if not handles:
+            return
+        job = handles[0].job
+        prompts: list[str] = []
+        negatives: list[str] = []
+        seeds: list[int] = []
+        offsets: list[int] = []
+        for handle in handles:
+            offsets.append(len(prompts))
+            for seed in handle.job.seeds:
+                prompts.append(handle.job.prompt)
+                negatives.append(handle.job.negative_prompt)
+                seeds.append(seed)
+        metrics.BATCH_SIZE.observe(len(prompts))
+        started = time.monotonic()
+        steps_run = 0
+
+        def on_step(
+            pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
+            nonlocal steps_run
+            steps_run += 1
+            metrics.STEPS.inc()
+            step, total = index + 1, int(pipe.num_timesteps)
+            every = self.settings.image_preview_every
+            live = False
+            for handle, offset in zip(handles, offsets, strict=True):
+                if handle.cancelled.is_set():
+                    continue
+                live = True
+                if not handle.job.stream:
+                    continue
+                preview = None
+                if every and step % every == 0 and self.loaded.previewer is not None:
+                    preview = self.loaded.previewer.png_b64(tensors["latents"][offset])
+                handle.push("progress", Progress(step, total, preview))
+            if not live:
+                # Every client has left: diffusers' documented way to stop the denoising loop.
+                pipe._interrupt = True
+            return tensors
+
+        try:
+            pixels = self._call_pipeline(job, prompts, negatives, seeds, on_step)
+            live = [h for h in handles if not h.cancelled.is_set()]
+            if not live:
+                logger.info(
+                    "image batch of %d: every client left; stopped after %d of %d steps",
+                    len(prompts),
+                    steps_run,
+                    job.steps,
+                )
+                return
+            flags = (
+                self.loaded.safety.flags(pixels) if self.loaded.safety else [False] * len(prompts)
+            )
+        except Exception as exc:  # a failed batch fails its requests, not the engine
+            logger.exception("image batch of %d failed", len(prompts))
+            for handle in handles:
+                if not handle.cancelled.is_set():
+                    handle.push("error", ArticleforgeError(f"image generation failed: {exc}"))
+                    self.release(handle, "error")
+            return
+        elapsed = time.monotonic() - started
+        per_image = elapsed / len(prompts)
+        for _ in prompts:
+            metrics.SECONDS_PER_IMAGE.observe(per_image)
+        for handle, offset in zip(handles, offsets, strict=True):
+            if handle.cancelled.is_set():
+                continue
+            rows = range(offset, offset + len(handle.job.seeds))
+            images = [self._output(handle.job, pixels[row], seeds[row], flags[row]) for row in rows]
+            end = time.monotonic()
+            result = ImageResult(
+                images=images,
+                model=self.loaded.model_name,
+                scheduler=job.scheduler,
+                steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                queue_seconds=started - handle.job.arrival,
+                inference_seconds=elapsed,
+                total_seconds=end - handle.job.arrival,
+                seconds_per_image=per_image,
+                batch_size=len(prompts),
+            )
+            metrics.IMAGES.inc(len(images))
+            handle.push("done", result)
+            self.release(handle, "success")
+            logger.info(
+                "request %s: %d image(s) %dx%d, %d steps %s, batch of %d, %.2fs",
+                handle.job.request_id,
+                len(images),
+                job.width,
+                job.height,
+                job.steps,
+                job.scheduler,
+                len(prompts),
+                result.total_seconds,
+            )
+
+    def _output(self, job: ImageJob, pixels: np.ndarray, seed: int, nsfw: bool) -> OutputImage:
+        if nsfw:
+            metrics.NSFW.inc()
+            logger.info("request %s: the safety checker flagged seed %d", job.request_id, seed)
+            return OutputImage(None, seed, job.width, job.height, True)
+        params = ImageParameters(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            steps=job.steps,
+            scheduler=job.scheduler,
+            guidance_scale=job.guidance_scale,
+            seed=seed,
+            width=job.width,
+            height=job.height,
+            model=self.loaded.model_name,
+        )
+        as_bytes = (pixels * 255).round().clip(0, 255).astype(np.uint8)
+        return OutputImage(encode_png(as_bytes, params), seed, job.width, job.height, False)
+
+    def _call_pipeline(
+        self,
+        job: ImageJob,
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        on_step: Any,
+    ) -> np.ndarray:
+        """One pipeline call; NHWC float images in [0, 1]."""
+        pipe = self.loaded.pipe
+        pipe.scheduler = make_scheduler(job.scheduler, self.loaded.scheduler_config)
+        # CPU generators: the same seed gives the same starting noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            out = pipe(
+                prompt=prompts,
+                negative_prompt=negatives,
+                width=job.width,
+                height=job.height,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=on_step,
+            )
+        return np.asarray(out.images, dtype=np.float32)

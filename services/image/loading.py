@@ -1,0 +1,158 @@
+"""Loads the diffusers text-to-image pipeline (and the optional safety checker)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.common.tiny import resolve_model
+from services.image.config import ImageSettings
+from services.image.preview import LatentPreviewer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+
+
+class SafetyChecker:
+    """StableDiffusionSafetyChecker, run by us on the decoded images of any pipeline.
+
+    The pipelines' own integration blacks flagged images out (and SDXL has none); we keep the
+    flags and let the reply say `nsfw: true` instead.
+    """
+
+    def __init__(self, checker: Any, extractor: Any, device: torch.device) -> None:
+        # Its warning says a black image will be returned; we return none (see above).
+        logging.getLogger(type(checker).__module__).setLevel(logging.ERROR)
+        self.checker = checker
+        self.extractor = extractor
+        self.device = device
+
+    def flags(self, images: np.ndarray) -> list[bool]:
+        """One flag per image of an NHWC float array in [0, 1]."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        pil = VaeImageProcessor.numpy_to_pil(images)
+        inputs = self.extractor(pil, return_tensors="pt").pixel_values
+        inputs = inputs.to(self.device, dtype=self.checker.dtype)
+        _, flagged = self.checker(clip_input=inputs, images=images.copy())
+        return [bool(f) for f in flagged]
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    model_name: str
+    scheduler_config: Any  # the model's own; every call builds a fresh scheduler from it
+    default_width: int
+    default_height: int
+    min_side: int  # smallest side the denoiser's down/up-sampling handles
+    previewer: LatentPreviewer | None
+    safety: SafetyChecker | None
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def _has_component(path: str, index: dict[str, Any], name: str) -> bool:
+    entry = index.get(name)
+    registered = isinstance(entry, list | tuple) and entry[0] is not None
+    return registered or (Path(path) / name).is_dir()
+
+
+def load_safety_checker(
+    settings: ImageSettings, path: str, index: dict[str, Any], device: torch.device
+) -> SafetyChecker:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    source, sub = settings.image_safety_checker_model, None
+    if source is None:
+        if _has_component(path, index, "safety_checker"):
+            source, sub = path, "safety_checker"
+        else:
+            source = DEFAULT_SAFETY_CHECKER
+    logger.info("image safety checker: loading from %s%s", source, f" ({sub})" if sub else "")
+    checker: Any = StableDiffusionSafetyChecker.from_pretrained(source, subfolder=sub or "")
+    extractor = CLIPImageProcessor.from_pretrained(
+        source, subfolder="feature_extractor" if sub else ""
+    )
+    checker.to(device).eval()
+    return SafetyChecker(checker, extractor, device)
+
+
+def _denoiser(pipe: Any) -> Any:
+    return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+
+
+def load_image_pipeline(settings: ImageSettings) -> LoadedPipeline:
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    path = resolve_model(settings.image_model, "image", settings.resolved_cache_dir())
+    device = resolve_device(settings.image_device)
+    dtype = resolve_dtype(settings.image_dtype, device)
+    index = dict(DiffusionPipeline.load_config(path))
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if "safety_checker" in index:
+        # Never the pipeline's own checker: it would black images out (see SafetyChecker).
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    logger.info(
+        "image model %s: loading from %s on %s (%s)", settings.image_model, path, device, dtype
+    )
+    pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    denoiser = _denoiser(pipe)
+    if denoiser is None:
+        raise ValueError(f"{settings.image_model} has neither a UNet nor a transformer")
+    if device.type == "cuda":
+        # diffusers already uses PyTorch SDPA attention (AttnProcessor2_0) on torch >= 2.
+        denoiser.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if settings.image_compile:
+        logger.info(
+            "image model %s: torch.compile (%s)", settings.image_model, settings.image_compile_mode
+        )
+        compiled = torch.compile(denoiser, mode=settings.image_compile_mode)
+        if getattr(pipe, "unet", None) is not None:
+            pipe.unet = compiled
+        else:
+            pipe.transformer = compiled
+
+    sample = denoiser.config.sample_size
+    sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    scale = int(pipe.vae_scale_factor)
+    downsamples = max(len(getattr(denoiser.config, "block_out_channels", (0,))) - 1, 0)
+    safety = (
+        load_safety_checker(settings, path, index, device)
+        if settings.image_safety_checker
+        else None
+    )
+    return LoadedPipeline(
+        pipe=pipe,
+        device=device,
+        dtype=dtype,
+        model_name=settings.model_name,
+        scheduler_config=pipe.scheduler.config,
+        default_width=sample_w * scale,
+        default_height=sample_h * scale,
+        min_side=max(8, scale * 2**downsamples),
+        previewer=LatentPreviewer.for_pipeline(pipe),
+        safety=safety,
+    )

@@ -1,0 +1,86 @@
+"""`articleforge up`: starts the whole stack, serves an article, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.processes import articleforge_command, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_up_without_redis_says_how_to_start_one() -> None:
+    env = {**os.environ, "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = subprocess.run([*articleforge_command(), "up"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "redis-server" in result.stdout + result.stderr
+
+
+def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
+    redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
+    ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
+    env = {
+        **os.environ,
+        "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
+        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/12",
+        "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
+        "ARTICLEFORGE_API_KEYS": "",
+        **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    proc = subprocess.Popen([*articleforge_command(), "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = _lines(proc)
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any("Press Ctrl-C" in line for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                assert proc.poll() is None, "".join(output)
+        gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
+        assert any(f"{gateway}/docs" in line for line in output)
+        article_id = httpx.post(f"{gateway}/v1/articles", json={
+            "topic": "Bees in the city", "sections": 1, "target_words": 100,
+            "images": {"count": 1, "steps": 2}}).json()["id"]
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())[
+            "status"
+        ] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert status["status"] == "succeeded", status
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for port in ports.values():  # every child is gone: nothing listens any more
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0
