@@ -34,8 +34,9 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 
 def test_up_without_redis_says_how_to_start_one() -> None:
     env = {**os.environ, "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:1/0"}
-    result = subprocess.run([*articleforge_command(), "up"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [*articleforge_command(), "up"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "redis-server" in result.stdout + result.stderr
 
@@ -51,8 +52,13 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
         "ARTICLEFORGE_API_KEYS": "",
         **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
     }
-    proc = subprocess.Popen([*articleforge_command(), "up"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*articleforge_command(), "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = _lines(proc)
     output: list[str] = []
     try:
@@ -65,13 +71,20 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
                 assert proc.poll() is None, "".join(output)
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         assert any(f"{gateway}/docs" in line for line in output)
-        article_id = httpx.post(f"{gateway}/v1/articles", json={
-            "topic": "Bees in the city", "sections": 1, "target_words": 100,
-            "images": {"count": 1, "steps": 2}}).json()["id"]
+        article_id = httpx.post(
+            f"{gateway}/v1/articles",
+            json={
+                "topic": "Bees in the city",
+                "sections": 1,
+                "target_words": 100,
+                "images": {"count": 1, "steps": 2},
+            },
+        ).json()["id"]
         deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())[
-            "status"
-        ] not in ("succeeded", "failed"):
+        while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())["status"] not in (
+            "succeeded",
+            "failed",
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.3)
         assert status["status"] == "succeeded", status
