@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import nh3
 import pytest
 from PIL import Image
 from standardwebhooks import Webhook
@@ -182,6 +183,7 @@ def test_an_article_with_two_images_end_to_end(stack: Stack) -> None:
     assert article["sections"][0]["image"]["id"] == article["images"][1]["id"]
     assert article["featured_image"]["prompt"].endswith("watercolor")
     assert "photovoltaics" in article["tags"]
+    assert nh3.clean(article["html"]) == article["html"]  # sanitized: nothing left to cut
     provenance = article["provenance"]
     assert provenance["text_model"] == "tiny" and provenance["image_model"] == "tiny"
     assert provenance["seeds"]["images"][1] == provenance["seeds"]["images"][0] + 1
