@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ruff check .
-ruff format --check services tests
+ruff format --check services tests training bench
 mypy

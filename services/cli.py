@@ -313,5 +313,15 @@ def generate_text(
         engine.shutdown()
 
 
+def _register_training() -> None:
+    from training.cli import eval_command, prepare_command, train_command
+
+    app.command("prepare")(prepare_command)
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
+
+
+_register_training()
+
 if __name__ == "__main__":
     app()

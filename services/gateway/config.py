@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import time
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
 
@@ -28,7 +31,7 @@ class GatewaySettings(CommonSettings):
     # Allow webhook URLs that resolve to private, loopback or link-local addresses.
     webhook_allow_private: bool = False
     # Seconds between webhook delivery attempts (RQ Retry); one retry per entry.
-    webhook_retry_intervals: list[int] = Field(default=[10, 60, 300, 1800])
+    webhook_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[10, 60, 300, 1800])
     # Seconds to wait for a webhook receiver to answer.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     # Article creations per API key per minute (kept in Redis); 0 turns the limit off.
@@ -54,8 +57,11 @@ class GatewaySettings(CommonSettings):
     @field_validator("webhook_retry_intervals", mode="before")
     @classmethod
     def _split_intervals(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [int(v) for v in value.split(",") if v.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [int(v) for v in text.split(",") if v.strip()]
         return value
 
     @model_validator(mode="after")

@@ -16,7 +16,9 @@ import torch
 def encode_scored(tokenizer: Any, text: str, context: str | None) -> tuple[list[int], int]:
     """Token ids of context+text, and how many leading ids are context (not scored)."""
     if context is not None:
-        lead = list(tokenizer(context).input_ids)
+        # A rendered chat prompt already starts with <s>; don't add a second one.
+        special = not (tokenizer.bos_token and context.startswith(tokenizer.bos_token))
+        lead = list(tokenizer(context, add_special_tokens=special).input_ids)
         return lead + list(tokenizer(text, add_special_tokens=False).input_ids), len(lead)
     ids = list(tokenizer(text).input_ids)
     return ids, 1
