@@ -219,8 +219,9 @@ def main(config: TrainConfig) -> Path:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from services.common.devices import resolve_device
     from services.text.config import TextSettings
-    from services.text.loading import load_base, resolve_device
+    from services.text.loading import load_base
     from training import report
     from training.prepare import load_tokenizer, prepare, write_split
 

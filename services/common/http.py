@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import uuid
@@ -223,3 +224,13 @@ async def cancel_on_disconnect(
     on_disconnect()
     logger.info("request %s: client disconnected, work cancelled", request_id_of(request))
     return None
+
+
+def sse_error(exc: Exception, request: Request, fallback: str) -> dict[str, str]:
+    """An SSE `error` event in the error shape, for failures after the stream has started."""
+    if isinstance(exc, ArticleforgeError):
+        body = error_body(exc.type, exc.message, exc.param, request_id_of(request))
+    else:
+        logger.error("request %s: stream failed: %s", request_id_of(request), exc)
+        body = error_body("internal_error", fallback, None, request_id_of(request))
+    return {"event": "error", "data": json.dumps(body)}

@@ -15,7 +15,6 @@ safety checker run on this thread too; ``_call_pipeline`` is the only code that 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from services.common.errors import ArticleforgeError, InvalidRequest, Overloaded
+from services.common.handles import EngineHandle
 from services.image import metrics
 from services.image.config import ImageSettings
 from services.image.infotext import ImageParameters, encode_png
@@ -93,48 +93,15 @@ class ImageResult:
     batch_size: int
 
 
-class ImageHandle:
-    """The caller's side of a request: stream progress, await the result, or cancel."""
+class ImageHandle(EngineHandle[ImageResult]):
+    """An image request's handle: ``progress()`` yields a ``Progress`` per step."""
 
     def __init__(self, engine: ImageEngine, job: ImageJob) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.job = job
-        self.cancelled = threading.Event()
-        self.finalized = False
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.result: ImageResult | None = None
 
-    # called from the engine thread
-    def push(self, kind: str, payload: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, payload))
-        except RuntimeError:  # the caller's loop is gone
-            self.cancel()
-
-    async def progress(self) -> AsyncIterator[Progress]:
-        """Yields progress (streaming jobs only); afterwards ``self.result`` holds the result."""
-        while True:
-            kind, payload = await self._events.get()
-            if kind == "progress":
-                yield payload
-            elif kind == "done":
-                self.result = payload
-                return
-            else:
-                raise payload
-
-    async def wait(self) -> ImageResult:
-        async for _ in self.progress():
-            pass
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        """Frees the request's slot now; the engine skips it, or interrupts its call."""
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            self.engine.release(self, "cancelled")
+    def progress(self) -> AsyncIterator[Progress]:
+        return self.updates()
 
 
 class ImageEngine:
@@ -377,7 +344,7 @@ class ImageEngine:
                 preview = None
                 if every and step % every == 0 and self.loaded.previewer is not None:
                     preview = self.loaded.previewer.png_b64(tensors["latents"][offset])
-                handle.push("progress", Progress(step, total, preview))
+                handle.push("update", Progress(step, total, preview))
             if not live:
                 # Every client has left: diffusers' documented way to stop the denoising loop.
                 pipe._interrupt = True

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.common.devices import resolve_device, resolve_dtype
 from services.common.tiny import resolve_model
 from services.image.config import ImageSettings
 from services.image.preview import LatentPreviewer
@@ -58,18 +59,6 @@ class LoadedPipeline:
     safety: SafetyChecker | None
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
-
-
 def _has_component(path: str, index: dict[str, Any], name: str) -> bool:
     entry = index.get(name)
     registered = isinstance(entry, list | tuple) and entry[0] is not None
@@ -106,7 +95,7 @@ def load_image_pipeline(settings: ImageSettings) -> LoadedPipeline:
 
     path = resolve_model(settings.image_model, "image", settings.resolved_cache_dir())
     device = resolve_device(settings.image_device)
-    dtype = resolve_dtype(settings.image_dtype, device)
+    dtype = resolve_dtype(settings.image_dtype, device, torch.float16)
     index = dict(DiffusionPipeline.load_config(path))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if "safety_checker" in index:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from services.common.errors import ArticleforgeError, error_body
-from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of
+from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.image.deps import EngineDep
 from services.image.engine import ImageHandle, ImageResult
 from services.image.schemas import (
@@ -56,14 +54,6 @@ def images_response(result: ImageResult) -> ImagesResponse:
     )
 
 
-def error_event(exc: Exception, request: Request) -> dict[str, str]:
-    if isinstance(exc, ArticleforgeError):
-        body = error_body(exc.type, exc.message, exc.param, request_id_of(request))
-    else:
-        body = error_body("internal_error", "image generation failed", None, request_id_of(request))
-    return {"event": "error", "data": json.dumps(body)}
-
-
 @router.post(
     "/images",
     response_model=ImagesResponse,
@@ -97,6 +87,6 @@ async def _stream_images(handle: ImageHandle, request: Request) -> AsyncIterator
         assert handle.result is not None
         yield {"event": "result", "data": images_response(handle.result).model_dump_json()}
     except Exception as exc:
-        yield error_event(exc, request)
+        yield sse_error(exc, request, "image generation failed")
     finally:
         handle.cancel()  # no-op when finished; when the client left, frees the slot and stops

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from services.common.errors import ArticleforgeError, InvalidRequest, NotFound, Overloaded
+from services.common.handles import EngineHandle
 from services.text import metrics
 from services.text.config import TextSettings
 from services.text.loading import BASE_ADAPTER, LoadedModel
@@ -67,48 +68,15 @@ class GenerationRequest:
     arrival: float = field(default_factory=time.monotonic)
 
 
-class RequestHandle:
-    """The caller's side of a request: stream deltas, await the result, or cancel."""
+class RequestHandle(EngineHandle[GenerationResult]):
+    """A generation request's handle: ``stream()`` yields text deltas."""
 
     def __init__(self, engine: TextEngine, request: GenerationRequest) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.request = request
-        self.cancelled = threading.Event()
-        self.finalized = False
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.result: GenerationResult | None = None
 
-    # called from the engine thread
-    def push(self, kind: str, payload: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, payload))
-        except RuntimeError:  # the caller's loop is gone
-            self.cancel()
-
-    async def stream(self) -> AsyncIterator[str]:
-        """Yields text deltas; afterwards ``self.result`` holds the result."""
-        while True:
-            kind, payload = await self._events.get()
-            if kind == "delta":
-                yield payload
-            elif kind == "done":
-                self.result = payload
-                return
-            else:
-                raise payload
-
-    async def wait(self) -> GenerationResult:
-        async for _ in self.stream():
-            pass
-        assert self.result is not None
-        return self.result
-
-    def cancel(self) -> None:
-        """Frees the request's slot now; the engine drops its row at the next step."""
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            self.engine.release(self, "cancelled")
+    def stream(self) -> AsyncIterator[str]:
+        return self.updates()
 
 
 @dataclass
@@ -333,7 +301,7 @@ class TextEngine:
                 metrics.TIME_TO_FIRST_TOKEN.observe(at - handles[i].request.arrival)
             metrics.GENERATED_TOKENS.inc()
             if delta:
-                handles[i].push("delta", delta)
+                handles[i].push("update", delta)
             if states[i].finish_reason is not None:
                 self._finish(handles[i], states[i], started, first_token_at[i])
 

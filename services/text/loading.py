@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from services.common.devices import resolve_device, resolve_dtype
 from services.common.tiny import LLAMA2_CHAT_TEMPLATE, resolve_model
 from services.text.config import TextSettings
 
@@ -33,18 +34,6 @@ class LoadedModel:
         return any(name != BASE_ADAPTER for name in self.served.values())
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
-
-
 def nf4_config() -> Any:
     """The seed paper's quantization: 4-bit NormalFloat, bf16 compute, no double quant."""
     from transformers import BitsAndBytesConfig
@@ -62,7 +51,7 @@ def load_base(settings: TextSettings) -> tuple[Any, Any, torch.device]:
 
     path = resolve_model(settings.text_model, "text", settings.resolved_cache_dir())
     device = resolve_device(settings.text_device)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.text_dtype, device)}
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.text_dtype, device, torch.bfloat16)}
     if settings.text_quantization == "nf4":
         kwargs["quantization_config"] = nf4_config()
         kwargs["dtype"] = torch.bfloat16

@@ -10,10 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of
+from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.text.deps import EngineDep
 from services.text.engine import RequestHandle
-from services.text.routes import error_event
 from services.text.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -170,6 +169,6 @@ async def _stream(
             yield {"data": json.dumps(last)}
         yield {"data": "[DONE]"}
     except Exception as exc:
-        yield error_event(exc, request)
+        yield sse_error(exc, request, "generation failed")
     finally:
         handle.cancel()

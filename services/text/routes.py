@@ -11,8 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
-from services.common.errors import ArticleforgeError, error_body
-from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of
+from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.text.deps import EngineDep
 from services.text.engine import GenerationResult, RequestHandle
 from services.text.schemas import (
@@ -43,14 +42,6 @@ def generate_response(result: GenerationResult) -> GenerateResponse:
             },
         }
     )
-
-
-def error_event(exc: Exception, request: Request) -> dict[str, str]:
-    if isinstance(exc, ArticleforgeError):
-        body = error_body(exc.type, exc.message, exc.param, request_id_of(request))
-    else:
-        body = error_body("internal_error", "generation failed", None, request_id_of(request))
-    return {"event": "error", "data": json.dumps(body)}
 
 
 @router.post(
@@ -86,7 +77,7 @@ async def _stream_generate(
         assert handle.result is not None
         yield {"event": "result", "data": generate_response(handle.result).model_dump_json()}
     except Exception as exc:
-        yield error_event(exc, request)
+        yield sse_error(exc, request, "generation failed")
     finally:
         handle.cancel()  # no-op when finished; frees the slot when the client left early
 
