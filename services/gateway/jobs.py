@@ -10,6 +10,7 @@ before working, so a cancelled article stops at the next stage or image step.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -158,28 +159,37 @@ def on_stage_failure(
 
 
 def _begin(store: ArticleStore, article_id: str, stage: str, status: str) -> ArticleRequest:
-    job_meta_request_id(store, article_id)
+    _adopt_request_id(store, article_id)
     if store.is_over(article_id):
         raise Stopped(article_id)
     store.stage(article_id, stage, status)
     return ArticleRequest.model_validate(store.get(article_id, "request"))
 
 
-def job_meta_request_id(store: ArticleStore, article_id: str) -> None:
+def _adopt_request_id(store: ArticleStore, article_id: str) -> None:
+    """Log lines of this job carry the request id of the POST that created the article."""
     request_id = store.get(article_id, "request_id")
     if request_id:
         request_id_var.set(str(request_id))
 
 
+# Timings and fallbacks are one hash field each, so image jobs on different workers never
+# overwrite each other's entries (a read-modify-write of one JSON field would).
+
+
 def _timed(store: ArticleStore, article_id: str, stage: str, started: float) -> None:
-    timings = store.get(article_id, "timings") or {}
-    timings[stage] = round(time.monotonic() - started, 3)
-    store.put(article_id, timings=timings)
+    store.put(article_id, **{f"timing:{stage}": round(time.monotonic() - started, 3)})
 
 
 def _add_fallbacks(store: ArticleStore, article_id: str, new: list[str]) -> None:
     if new:
-        store.put(article_id, fallbacks=(store.get(article_id, "fallbacks") or []) + new)
+        store.put(article_id, **{f"fallback:{name}": True for name in new})
+
+
+def _collected(fields: dict[str, str], prefix: str) -> dict[str, Any]:
+    return {
+        k.removeprefix(prefix): json.loads(v) for k, v in fields.items() if k.startswith(prefix)
+    }
 
 
 def _throttled(action: Callable[[], None]) -> Callable[[], None]:
@@ -299,8 +309,6 @@ def image_job(article_id: str, index: int) -> None:
         _add_fallbacks(store, article_id, [f"image:{index}:nsfw"])
         store.image_done(article_id, index, {"skipped": "nsfw"})
         return
-    import base64
-
     image_id = "img_" + secrets.token_hex(12)
     store.save_image(image_id, base64.b64decode(image["b64_png"]))
     ref = assemble.image_ref(
@@ -333,7 +341,7 @@ def assemble_job(article_id: str) -> None:
     image_model = next((r.get("model") for r in records if r and r.get("model")), None)
     text_models = json.loads(fields.get("text_models", "{}")).get("data", [])
     served: dict[str, Any] = next(iter(text_models), {})
-    timings = json.loads(fields.get("timings", "{}"))
+    timings = _collected(fields, "timing:")
     timings["assemble"] = round(time.monotonic() - started, 3)
     provenance = assemble.provenance(
         request,
@@ -343,13 +351,13 @@ def assemble_job(article_id: str) -> None:
         text_seed=int(fields["text_seed"]),
         image_seeds=[int(fields["image_seed"]) + k for k in range(request.images.count)],
         timings=timings,
-        fallbacks=json.loads(fields.get("fallbacks", "[]")),
+        fallbacks=sorted(_collected(fields, "fallback:")),
     )
     created = status_view(article_id, fields).timestamps.get("created", assemble.now_iso())
     article = assemble.assemble(
         article_id, request, outline, json.loads(fields["sections"]), images, provenance, created
     )
-    store.put(article_id, article=article.model_dump(mode="json"), timings=timings)
+    store.put(article_id, article=article.model_dump(mode="json"))
     # Disk first: once a client sees `succeeded`, the article already survives Redis.
     final = status_view(
         article_id,
@@ -392,7 +400,7 @@ def webhook_job(article_id: str, event: str, url: str) -> None:
     from services.gateway.webhooks import deliver
 
     config, store = settings(), store_for(settings())
-    job_meta_request_id(store, article_id)
+    _adopt_request_id(store, article_id)
     status = store.load_article(article_id) if event == "article.succeeded" else None
     if status is None:
         status = status_view(article_id, store.fields(article_id))
