@@ -6,15 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.common.errors import NotReady
+from services.common.lifecycle import running_engine
 from services.text.engine import TextEngine
 
 
 def get_engine(request: Request) -> TextEngine:
-    engine: TextEngine | None = request.app.state.engine
-    if engine is None:
-        reason = request.app.state.load_error or "the text model is still loading"
-        raise NotReady(reason, headers={"Retry-After": "5"})
+    engine: TextEngine = running_engine(request, "text")
     return engine
 
 
