@@ -132,6 +132,7 @@ class HttpText:
 
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
+        self.answered_by: str | None = None  # served model (or adapter) of the last reply
 
     async def generate(
         self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
@@ -140,7 +141,9 @@ class HttpText:
             if kind == "token" and on_delta is not None:
                 on_delta(data.get("text", ""))
 
-        return await self.client.stream_events("/v1/generate", body, on_event)
+        result = await self.client.stream_events("/v1/generate", body, on_event)
+        self.answered_by = result.get("model")
+        return result
 
     async def models(self) -> dict[str, Any]:
         data: dict[str, Any] = await self.client.get_json("/v1/models")

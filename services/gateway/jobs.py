@@ -249,7 +249,11 @@ def sections_job(article_id: str) -> None:
     )
     store.add_tokens(article_id, pending)
     models = asyncio.run(backend.models())
-    store.put(article_id, sections=bodies, text_models=models)
+    # Provenance: the card of the model (or adapter) that actually wrote the sections.
+    card: dict[str, Any] = next(
+        (m for m in models.get("data", []) if m.get("id") == backend.answered_by), {}
+    )
+    store.put(article_id, sections=bodies, text_model=card)
     _add_fallbacks(store, article_id, fallbacks)
     _timed(store, article_id, "sections", started)
     store.publish(article_id)
@@ -339,8 +343,7 @@ def assemble_job(article_id: str) -> None:
     records = store.images(article_id, request.images.count)
     images = [assemble.ImageRef.model_validate(r) for r in records if r and "skipped" not in r]
     image_model = next((r.get("model") for r in records if r and r.get("model")), None)
-    text_models = json.loads(fields.get("text_models", "{}")).get("data", [])
-    served: dict[str, Any] = next(iter(text_models), {})
+    served: dict[str, Any] = json.loads(fields.get("text_model", "{}"))
     timings = _collected(fields, "timing:")
     timings["assemble"] = round(time.monotonic() - started, 3)
     provenance = assemble.provenance(
