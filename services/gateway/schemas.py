@@ -250,9 +250,16 @@ class Provenance(BaseModel):
     )
     adapter: str | None = Field(description="Adapter that wrote it, if any.", examples=["writer"])
     image_model: str | None = Field(description="Image model.", examples=["stable-diffusion-v1-5"])
-    parameters: dict[str, Any] = Field(description="Request parameters used.")
-    seeds: dict[str, Any] = Field(description="Text and image seeds, to reproduce.")
-    timings: dict[str, float] = Field(description="Seconds per stage.")
+    parameters: dict[str, Any] = Field(
+        description="Request parameters used.", examples=[{"topic": "Solar power", "sections": 4}]
+    )
+    seeds: dict[str, Any] = Field(
+        description="Text and image seeds, to reproduce.",
+        examples=[{"text": 7, "images": [1234, 1235]}],
+    )
+    timings: dict[str, float] = Field(
+        description="Seconds per stage.", examples=[{"outline": 1.2, "sections": 9.8}]
+    )
     fallbacks: list[str] = Field(
         default_factory=list,
         description="Where model output was unusable and a deterministic fallback was used.",
@@ -281,7 +288,9 @@ class Article(BaseModel):
     language: str = Field(description="Language tag.", examples=["en"])
     provenance: Provenance = Field(description="How it was made.")
     created_at: str = Field(description="ISO 8601 UTC.", examples=["2026-11-26T06:30:00Z"])
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Echo of the request's.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Echo of the request's.", examples=[{"cms_post_id": 42}]
+    )
 
 
 class ArticleStatus(BaseModel):
@@ -294,7 +303,9 @@ class ArticleStatus(BaseModel):
         description="ISO times: created, started, finished.",
         examples=[{"created": "2026-11-26T06:30:00Z"}],
     )
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Echo of the request's.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Echo of the request's.", examples=[{"cms_post_id": 42}]
+    )
 
 
 class ArticleList(BaseModel):

@@ -339,7 +339,9 @@ def now() -> int:
 
 
 class ChatCompletionMessage(BaseModel):
-    role: Literal["assistant"] = Field(default="assistant", description="Always `assistant`.")
+    role: Literal["assistant"] = Field(
+        default="assistant", description="Always `assistant`.", examples=["assistant"]
+    )
     content: str = Field(description="The reply.", examples=["The sea is wide..."])
 
 
@@ -352,7 +354,7 @@ class ChatChoice(BaseModel):
 class ChatCompletionResponse(BaseModel):
     id: str = Field(description="Completion id.", examples=["chatcmpl-3f2a"])
     object: Literal["chat.completion"] = Field(
-        default="chat.completion", description="Object type."
+        default="chat.completion", description="Object type.", examples=["chat.completion"]
     )
     created: int = Field(default_factory=now, description="Unix time.", examples=[1764140000])
     model: str = Field(description="Model or adapter that answered.", examples=["tiny"])
@@ -366,13 +368,13 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] = Field(
         description="Why it ended.", examples=["length"]
     )
-    logprobs: None = Field(default=None, description="Always null.")
+    logprobs: None = Field(default=None, description="Always null.", examples=[None])
 
 
 class CompletionResponse(BaseModel):
     id: str = Field(description="Completion id.", examples=["cmpl-3f2a"])
     object: Literal["text_completion"] = Field(
-        default="text_completion", description="Object type."
+        default="text_completion", description="Object type.", examples=["text_completion"]
     )
     created: int = Field(default_factory=now, description="Unix time.", examples=[1764140000])
     model: str = Field(description="Model or adapter that answered.", examples=["tiny"])
@@ -382,7 +384,9 @@ class CompletionResponse(BaseModel):
 
 class ModelCard(BaseModel):
     id: str = Field(description="Name to pass as `model`.", examples=["tiny"])
-    object: Literal["model"] = Field(default="model", description="Object type.")
+    object: Literal["model"] = Field(
+        default="model", description="Object type.", examples=["model"]
+    )
     created: int = Field(default_factory=now, description="Unix time.", examples=[1764140000])
     owned_by: str = Field(default="articleforge", description="Owner.", examples=["articleforge"])
     root: str = Field(description="The base model.", examples=["NousResearch/Llama-2-7b-chat-hf"])
@@ -398,7 +402,7 @@ class ModelCard(BaseModel):
 
 
 class ModelList(BaseModel):
-    object: Literal["list"] = Field(default="list", description="Object type.")
+    object: Literal["list"] = Field(default="list", description="Object type.", examples=["list"])
     data: list[ModelCard] = Field(description="Served models and adapters.")
 
 
