@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 64
@@ -112,7 +112,7 @@ def _stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
-def _check_stop(stop: str | list[str] | None, param: str = "stop") -> None:
+def _check_stop(stop: str | list[str] | None) -> None:
     items = _stop_tuple(stop)
     if len(items) > MAX_STOP_SEQUENCES:
         raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(items)}")
@@ -172,8 +172,13 @@ class GenerateRequest(_Sampling):
     def _one_prompt(self) -> GenerateRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
-        _check_stop(self.stop)
         return self
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: list[str]) -> list[str]:
+        _check_stop(value)
+        return value
 
     def to_prompt(self) -> Prompt:
         if self.messages is None and self.system is None:
@@ -270,9 +275,14 @@ class _OpenAIBase(_Sampling):
         default=None, description="Not supported; must be unset.", examples=[None]
     )
 
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        _check_stop(value)
+        return value
+
     @model_validator(mode="after")
     def _check_common(self) -> _OpenAIBase:
-        _check_stop(self.stop)
         if self.logprobs:
             raise ValueError("logprobs are not supported")
         return self
