@@ -281,11 +281,12 @@ class _OpenAIBase(_Sampling):
         _check_stop(value)
         return value
 
-    @model_validator(mode="after")
-    def _check_common(self) -> _OpenAIBase:
-        if self.logprobs:
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
             raise ValueError("logprobs are not supported")
-        return self
+        return value
 
     def to_sampling_params(self) -> SamplingParams:
         return SamplingParams(

@@ -102,3 +102,17 @@ def test_errors_reach_the_sdk_with_the_design_shape(client: openai.OpenAI, text_
     metrics = httpx.get(f"{text_url}/metrics").text
     assert "articleforge_text_requests_total" in metrics
     assert "articleforge_text_queue_depth" in metrics
+
+
+def test_unsupported_openai_fields_are_refused_by_name(text_url: str) -> None:
+    response = httpx.post(
+        f"{text_url}/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "logprobs"
+    response = httpx.post(
+        f"{text_url}/v1/completions", json={"model": "tiny", "prompt": "x", "n": 2}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "n"
