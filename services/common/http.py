@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -161,10 +162,16 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_common(app: FastAPI, *, is_ready: Callable[[FastAPI], str | None]) -> None:
+def install_common(
+    app: FastAPI,
+    *,
+    is_ready: Callable[[FastAPI], str | None],
+    before_metrics: Callable[[FastAPI], None] | None = None,
+) -> None:
     """Adds the request-id middleware, the error table, /healthz, /readyz and /metrics.
 
     ``is_ready(app)`` returns None when ready, else the reason it is not (shown in the 503).
+    ``before_metrics(app)`` refreshes gauges read from elsewhere; it runs in a worker thread.
     """
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_handler)
@@ -191,7 +198,9 @@ def install_common(app: FastAPI, *, is_ready: Callable[[FastAPI], str | None]) -
         return {"status": "ready"}
 
     @health.get("/metrics", summary="Prometheus metrics.", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if before_metrics is not None:
+            await run_in_threadpool(before_metrics, request.app)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(health)

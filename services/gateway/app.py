@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import error_body
 from services.common.http import install_common, request_id_of
-from services.gateway import routes
+from services.gateway import jobs, metrics, routes
 from services.gateway.config import GatewaySettings
 from services.gateway.store import ArticleStore
 
@@ -62,7 +62,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return f"Redis at {settings.redis_url} is unreachable: {exc}"
         return None
 
-    install_common(app, is_ready=is_ready)
+    def refresh_metrics(app: FastAPI) -> None:
+        try:
+            metrics.refresh(app.state.store, (jobs.ARTICLES_QUEUE, jobs.IMAGES_QUEUE))
+        except RedisError as exc:  # /metrics still answers; the gauges keep their last values
+            logger.warning("gateway: metrics not refreshed, Redis failed: %s", exc)
+
+    install_common(app, is_ready=is_ready, before_metrics=refresh_metrics)
 
     async def redis_down(request: Request, exc: Exception) -> JSONResponse:
         logger.error("request %s: Redis error: %s", request_id_of(request), exc)

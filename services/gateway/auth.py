@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from services.common.errors import Overloaded, Unauthorized
 from services.gateway.deps import SettingsDep, StoreDep
+from services.gateway.metrics import REJECTED
 
 ANONYMOUS = "anonymous"
 
@@ -46,6 +47,7 @@ def rate_limited(scope: KeyDep, settings: SettingsDep, store: StoreDep) -> str:
     if limit:
         wait = store.hit_rate_limit(scope, limit)
         if wait is not None:
+            REJECTED.labels("rate_limit").inc()
             raise Overloaded(
                 f"rate limit of {limit} articles per minute reached for this key "
                 "(ARTICLEFORGE_RATE_LIMIT_PER_MINUTE)",

@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 
 from services.common.errors import Conflict, NotFound, Overloaded
 from services.common.http import ERROR_RESPONSES, request_id_of
-from services.gateway import jobs
+from services.gateway import jobs, metrics
 from services.gateway.auth import ANONYMOUS, KeyDep, RateLimitedKeyDep
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.pipeline import estimate_tokens
@@ -91,6 +91,7 @@ def create_article(
                 replayed=True,
             )
     if store.active_count() >= settings.max_active_articles:
+        metrics.REJECTED.labels("queue_full").inc()
         raise Overloaded(
             f"{settings.max_active_articles} articles are already queued or in progress "
             "(ARTICLEFORGE_MAX_ACTIVE_ARTICLES); retry later",
@@ -111,6 +112,7 @@ def create_article(
         },
     )
     jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
+    metrics.ARTICLES_CREATED.inc()
     return _accepted(article_id, "queued")
 
 

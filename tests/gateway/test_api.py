@@ -11,6 +11,7 @@ from rq.job import Job, JobStatus
 
 from services.gateway import jobs
 from tests.gateway.conftest import KEY, OTHER_KEY, make_client
+from tests.metrics import sample
 
 BODY = {"topic": "The future of solar power", "images": {"count": 2}}
 
@@ -213,3 +214,23 @@ def test_redis_down_is_503_not_500(gateway_env: dict[str, str]) -> None:
 def test_no_keys_means_auth_off(gateway_env: dict[str, str]) -> None:
     with make_client(api_keys="") as client:
         assert client.post("/v1/articles", json=BODY).status_code == 202
+
+
+def test_metrics_show_admissions_and_the_queue(gateway_env: dict[str, str]) -> None:
+
+    with make_client(max_active_articles=1) as client:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        before = client.get("/metrics").text
+        assert client.post("/v1/articles", json=BODY, headers=headers).status_code == 202
+        assert client.post("/v1/articles", json=BODY, headers=headers).status_code == 429
+        after = client.get("/metrics").text
+    created = "articleforge_gateway_articles_created_total"
+    assert sample(after, created) - sample(before, created) == 1
+    rejected = "articleforge_gateway_rejected_total"
+    assert (
+        sample(after, rejected, reason="queue_full") - sample(before, rejected, reason="queue_full")
+        == 1
+    )
+    assert sample(after, "articleforge_gateway_active_articles") == 1
+    assert sample(after, "articleforge_gateway_queue_length", queue="articles") == 1
+    assert sample(after, "articleforge_gateway_queue_length", queue="images") == 0

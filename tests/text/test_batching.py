@@ -8,7 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.text.conftest import live_server, make_settings, sample
+from tests.metrics import sample
+from tests.text.conftest import live_server, make_settings
 
 PROMPTS = [
     "Write about solar power.",

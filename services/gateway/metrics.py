@@ -1,0 +1,38 @@
+"""Prometheus metrics of the gateway: what it admits, and the queue state read from Redis.
+
+Jobs run in worker processes, which nobody scrapes, so the queue and worker gauges are read from
+Redis (RQ's own registries) each time /metrics is scraped, by whichever gateway answers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+from rq import Queue, Worker
+
+from services.gateway.store import ArticleStore
+
+ARTICLES_CREATED = Counter(
+    "articleforge_gateway_articles_created_total", "Articles accepted by POST /v1/articles."
+)
+REJECTED = Counter(
+    "articleforge_gateway_rejected_total",
+    "Article requests refused with 429, by reason (rate_limit, queue_full).",
+    ["reason"],
+)
+ACTIVE = Gauge("articleforge_gateway_active_articles", "Articles queued or in progress.")
+QUEUE_LENGTH = Gauge(
+    "articleforge_gateway_queue_length", "Jobs waiting in each RQ queue.", ["queue"]
+)
+FAILED_JOBS = Gauge(
+    "articleforge_gateway_failed_jobs", "Jobs in each RQ queue's failed registry.", ["queue"]
+)
+WORKERS = Gauge("articleforge_gateway_workers", "RQ workers registered in Redis.")
+
+
+def refresh(store: ArticleStore, queues: tuple[str, ...]) -> None:
+    ACTIVE.set(store.active_count())
+    for name in queues:
+        queue = Queue(name, connection=store.redis)
+        QUEUE_LENGTH.labels(name).set(queue.count)
+        FAILED_JOBS.labels(name).set(queue.failed_job_registry.count)
+    WORKERS.set(Worker.count(connection=store.redis))
