@@ -48,6 +48,7 @@ def train_command(
     ] = None,
 ) -> None:
     """Fine-tune a LoRA/QLoRA adapter on prompt/article rows (TRL SFTTrainer)."""
+    from training.prepare import DataError
     from training.train import load_config, main, parse_overrides
 
     _setup_logging()
@@ -59,7 +60,11 @@ def train_command(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    out = main(resolved)
+    try:
+        out = main(resolved)
+    except DataError as exc:  # a bad data set: say which rows, not a traceback
+        console.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        raise typer.Exit(2) from exc
     console.print(f"adapter and reports in [bold]{out}[/bold]")
     card = out / "eval.md"
     if card.exists():

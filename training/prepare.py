@@ -147,7 +147,8 @@ def _read_dataset_folder(path: Path, split: str) -> Iterator[tuple[str, Any]]:
 def read_rows(path: Path, split: str = "train") -> Iterator[tuple[str, Any]]:
     """``(where, raw row)`` pairs from a JSONL, JSON or CSV file or a ``datasets`` folder."""
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        hint = "" if path.is_absolute() else f" (relative to {Path.cwd()}; run from the repo root)"
+        raise DataError(f"{path}: no such file or folder{hint}")
     if path.is_dir():
         return _read_dataset_folder(path, split)
     suffix = path.suffix.lower()

@@ -85,7 +85,9 @@ def write_model_card(
         parts = [f"{label}: **{s.perplexity:.3f}**" for label, s in held.items()]
         perplexity = "; ".join(parts) + f" ({evaluation.data}, article tokens only)"
     model = resolved["model"]
-    serve = [f"ARTICLEFORGE_TEXT_MODEL={model}", f"ARTICLEFORGE_TEXT_ADAPTER={out}"]
+    # The adapter is served under a name; it may not be the base model's own (`runs/tiny`).
+    name = out.name if out.name != model else "adapter"
+    serve = [f"ARTICLEFORGE_TEXT_MODEL={model}", f"ARTICLEFORGE_TEXT_ADAPTER={name}={out}"]
     if resolved["quantization"] == "nf4":
         serve.append("ARTICLEFORGE_TEXT_QUANTIZATION=nf4")
     first = train[0][1] if train else None

@@ -54,7 +54,13 @@ class TextSettings(CommonSettings):
                 f"ARTICLEFORGE_TEXT_MAX_NEW_TOKENS ({self.text_max_new_tokens}); lower the "
                 "default or raise the limit"
             )
-        self.adapters()  # fail at start-up on a malformed adapter list
+        names = self.adapters()  # fails at start-up on a malformed adapter list
+        if self.base_model_name in names:
+            raise ValueError(
+                f"ARTICLEFORGE_TEXT_ADAPTER names an adapter {self.base_model_name!r}, the "
+                "base model's own name, so requests could not tell them apart; name it, e.g. "
+                f"ARTICLEFORGE_TEXT_ADAPTER=writer={names[self.base_model_name]}"
+            )
         return self
 
     def adapters(self) -> dict[str, str]:

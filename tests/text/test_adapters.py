@@ -118,3 +118,6 @@ def test_malformed_adapter_setting_fails_at_start_up(cache_dir: Path) -> None:
         make_settings(cache_dir, text_adapter="bad name=/x")
     with pytest.raises(ValueError, match="names 'a' twice"):
         make_settings(cache_dir, text_adapter="a=/x,a=/y")
+    # `runs/tiny` would be called `tiny`, like the base model: refused, with the fix.
+    with pytest.raises(ValueError, match="ARTICLEFORGE_TEXT_ADAPTER=writer=runs/tiny"):
+        make_settings(cache_dir, text_adapter="runs/tiny")

@@ -64,7 +64,7 @@ def test_every_output_file_exists_and_parses(trained: Path) -> None:
     with Image.open(trained / "loss_curve.png") as image:
         assert image.format == "PNG" and image.size[0] > 400
     card = (trained / "README.md").read_text()
-    assert f"ARTICLEFORGE_TEXT_ADAPTER={trained}" in card
+    assert f"ARTICLEFORGE_TEXT_ADAPTER={trained.name}={trained}" in card
     assert ("ARTICLEFORGE_TEXT_QUANTIZATION=nf4" in card) == nf4
     assert "held-out perplexity" in card and "r=64, alpha=16, dropout 0.1" in card
     table = (trained / "eval.md").read_text()
