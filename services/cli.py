@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +26,23 @@ class Service(StrEnum):
     text = "text"
     image = "image"
     gateway = "gateway"
+
+
+S = TypeVar("S")
+
+
+def load_settings(cls: Callable[[], S]) -> S:
+    """Reads a settings class from the environment; a bad value exits with its message."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            where = f"ARTICLEFORGE_{field.upper()}: " if field else ""
+            console.print(f"configuration error: {where}{error['msg']}", markup=False)
+        raise typer.Exit(2) from exc
 
 
 def quiet_libraries() -> None:
@@ -58,7 +76,7 @@ def serve(
         from services.text.app import create_app
         from services.text.config import TextSettings
 
-        settings = TextSettings()
+        settings = load_settings(TextSettings)
         setup_logging(settings.log_level)
         application = create_app(settings)
         bind = (host or settings.text_host, port or settings.text_port)
@@ -66,7 +84,7 @@ def serve(
         from services.image.app import create_app as create_image_app
         from services.image.config import ImageSettings
 
-        image_settings = ImageSettings()
+        image_settings = load_settings(ImageSettings)
         setup_logging(image_settings.log_level)
         application = create_image_app(image_settings)
         bind = (host or image_settings.image_host, port or image_settings.image_port)
@@ -74,7 +92,7 @@ def serve(
         from services.gateway.app import create_app as create_gateway_app
         from services.gateway.config import GatewaySettings
 
-        gateway_settings = GatewaySettings()
+        gateway_settings = load_settings(GatewaySettings)
         setup_logging(gateway_settings.log_level)
         application = create_gateway_app(gateway_settings)
         bind = (host or gateway_settings.gateway_host, port or gateway_settings.gateway_port)
@@ -169,7 +187,7 @@ def generate(
         console.print(f"[red]{where}: {first['msg']}[/red]")
         raise typer.Exit(2) from exc
 
-    text_settings, image_settings = TextSettings(), ImageSettings()
+    text_settings, image_settings = load_settings(TextSettings), load_settings(ImageSettings)
     with console.status(f"loading {text_settings.text_model} and {image_settings.image_model}"):
         text_engine = TextEngine(text_settings, load_text_model(text_settings))
         text_engine.start()
@@ -226,10 +244,10 @@ def up(
     from services.launcher import up as launch
     from services.text.config import TextSettings
 
-    gateway = GatewaySettings()
+    gateway = load_settings(GatewaySettings)
     ports = {
-        "text": TextSettings().text_port,
-        "image": ImageSettings().image_port,
+        "text": load_settings(TextSettings).text_port,
+        "image": load_settings(ImageSettings).image_port,
         "gateway": gateway.gateway_port,
     }
 
@@ -259,7 +277,7 @@ def models_tiny(
     from services.common.config import CommonSettings
     from services.common.tiny import build_tiny_image, build_tiny_text
 
-    root = cache_dir or CommonSettings().resolved_cache_dir()
+    root = cache_dir or load_settings(CommonSettings).resolved_cache_dir()
     if kind in ("text", "all"):
         print(build_tiny_text(root))
     if kind in ("image", "all"):
@@ -280,7 +298,7 @@ def generate_text(
     from services.text.schemas import GenerateRequest
 
     quiet_libraries()
-    settings = TextSettings()
+    settings = load_settings(TextSettings)
     with console.status(f"loading {settings.text_model} ..."):
         engine = TextEngine(settings, load_text_model(settings))
         engine.start()

@@ -116,3 +116,22 @@ def test_unsupported_openai_fields_are_refused_by_name(text_url: str) -> None:
     )
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "n"
+
+
+def test_a_bad_setting_stops_serve_with_its_name() -> None:
+    import os
+    import subprocess
+
+    from tests.processes import articleforge_command
+
+    env = {**os.environ, "ARTICLEFORGE_TEXT_PORT": "99999"}
+    result = subprocess.run(
+        [*articleforge_command(), "serve", "text"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "configuration error: ARTICLEFORGE_TEXT_PORT" in result.stderr
+    assert "65535" in result.stderr
