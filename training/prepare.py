@@ -77,18 +77,12 @@ def instruction(topic: str, audience: str, tone: str) -> str:
 def prompt_context(tokenizer: Any, text: str) -> str:
     """The chat-formatted prompt for ``text``, as the context string ``encode_scored`` takes.
 
-    Llama-2's template writes ``<s>`` itself, and its tokenizer adds BOS again when a string is
-    encoded with special tokens, as ``encode_scored`` encodes contexts. The leading ``<s>`` is
-    dropped here so that the ids carry one BOS, the same ids as the service's chat path
-    (template, then encode without special tokens) feeds the model when it writes an article.
+    It is the template's own output (Llama-2's starts with ``<s>``); ``encode_scored`` adds no
+    second BOS to a context that already has one, so the ids match the service's chat path.
     """
     rendered: str = tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
     )
-    bos = tokenizer.bos_token
-    adds_bos = bool(bos) and list(tokenizer("a").input_ids[:1]) == [tokenizer.bos_token_id]
-    if adds_bos and rendered.startswith(bos):
-        rendered = rendered[len(bos) :]
     return rendered
 
 

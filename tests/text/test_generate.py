@@ -169,5 +169,10 @@ def test_perplexity_scores_each_text(client: TestClient) -> None:
     ).json()
     assert with_context["results"][0]["tokens"] == reply["results"][0]["tokens"]
     assert with_context["results"][0]["mean_nll"] != reply["results"][0]["mean_nll"]
+    # A rendered chat prompt starts with <s>; it is not doubled, so both forms score the same.
+    rendered = client.post(
+        "/v1/perplexity", json={"texts": texts[:1], "contexts": ["<s>[INST] Write. [/INST]"]}
+    ).json()
+    assert rendered["results"] == with_context["results"]
     bad = client.post("/v1/perplexity", json={"texts": ["a"], "contexts": ["b", "c"]})
     assert bad.status_code == 422

@@ -60,7 +60,7 @@ def test_every_output_file_exists_and_parses(trained: Path) -> None:
     assert stats["validation"]["rows"] == config["resolved"]["validation_rows"]
     for split in ("train", "validation"):
         row = json.loads((trained / f"{split}.jsonl").read_text().splitlines()[0])
-        assert row["prompt"].startswith("[INST] Write an article about") and row["article"]
+        assert row["prompt"].startswith("<s>[INST] Write an article about") and row["article"]
     with Image.open(trained / "loss_curve.png") as image:
         assert image.format == "PNG" and image.size[0] > 400
     card = (trained / "README.md").read_text()
