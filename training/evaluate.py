@@ -22,16 +22,18 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from services.text.perplexity import encode_scored, mean_nll
 from training.prepare import Example, example_context, load_examples, read_split
+
+if TYPE_CHECKING:
+    from services.text.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +72,18 @@ class EvalReport:
     created: str
 
 
-def score_rows(model: Any, tokenizer: Any, device: Any, examples: list[Example]) -> list[RowScore]:
+def score_rows(loaded: LoadedModel, examples: list[Example]) -> list[RowScore]:
     """Each row's mean NLL over its article tokens, given its prompt."""
-    window = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
     scores = []
     for example in examples:
-        ids, lead = encode_scored(tokenizer, example.article, example_context(tokenizer, example))
-        if len(ids) > window:
+        context = example_context(loaded.tokenizer, example)
+        ids, lead = encode_scored(loaded.tokenizer, example.article, context)
+        if len(ids) > loaded.context_window:
             raise ValueError(
                 f"{example.source}: {len(ids)} tokens with its prompt; the model's context "
-                f"window is {window}"
+                f"window is {loaded.context_window}"
             )
-        nll = mean_nll(model, ids, lead, device)
+        nll = mean_nll(loaded.model, ids, lead, loaded.device)
         scores.append(RowScore(example.source, example.topic, len(ids) - lead, nll))
     return scores
 
@@ -168,42 +170,39 @@ def evaluate_run(
         sets.append(("train", False, read_split(run / "train.jsonl")))
 
     scores: list[Score] = []
-    loaded = _load(base, run, quant)
-    for name, held_out, examples in sets:
-        for label, adapter in ((f"{base} (base)", None), (f"{base} + {run.name}", str(run))):
-            disabled = loaded.model.disable_adapter() if adapter is None else nullcontext()
-            with disabled:
-                rows = score_rows(loaded.model, loaded.tokenizer, loaded.device, examples)
-            scores.append(
-                summarize(
-                    rows,
-                    label=label,
-                    model=base,
-                    adapter=adapter,
-                    quantization=quant,
-                    data=name,
-                    held_out=held_out,
-                )
+
+    def add(
+        loaded: LoadedModel,
+        label: str,
+        model: str,
+        adapter: str | None,
+        data_set: tuple[str, bool, list[Example]],
+    ) -> None:
+        name, held_out, examples = data_set
+        scores.append(
+            summarize(
+                score_rows(loaded, examples),
+                label=label,
+                model=model,
+                adapter=adapter,
+                quantization=quant,
+                data=name,
+                held_out=held_out,
             )
-            logger.info("eval %s on %s: perplexity %.4f", label, name, scores[-1].perplexity)
+        )
+        logger.info("eval %s on %s: perplexity %.4f", label, name, scores[-1].perplexity)
+
+    loaded = _load(base, run, quant)  # unmerged: one load scores the base and the adapter
+    for data_set in sets:
+        with loaded.model.disable_adapter():
+            add(loaded, f"{base} (base)", base, None, data_set)
+        add(loaded, f"{base} + {run.name}", base, str(run), data_set)
     del loaded
     _free()
     for other in baselines:
         loaded = _load(other, None, quant)
-        for name, held_out, examples in sets:
-            rows = score_rows(loaded.model, loaded.tokenizer, loaded.device, examples)
-            scores.append(
-                summarize(
-                    rows,
-                    label=other,
-                    model=other,
-                    adapter=None,
-                    quantization=quant,
-                    data=name,
-                    held_out=held_out,
-                )
-            )
-            logger.info("eval %s on %s: perplexity %.4f", other, name, scores[-1].perplexity)
+        for data_set in sets:
+            add(loaded, other, other, None, data_set)
         del loaded
         _free()
     return EvalReport(
