@@ -80,6 +80,10 @@ class DecodeState:
         self.generated: list[int] = []
         self.text = ""
         self.emitted = 0
+        # Incremental detokenizing: tokens before _prefix are text already; _prefix.._read
+        # were decoded last time, as context for the tokenizer's word-boundary rules.
+        self._prefix = 0
+        self._read = 0
         self.finish_reason: FinishReason | None = None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -96,14 +100,27 @@ class DecodeState:
         self.generated.append(token)
         if token in self.eos_ids:
             self.finish_reason = "stop"
+            self._detokenize(self.generated[:-1], final=True)
             return self._flush()
-        self.text = self.tokenizer.decode(self.generated, skip_special_tokens=True)
-        cut = min((i for i in (self.text.find(s) for s in self.params.stop) if i >= 0), default=-1)
+        last = len(self.generated) >= self.max_new_tokens
+        searched = len(self.text)
+        self._detokenize(self.generated, final=last)
+        cut = min(
+            (
+                i
+                for i in (
+                    self.text.find(stop, max(0, searched - len(stop) + 1))
+                    for stop in self.params.stop
+                )
+                if i >= 0
+            ),
+            default=-1,
+        )
         if cut >= 0:
             self.text = self.text[:cut]
             self.finish_reason = "stop"
             return self._flush()
-        if len(self.generated) >= self.max_new_tokens:
+        if last:
             self.finish_reason = "length"
             return self._flush()
         safe = len(self.text) - _held_back(self.text, self.params.stop)
@@ -112,6 +129,21 @@ class DecodeState:
         delta = self.text[self.emitted : safe]
         self.emitted = safe
         return delta
+
+    def _detokenize(self, ids: list[int], final: bool) -> None:
+        """Extends ``self.text`` by the new tokens' text, decoding only the last few tokens.
+
+        Re-decoding the whole output every step costs O(n) per token. As TGI and vLLM do, this
+        decodes from one chunk before the new tokens (so a SentencePiece leading space comes out
+        right) and takes the difference. Text ending in U+FFFD is a character whose bytes are
+        still coming: it waits for the next token, unless this is the last one.
+        """
+        decode = self.tokenizer.decode
+        before = decode(ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(ids[self._prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(ids)
 
     def _flush(self) -> str:
         delta = self.text[self.emitted :]
