@@ -202,17 +202,18 @@ async def _events(
     after = "0-0"
     while True:
         events = await anyio.to_thread.run_sync(store.read_events, article_id, after, 1000)
+        ended = False
         for event_id, data in events:
             after = event_id
-            yield {"event": "progress", "id": event_id, "data": _dump(data)}
+            ended = ended or json.loads(data)["status"] in TERMINAL
+            yield {"event": "progress", "id": event_id, "data": data}
+        if events and not ended:
+            continue  # still running: no need to read the whole record
+        # A terminal event, or a quiet second (also: a record only on disk has no events).
         status = await anyio.to_thread.run_sync(_load, store, article_id, scope)
         if status.status in TERMINAL:
             yield {"event": status.status, "data": status.model_dump_json()}
             return
-
-
-def _dump(data: dict[str, Any]) -> str:
-    return json.dumps(data)
 
 
 @router.get(

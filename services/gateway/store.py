@@ -20,6 +20,7 @@ from typing import Any
 from redis import Redis
 
 from services.gateway.schemas import TERMINAL, ArticleStatus
+from services.gateway.views import status_view
 
 PREFIX = "af"
 ARTICLE_ID = re.compile(r"^art_[0-9a-f]{24}$")
@@ -35,17 +36,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1])
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
-
-STAGE_SPAN = {  # stage -> (start percent, end percent)
-    "queued": (0, 0),
-    "outline": (0, 10),
-    "sections": (10, 60),
-    "image_prompts": (60, 65),
-    "images": (65, 95),
-    "assemble": (95, 100),
-    "webhook": (100, 100),
-    "done": (100, 100),
-}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -130,8 +120,7 @@ class ArticleStore:
         return changed
 
     def stage(self, article_id: str, stage: str, status: str) -> bool:
-        if self.redis.hget(self.key(article_id), "started") is None:
-            self.redis.hset(self.key(article_id), "started", str(time.time()))
+        self.redis.hsetnx(self.key(article_id), "started", str(time.time()))
         return self.transition(article_id, status, stage=stage)
 
     def add_tokens(self, article_id: str, count: int) -> None:
@@ -182,8 +171,6 @@ class ArticleStore:
 
     def publish(self, article_id: str) -> None:
         """Appends the current status/progress snapshot to the article's event stream."""
-        from services.gateway.views import status_view
-
         fields = self.fields(article_id)
         if not fields:
             return
@@ -193,15 +180,14 @@ class ArticleStore:
             self.events_key(article_id), {"data": data}, maxlen=STREAM_MAXLEN, approximate=True
         )
 
-    def read_events(
-        self, article_id: str, after: str, block_ms: int
-    ) -> list[tuple[str, dict[str, Any]]]:
+    def read_events(self, article_id: str, after: str, block_ms: int) -> list[tuple[str, str]]:
+        """``(event id, JSON text)`` appended after ``after``, waiting up to ``block_ms``."""
         reply = self.redis.xread({self.events_key(article_id): after}, block=block_ms, count=100)
-        events = []
-        for _stream, entries in reply or []:
-            for entry_id, values in entries:
-                events.append((entry_id.decode(), json.loads(values[b"data"])))
-        return events
+        return [
+            (entry_id.decode(), values[b"data"].decode())
+            for _stream, entries in reply or []
+            for entry_id, values in entries
+        ]
 
     # --- listing, idempotency, rate limits ---
 

@@ -14,9 +14,19 @@ def _iso(value: str | None) -> str | None:
     return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def percent(fields: dict[str, str]) -> float:
-    from services.gateway.store import STAGE_SPAN
+STAGE_SPAN = {  # stage -> (start percent, end percent)
+    "queued": (0, 0),
+    "outline": (0, 10),
+    "sections": (10, 60),
+    "image_prompts": (60, 65),
+    "images": (65, 95),
+    "assemble": (95, 100),
+    "webhook": (100, 100),
+    "done": (100, 100),
+}
 
+
+def percent(fields: dict[str, str]) -> float:
     status, stage = fields.get("status", "queued"), fields.get("stage", "queued")
     if status == "succeeded":
         return 100.0
