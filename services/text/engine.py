@@ -410,7 +410,6 @@ class TextEngine:
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
             positions = positions[:, -1:] + 1
 
-    @torch.inference_mode()
     def _run_perplexity(self, job: _PerplexityJob) -> None:
         if job.future.cancelled():
             return
