@@ -105,6 +105,21 @@ class _Sampling(BaseModel):
         examples=[42],
     )
 
+    def sampling_params(
+        self, max_new_tokens: int | None, stop: str | list[str] | None
+    ) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            stop=_stop_tuple(stop),
+            seed=self.seed,
+        )
+
 
 def _stop_tuple(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
@@ -191,17 +206,7 @@ class GenerateRequest(_Sampling):
         return Prompt(messages=messages, param="messages" if self.messages else "prompt")
 
     def to_sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            stop=tuple(self.stop),
-            seed=self.seed,
-        )
+        return self.sampling_params(self.max_new_tokens, self.stop)
 
 
 class UsageOut(BaseModel):
@@ -289,17 +294,7 @@ class _OpenAIBase(_Sampling):
         return value
 
     def to_sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            stop=_stop_tuple(self.stop),
-            seed=self.seed,
-        )
+        return self.sampling_params(self.max_tokens, self.stop)
 
 
 class ChatCompletionRequest(_OpenAIBase):
@@ -321,12 +316,8 @@ class ChatCompletionRequest(_OpenAIBase):
         return Prompt(messages=[m.model_dump() for m in self.messages], param="messages")
 
     def to_sampling_params(self) -> SamplingParams:
-        params = super().to_sampling_params()
-        if self.max_completion_tokens is not None:
-            return SamplingParams(
-                **{**params.__dict__, "max_new_tokens": self.max_completion_tokens}
-            )
-        return params
+        limit = self.max_completion_tokens
+        return self.sampling_params(limit if limit is not None else self.max_tokens, self.stop)
 
 
 class CompletionRequest(_OpenAIBase):

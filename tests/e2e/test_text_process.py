@@ -135,3 +135,15 @@ def test_a_bad_setting_stops_serve_with_its_name() -> None:
     assert result.returncode == 2
     assert "configuration error: ARTICLEFORGE_TEXT_PORT" in result.stderr
     assert "65535" in result.stderr
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        temperature=0,
+        max_tokens=12,
+        max_completion_tokens=5,
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+    assert reply.choices[0].finish_reason == "length"
