@@ -13,6 +13,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ARTICLEFORGE_"
+# 1 MiB: a gateway article request or an image prompt is a few KB of JSON.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
 class CommonSettings(BaseSettings):
@@ -26,6 +28,10 @@ class CommonSettings(BaseSettings):
     cache_dir: Path = Field(default=Path("~/.cache/articleforge"))
     # Root logger level for the process.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Largest request body accepted, in bytes; a bigger one is answered 413 before it is read
+    # whole (a declared Content-Length is refused up front, a chunked body as it passes the
+    # limit). The text service raises the default for long prompts and perplexity batches.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import ArticleforgeError, error_body
+from services.common.config import DEFAULT_MAX_BODY_BYTES
+from services.common.errors import ArticleforgeError, TooLarge, error_body
 from services.common.logging import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "Bad input (the message names the limit).",
+        404: "Not found: an unknown model, article or image.",
+        413: "The request body is larger than ARTICLEFORGE_MAX_BODY_BYTES.",
         422: "A field broke its bounds.",
         429: "Queue full or rate-limited; see Retry-After.",
         503: "Not ready, or a dependency is down.",
@@ -106,6 +109,84 @@ class RequestIdMiddleware:
             await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 (in the error shape) to a request body larger than ``max_bytes``.
+
+    A declared Content-Length over the limit is refused before the app runs, so no byte of the
+    body is read. A chunked body (or one that outgrows its Content-Length) is counted as it
+    arrives and refused once it passes the limit, so it is never held whole. Plain ASGI, like
+    RequestIdMiddleware, and inside it, so the 413 carries the request id.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, send, f"the request body is {declared} bytes")
+            return
+
+        received = 0
+        refused = False
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not response_started:
+                        await self._refuse(scope, send, f"the request body passed {received} bytes")
+                    # The app sees a client that left: it stops reading and its answer is dropped.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    async def _refuse(self, scope: Scope, send: Send, what: str) -> None:
+        error = TooLarge(
+            f"{what}; the limit is {self.max_bytes} bytes (ARTICLEFORGE_MAX_BODY_BYTES)"
+        )
+        request_id = scope.get("state", {}).get("request_id") or request_id_var.get()
+        body = error_body(error.type, error.message, None, request_id)
+        # Connection: close, so the server does not wait for (or read) the rest of the body.
+        response = JSONResponse(
+            body, status_code=error.status_code, headers={"Connection": "close"}
+        )
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length; count the body instead
+    return None
 
 
 def request_id_of(request: Request) -> str:
@@ -167,12 +248,21 @@ def install_common(
     *,
     is_ready: Callable[[FastAPI], str | None],
     before_metrics: Callable[[FastAPI], None] | None = None,
+    max_body_bytes: int | None = None,
 ) -> None:
-    """Adds the request-id middleware, the error table, /healthz, /readyz and /metrics.
+    """Adds the request-id and body-size middleware, the error table, /healthz, /readyz and
+    /metrics.
 
     ``is_ready(app)`` returns None when ready, else the reason it is not (shown in the 503).
     ``before_metrics(app)`` refreshes gauges read from elsewhere; it runs in a worker thread.
+    ``max_body_bytes`` defaults to ``app.state.settings.max_body_bytes`` (the service's
+    ARTICLEFORGE_MAX_BODY_BYTES).
     """
+    if max_body_bytes is None:
+        settings = getattr(app.state, "settings", None)
+        max_body_bytes = getattr(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES)
+    # The last one added runs first: request ids are set before the body limit answers.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(ArticleforgeError, _domain_handler)

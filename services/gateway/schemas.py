@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Status = Literal[
     "queued", "writing", "illustrating", "assembling", "succeeded", "failed", "cancelled"
@@ -20,6 +21,9 @@ _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 
 
 class TextOptions(BaseModel):
+    # NaN and infinities are refused by name (422), never passed on to a model.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     temperature: float = Field(
         default=0.7,
         ge=0.0,
@@ -40,6 +44,8 @@ class TextOptions(BaseModel):
 
 
 class ImageOptions(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     count: int = Field(
         default=1,
         ge=0,
@@ -105,6 +111,8 @@ class WebhookTarget(BaseModel):
 
 
 class ArticleRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     topic: str = Field(
         min_length=3,
         max_length=300,
@@ -164,6 +172,15 @@ class ArticleRequest(BaseModel):
         for word in value:
             if not 1 <= len(word) <= 50:
                 raise ValueError(f"each keyword must be 1..50 characters, got {len(word)}")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _finite_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:  # it is echoed back as JSON, which has no NaN or Infinity
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            raise ValueError("metadata must not hold NaN or Infinity") from None
         return value
 
     @model_validator(mode="after")

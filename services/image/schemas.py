@@ -43,6 +43,9 @@ class ImageParams:
 class ImagesRequest(BaseModel):
     """`POST /v1/images`: a prompt in, PNGs out."""
 
+    # NaN and infinities are refused by name (422), never passed on to the pipeline.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     prompt: str = Field(
         min_length=1,
         max_length=MAX_PROMPT_CHARS,
@@ -183,7 +186,7 @@ class OpenAIImagesRequest(BaseModel):
     """`POST /v1/images/generations`: the subset of OpenAI's Images API that maps onto SD."""
 
     # Unknown OpenAI fields (quality, style, user, ...) are accepted and ignored.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     prompt: str = Field(
         min_length=1,
@@ -193,6 +196,7 @@ class OpenAIImagesRequest(BaseModel):
     )
     model: str | None = Field(
         default=None,
+        max_length=256,
         description="Ignored: the service draws with its one model.",
         examples=["tiny"],
     )

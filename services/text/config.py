@@ -41,6 +41,9 @@ class TextSettings(CommonSettings):
     text_default_max_new_tokens: int = Field(default=512, ge=1)
     # Name the base model is served under in `/v1/models`; defaults to the model setting.
     text_served_model_name: str | None = None
+    # Largest request body, in bytes (ARTICLEFORGE_MAX_BODY_BYTES, as in every service). 4 MiB
+    # here: a perplexity batch may hold 500,000 characters, at up to 6 bytes each as JSON.
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
     # Bind address and port of `articleforge serve text`.
     text_host: str = "127.0.0.1"
     text_port: int = Field(default=8001, ge=1, le=65535)

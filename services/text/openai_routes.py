@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
@@ -52,7 +53,9 @@ async def list_models(engine: EngineDep) -> ModelList:
     summary="OpenAI-compatible chat completion (streams with `stream: true`).",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep) -> Any:
-    prepared = engine.prepare(
+    # Rendering and tokenizing run in a worker thread, off the event loop (see routes.py).
+    prepared = await run_in_threadpool(
+        engine.prepare,
         body.to_prompt(),
         body.to_sampling_params(),
         body.model,
@@ -89,7 +92,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
 )
 async def completions(body: CompletionRequest, request: Request, engine: EngineDep) -> Any:
     prompt = body.to_prompt()
-    prepared = engine.prepare(
+    prepared = await run_in_threadpool(
+        engine.prepare,
         prompt,
         body.to_sampling_params(),
         body.model,

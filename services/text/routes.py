@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
@@ -56,8 +57,14 @@ def generate_response(result: GenerationResult) -> GenerateResponse:
     },
 )
 async def generate(body: GenerateRequest, request: Request, engine: EngineDep) -> Any:
-    prepared = engine.prepare(
-        body.to_prompt(), body.to_sampling_params(), body.model, request_id_of(request)
+    # Tokenizing a long prompt takes a while: in a worker thread, so /healthz and the other
+    # requests keep being answered meanwhile.
+    prepared = await run_in_threadpool(
+        engine.prepare,
+        body.to_prompt(),
+        body.to_sampling_params(),
+        body.model,
+        request_id_of(request),
     )
     handle = engine.submit(prepared)
     if body.stream:
@@ -88,7 +95,9 @@ async def _stream_generate(
     summary="Perplexity of each text (optionally conditioned on a context that is not scored).",
 )
 async def perplexity(body: PerplexityRequest, engine: EngineDep) -> PerplexityResponse:
-    name, job = engine.prepare_perplexity(body.texts, body.contexts, body.model)
+    name, job = await run_in_threadpool(
+        engine.prepare_perplexity, body.texts, body.contexts, body.model
+    )
     scores = await engine.perplexity(job)
     return PerplexityResponse(
         model=name,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 64
@@ -15,6 +22,16 @@ MAX_SEED = 2**63 - 1
 # A static ceiling for the OpenAPI page; the configured limit (ARTICLEFORGE_TEXT_MAX_NEW_TOKENS)
 # is checked by the engine and named in the 400 it answers.
 MAX_NEW_TOKENS_CEILING = 32768
+# Character bounds on what reaches the tokenizer, so that no request holds a worker thread for
+# long (200,000 characters tokenize in well under a second). The token limit
+# (ARTICLEFORGE_TEXT_MAX_INPUT_TOKENS) is checked after tokenizing, with its own 400.
+MAX_PROMPT_CHARS = 200_000  # a prompt, or all message contents of one request together
+MAX_SYSTEM_CHARS = 20_000
+MAX_MESSAGES = 256
+MAX_MODEL_NAME = 256
+MAX_PERPLEXITY_TEXTS = 64
+MAX_PERPLEXITY_TEXT_CHARS = 50_000  # each text, and each context
+MAX_PERPLEXITY_TOTAL_CHARS = 500_000  # all texts and contexts of one request together
 
 Role = Literal["system", "user", "assistant"]
 
@@ -56,12 +73,32 @@ class Prompt:
 class ChatMessage(BaseModel):
     role: Role = Field(description="Who speaks.", examples=["user"])
     content: str = Field(
-        description="What is said.", max_length=200_000, examples=["Write about solar power."]
+        description="What is said.",
+        max_length=MAX_PROMPT_CHARS,
+        examples=["Write about solar power."],
     )
+
+
+def _check_messages(messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+    """A chat needs someone to answer, and all of it must fit the character bound."""
+    if messages is None:
+        return None
+    if not any(m.role == "user" for m in messages):
+        raise ValueError("at least one message must have role `user`")
+    total = sum(len(m.content) for m in messages)
+    if total > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"the message contents total {total} characters; the limit is {MAX_PROMPT_CHARS}"
+        )
+    return messages
 
 
 class _Sampling(BaseModel):
     """Sampling fields shared by every generation request."""
+
+    # NaN and infinities slip past ge/le bounds in some paths and poison the sampler: refuse
+    # them as input, by name, with a 422.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="0 is greedy decoding.", examples=[0.7]
@@ -143,25 +180,27 @@ class GenerateRequest(_Sampling):
 
     prompt: str | None = Field(
         default=None,
-        max_length=200_000,
+        max_length=MAX_PROMPT_CHARS,
         description="Raw prompt, used as is. Give this or `messages`.",
         examples=["[INST] Write a title for an article on solar power. [/INST]"],
     )
     messages: list[ChatMessage] | None = Field(
         default=None,
         min_length=1,
-        max_length=256,
-        description="Chat turns, rendered with the model's chat template.",
+        max_length=MAX_MESSAGES,
+        description="Chat turns, rendered with the model's chat template. At least one "
+        f"`user` turn; {MAX_PROMPT_CHARS} characters of content in all.",
         examples=[[{"role": "user", "content": "Write about solar power."}]],
     )
     system: str | None = Field(
         default=None,
-        max_length=20_000,
+        max_length=MAX_SYSTEM_CHARS,
         description="System prompt placed before `messages` (or before `prompt` as a chat).",
         examples=["You are a concise technical writer."],
     )
     model: str | None = Field(
         default=None,
+        max_length=MAX_MODEL_NAME,
         description="Served model or adapter name; the default when absent.",
         examples=["tiny"],
     )
@@ -194,6 +233,11 @@ class GenerateRequest(_Sampling):
     def _stop(cls, value: list[str]) -> list[str]:
         _check_stop(value)
         return value
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        return _check_messages(value)
 
     def to_prompt(self) -> Prompt:
         if self.messages is None and self.system is None:
@@ -251,10 +295,12 @@ class StreamOptions(BaseModel):
 
 class _OpenAIBase(_Sampling):
     # Unknown OpenAI fields (user, metadata, ...) are accepted and ignored, as vLLM does.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str = Field(
-        description="Served model or adapter name (see /v1/models).", examples=["tiny"]
+        max_length=MAX_MODEL_NAME,
+        description="Served model or adapter name (see /v1/models).",
+        examples=["tiny"],
     )
     temperature: float = Field(
         default=1.0, ge=0.0, le=2.0, description="0 is greedy decoding.", examples=[0.7]
@@ -300,8 +346,9 @@ class _OpenAIBase(_Sampling):
 class ChatCompletionRequest(_OpenAIBase):
     messages: list[ChatMessage] = Field(
         min_length=1,
-        max_length=256,
-        description="The conversation so far.",
+        max_length=MAX_MESSAGES,
+        description="The conversation so far: at least one `user` turn, "
+        f"{MAX_PROMPT_CHARS} characters of content in all.",
         examples=[[{"role": "user", "content": "Write a haiku about the sea."}]],
     )
     max_completion_tokens: int | None = Field(
@@ -311,6 +358,12 @@ class ChatCompletionRequest(_OpenAIBase):
         description="Newer name for `max_tokens`; wins when both are set.",
         examples=[256],
     )
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        _check_messages(value)
+        return value
 
     def to_prompt(self) -> Prompt:
         return Prompt(messages=[m.model_dump() for m in self.messages], param="messages")
@@ -322,7 +375,9 @@ class ChatCompletionRequest(_OpenAIBase):
 
 class CompletionRequest(_OpenAIBase):
     prompt: str = Field(
-        max_length=200_000, description="The prompt, used as is.", examples=["Solar power is"]
+        max_length=MAX_PROMPT_CHARS,
+        description="The prompt, used as is.",
+        examples=["Solar power is"],
     )
     echo: bool = Field(
         default=False, description="Prepend the prompt to the text.", examples=[False]
@@ -411,22 +466,44 @@ class ModelList(BaseModel):
 # --- perplexity -------------------------------------------------------------------------------
 
 
+PerplexityText = Annotated[str, Field(max_length=MAX_PERPLEXITY_TEXT_CHARS)]
+
+
 class PerplexityRequest(BaseModel):
-    texts: list[str] = Field(
+    texts: list[PerplexityText] = Field(
         min_length=1,
-        max_length=64,
-        description="Texts to score.",
+        max_length=MAX_PERPLEXITY_TEXTS,
+        description=f"Texts to score, each at most {MAX_PERPLEXITY_TEXT_CHARS} characters; "
+        f"texts and contexts together at most {MAX_PERPLEXITY_TOTAL_CHARS}.",
         examples=[["Solar panels turn sunlight into electricity."]],
     )
-    contexts: list[str] | None = Field(
+    contexts: list[PerplexityText] | None = Field(
         default=None,
+        max_length=MAX_PERPLEXITY_TEXTS,
         description="Optional conditioning text per entry of `texts` (for example the prompt "
         "of a prompt/article pair). It is fed to the model but not scored.",
         examples=[["[INST] Write about solar power. [/INST]"]],
     )
     model: str | None = Field(
-        default=None, description="Model or adapter; default when absent.", examples=["tiny"]
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="Model or adapter; default when absent.",
+        examples=["tiny"],
     )
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_total(cls, value: list[str]) -> list[str]:
+        _check_total(sum(len(text) for text in value), "texts")
+        return value
+
+    @field_validator("contexts")
+    @classmethod
+    def _contexts_total(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None:
+            texts = info.data.get("texts") or []
+            _check_total(sum(len(text) for text in [*texts, *value]), "texts and contexts")
+        return value
 
     @model_validator(mode="after")
     def _same_length(self) -> PerplexityRequest:
@@ -436,6 +513,13 @@ class PerplexityRequest(BaseModel):
                 f"got {len(self.contexts)}"
             )
         return self
+
+
+def _check_total(total: int, what: str) -> None:
+    if total > MAX_PERPLEXITY_TOTAL_CHARS:
+        raise ValueError(
+            f"{what} total {total} characters; the limit is {MAX_PERPLEXITY_TOTAL_CHARS}"
+        )
 
 
 class PerplexityResult(BaseModel):
