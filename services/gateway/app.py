@@ -6,14 +6,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from services.common.errors import error_body
 from services.common.http import install_common, request_id_of
-from services.gateway import jobs, metrics, routes
+from services.common.logging import redact_url, redact_values
+from services.gateway import jobs, metrics, routes, signing
 from services.gateway.config import GatewaySettings
 from services.gateway.store import ArticleStore
 
@@ -26,15 +31,51 @@ Turns a topic into a finished, illustrated article for your CMS.
 2. Follow it with `GET /v1/articles/{id}` (status + progress) or `GET /v1/articles/{id}/events`
    (Server-Sent Events), or give a `webhook.url` and wait for a signed `article.succeeded`.
 3. The finished Article JSON carries Markdown and sanitized HTML, images (served by
-   `GET /v1/images/{id}`), SEO fields and provenance.
+   `GET /v1/images/{id}`; the URLs in the article are signed, so a page can embed them without
+   a key), SEO fields and provenance.
 
 Auth: `Authorization: Bearer <key>` when `ARTICLEFORGE_API_KEYS` is set. Errors always have the
 shape `{"error": {"type", "message", "param", "request_id"}}`.
 """
 
 
+def connect_redis(settings: GatewaySettings) -> Redis:
+    """The gateway's Redis client: every call bounded, so a dead or frozen Redis is a quick 503.
+
+    redis-py's default retries each command 10 times with backoff, timeouts included, which
+    turns one frozen Redis into a minute-long request. Here a command gets one retry, and only
+    for connection errors: it replaces a pooled connection that died while Redis restarted.
+    """
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    where = redact_url(settings.redis_url)
+
+    def check_redis() -> str | None:
+        try:
+            app.state.store.redis.ping()
+        except RedisError as exc:
+            return f"Redis at {where} is unreachable: {exc}"
+        return None
+
+    async def watch_redis() -> None:
+        """Pings Redis off the event loop, so /readyz answers at once even if Redis is frozen."""
+        while True:
+            await anyio.sleep(settings.redis_health_interval_seconds)
+            problem = await anyio.to_thread.run_sync(check_redis)
+            if bool(problem) != bool(app.state.redis_problem):
+                if problem:
+                    logger.warning("gateway: %s", problem)
+                else:
+                    logger.info("gateway: Redis at %s answers again", where)
+            app.state.redis_problem = problem
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,8 +84,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 "gateway: ARTICLEFORGE_API_KEYS is empty, so auth is OFF; "
                 "set keys before exposing this port"
             )
-        settings.resolved_webhook_secret()  # create it now, not in the middle of a delivery
-        yield
+        # Created now, not in the middle of a delivery or an image request.
+        webhook_secret = settings.resolved_webhook_secret()
+        app.state.signing_key = signing.signing_key(settings)
+        redact_values([*settings.keys(), webhook_secret, app.state.signing_key.decode()])
+        app.state.redis_problem = await anyio.to_thread.run_sync(check_redis)
+        if app.state.redis_problem:
+            logger.warning("gateway: %s", app.state.redis_problem)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch_redis)
+            yield
+            tasks.cancel_scope.cancel()
         app.state.store.redis.close()
 
     app = FastAPI(
@@ -52,15 +102,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = ArticleStore(
-        Redis.from_url(settings.redis_url), settings.data_dir, settings.result_ttl_seconds
+        connect_redis(settings), settings.data_dir, settings.result_ttl_seconds
     )
+    app.state.redis_problem = None
 
     def is_ready(app: FastAPI) -> str | None:
-        try:
-            app.state.store.redis.ping()
-        except RedisError as exc:
-            return f"Redis at {settings.redis_url} is unreachable: {exc}"
-        return None
+        problem: str | None = app.state.redis_problem  # kept fresh by watch_redis
+        return problem
 
     def refresh_metrics(app: FastAPI) -> None:
         try:

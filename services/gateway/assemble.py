@@ -1,7 +1,10 @@
 """Assembles the Article JSON: Markdown, sanitized HTML, excerpt, tags, provenance.
 
 Model text is untrusted. Markdown is rendered with raw HTML disabled (so `<script>` comes out as
-text), and the result goes through nh3 (ammonia) as a second line of defence.
+text), and the result goes through nh3 (ammonia) as a second line of defence. The Markdown itself
+is escaped too, since many renderers pass raw HTML through: model and user text gets `&`, `<`
+and `>` as entities and `[`, `]` backslash-escaped, so it can make neither an element nor a link
+or image (no `javascript:` URL, no tracking pixel); it still reads the same once rendered.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ _STOPWORDS = frozenset(
 
 def render(markdown: str) -> str:
     return nh3.clean(_MARKDOWN.render(markdown))
+
+
+def md_escape(text: str) -> str:
+    """Untrusted text made inert as Markdown (see the module docstring)."""
+    return html.escape(text, quote=False).replace("[", "\\[").replace("]", "\\]")
+
+
+def _md_line(text: str) -> str:
+    """For a heading or alt text: one line, so it cannot start a block of its own."""
+    return md_escape(" ".join(text.split()))
 
 
 def _figure(image: ImageRef) -> str:
@@ -76,24 +89,24 @@ def assemble(
     sections = [
         Section(
             heading=heading,
-            markdown=body,
-            html=render(body),
+            markdown=md_escape(body),
+            html=render(md_escape(body)),
             image=images[k + 1] if k + 1 < len(images) else None,
         )
         for k, (heading, body) in enumerate(zip(outline.headings, bodies, strict=True))
     ]
     featured = images[0] if images else None
 
-    md_parts = [f"# {outline.title}"]
+    md_parts = [f"# {_md_line(outline.title)}"]
     html_parts = [f"<h1>{html.escape(outline.title)}</h1>"]
     if featured:
-        md_parts.append(f"![{featured.alt}]({featured.url})")
+        md_parts.append(f"![{_md_line(featured.alt)}]({featured.url})")
         html_parts.append(_figure(featured))
     for section in sections:
-        md_parts.append(f"## {section.heading}")
+        md_parts.append(f"## {_md_line(section.heading)}")
         html_parts.append(f"<h2>{html.escape(section.heading)}</h2>")
         if section.image:
-            md_parts.append(f"![{section.image.alt}]({section.image.url})")
+            md_parts.append(f"![{_md_line(section.image.alt)}]({section.image.url})")
             html_parts.append(_figure(section.image))
         md_parts.append(section.markdown)
         html_parts.append(section.html)

@@ -1,14 +1,17 @@
-"""Bearer-key auth (constant-time compare) and the per-key rate limit."""
+"""Bearer-key auth (constant-time compare), owner checks, image access, the per-key rate limit."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from services.common.errors import Overloaded, Unauthorized
+from services.gateway import signing
+from services.gateway.config import GatewaySettings
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.metrics import REJECTED
 
@@ -40,6 +43,32 @@ def authenticate(request: Request, settings: SettingsDep) -> str:
 
 
 KeyDep = Annotated[str, Depends(authenticate)]
+
+
+def may_read(owner: str | None, scope: str) -> bool:
+    """With auth off everything is readable; with keys, only what this key created."""
+    return scope == ANONYMOUS or owner == scope
+
+
+def authorize_image(
+    request: Request,
+    settings: GatewaySettings,
+    image_id: str,
+    expires: int,
+    signature: str | None,
+) -> None:
+    """A valid signed URL needs no key (CMS pages embed them); anything else needs a key."""
+    problem = "missing `Authorization: Bearer <key>` header or a signed image URL"
+    if signature is not None:
+        key: bytes = request.app.state.signing_key
+        problem = signing.check(key, image_id, expires, signature, time.time()) or ""
+        if not problem:
+            return
+    if request.headers.get("authorization") or not settings.keys():
+        authenticate(request, settings)  # 401 on a bad key; auth off lets everything through
+        return
+    param = None if signature is None else "signature"
+    raise Unauthorized(problem, param=param, headers={"WWW-Authenticate": "Bearer"})
 
 
 def rate_limited(scope: KeyDep, settings: SettingsDep, store: StoreDep) -> str:

@@ -48,6 +48,20 @@ class GatewaySettings(CommonSettings):
     job_timeout_seconds: int = Field(default=1800, ge=10)
     # How long finished records stay in Redis, in seconds (the JSON stays on disk).
     result_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Gateway's Redis socket timeout per command, in seconds: bounds how long a request waits
+    # on a frozen Redis before it answers 503 (the SSE poll blocks for at most half of it).
+    redis_socket_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Gateway's Redis connect timeout, in seconds: bounds a 503 when Redis's host is unreachable.
+    redis_connect_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Seconds between the gateway's background Redis pings, which /readyz reports (so /readyz
+    # never waits on Redis itself).
+    redis_health_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Secret that signs image URLs (HMAC-SHA256); generated at first start and kept in DATA_DIR.
+    # Server-only: unlike the webhook secret it is never shared with receivers.
+    url_signing_secret: str | None = None
+    # Lifetime of signed image URLs in articles, in seconds; 0 = they never expire, so a CMS page
+    # can embed them for good (URLs are signed once, when the image is made).
+    image_url_ttl_seconds: int = Field(default=0, ge=0)
     # Base URL clients use to reach the gateway; image URLs in articles start with it.
     public_url: str = "http://127.0.0.1:8000"
     # Bind address and port of `articleforge serve gateway`.

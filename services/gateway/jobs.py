@@ -28,7 +28,7 @@ from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError
 from services.common.logging import request_id_var
-from services.gateway import assemble, pipeline
+from services.gateway import assemble, pipeline, signing
 from services.gateway.clients import HttpImage, HttpText, ServiceClient
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import ArticleRequest, ErrorInfo
@@ -317,7 +317,7 @@ def image_job(article_id: str, index: int) -> None:
     store.save_image(image_id, base64.b64decode(image["b64_png"]))
     ref = assemble.image_ref(
         image_id,
-        f"{config.public_url.rstrip('/')}/v1/images/{image_id}",
+        signing.signed_image_url(config, image_id),
         prompt,
         int(image["seed"]),
         int(image["width"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -11,12 +12,13 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
-from services.common.errors import Conflict, NotFound, Overloaded
+from services.common.errors import Conflict, NotFound, Overloaded, error_body
 from services.common.http import ERROR_RESPONSES, request_id_of
 from services.gateway import jobs, metrics
-from services.gateway.auth import ANONYMOUS, KeyDep, RateLimitedKeyDep
+from services.gateway.auth import KeyDep, RateLimitedKeyDep, authorize_image, may_read
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.pipeline import estimate_tokens
 from services.gateway.schemas import (
@@ -29,6 +31,8 @@ from services.gateway.schemas import (
 from services.gateway.store import ARTICLE_ID, IMAGE_ID, ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhooks import check_url
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/v1",
@@ -121,17 +125,34 @@ def _owned(store: ArticleStore, article_id: str, scope: str) -> dict[str, str] |
     if not ARTICLE_ID.match(article_id):
         return None
     fields = store.fields(article_id)
-    if fields and scope != ANONYMOUS and json.loads(fields.get("key", "null")) != scope:
+    if fields and not may_read(json.loads(fields.get("key", "null")), scope):
         return None
     return fields
 
 
+def _from_disk(store: ArticleStore, article_id: str, scope: str) -> ArticleStatus | None:
+    found = store.load_article_with_owner(article_id)
+    if found is None or not may_read(found[1], scope):
+        return None
+    return found[0]
+
+
 def _load(store: ArticleStore, article_id: str, scope: str) -> ArticleStatus:
-    fields = _owned(store, article_id, scope)
+    if not ARTICLE_ID.match(article_id):
+        raise NotFound(f"no article {article_id!r}", param="id")
+    try:
+        fields = _owned(store, article_id, scope)
+    except RedisError:
+        # Redis is down or frozen: a finished article is still served from disk; anything
+        # else is the 503 of the RedisError handler.
+        on_disk = _from_disk(store, article_id, scope)
+        if on_disk is None:
+            raise
+        return on_disk
     if fields:
         return status_view(article_id, fields)
     if fields is not None:  # not in Redis (expired, or Redis lost it): the disk copy
-        on_disk = store.load_article(article_id)
+        on_disk = _from_disk(store, article_id, scope)
         if on_disk is not None:
             return on_disk
     raise NotFound(f"no article {article_id!r}", param="id")
@@ -168,7 +189,8 @@ def list_articles(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[
-        float | None, Query(description="`next_cursor` of the previous page.")
+        float | None,
+        Query(allow_inf_nan=False, description="`next_cursor` of the previous page."),
     ] = None,
 ) -> ArticleList:
     ids, next_cursor = store.page(limit, cursor)
@@ -191,26 +213,44 @@ def list_articles(
         }
     },
 )
-async def article_events(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> Any:
+async def article_events(
+    article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep, settings: SettingsDep
+) -> Any:
     await anyio.to_thread.run_sync(_load, store, article_id, scope)  # 404 before streaming
-    return EventSourceResponse(_events(store, article_id, scope))
+    # Each poll blocks in Redis; keep it well inside the socket timeout, or a quiet article
+    # would look like a frozen Redis.
+    block_ms = int(min(1.0, settings.redis_socket_timeout_seconds / 2) * 1000)
+    return EventSourceResponse(_events(store, article_id, scope, block_ms, request_id_of(request)))
 
 
 async def _events(
-    store: ArticleStore, article_id: str, scope: str
+    store: ArticleStore, article_id: str, scope: str, block_ms: int, request_id: str
 ) -> AsyncIterator[dict[str, str]]:
     after = "0-0"
     while True:
-        events = await anyio.to_thread.run_sync(store.read_events, article_id, after, 1000)
-        ended = False
-        for event_id, data in events:
-            after = event_id
-            ended = ended or json.loads(data)["status"] in TERMINAL
-            yield {"event": "progress", "id": event_id, "data": data}
-        if events and not ended:
-            continue  # still running: no need to read the whole record
-        # A terminal event, or a quiet second (also: a record only on disk has no events).
-        status = await anyio.to_thread.run_sync(_load, store, article_id, scope)
+        try:
+            events = await anyio.to_thread.run_sync(store.read_events, article_id, after, block_ms)
+            ended = False
+            for event_id, data in events:
+                after = event_id
+                ended = ended or json.loads(data)["status"] in TERMINAL
+                yield {"event": "progress", "id": event_id, "data": data}
+            if events and not ended:
+                continue  # still running: no need to read the whole record
+            # A terminal event, or a quiet poll (also: a record only on disk has no events).
+            status = await anyio.to_thread.run_sync(_load, store, article_id, scope)
+        except RedisError as exc:
+            # A finished article still ends its stream from disk. Otherwise (the stream has
+            # started, so no status code) one `error` event in the error shape, then the end.
+            on_disk = await anyio.to_thread.run_sync(_from_disk, store, article_id, scope)
+            if on_disk is not None:
+                yield {"event": on_disk.status, "data": on_disk.model_dump_json()}
+                return
+            logger.error("article %s: events stream stopped, Redis failed: %s", article_id, exc)
+            message = f"the article store (Redis) failed: {exc}; reconnect later"
+            body = error_body("service_unavailable", message, None, request_id)
+            yield {"event": "error", "data": json.dumps(body)}
+            return
         if status.status in TERMINAL:
             yield {"event": status.status, "data": status.model_dump_json()}
             return
@@ -226,8 +266,24 @@ def get_image(
     image_id: Annotated[
         str, Path(description="Image id.", examples=["img_9b1e2c3d4e5f6a7b8c9d0e1f"])
     ],
+    request: Request,
+    settings: SettingsDep,
     store: StoreDep,
+    expires: Annotated[
+        int,
+        Query(ge=0, description="Of a signed URL: Unix time it expires; 0 = never.", examples=[0]),
+    ] = 0,
+    signature: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Of a signed URL (as in the article's image `url`): lets the image be "
+            "fetched without a key.",
+            examples=["m1Xc0yP3kQ2r6vS8tU9wV0xY1zA2bC3dE4fG5hI6jK7"],
+        ),
+    ] = None,
 ) -> FileResponse:
+    authorize_image(request, settings, image_id, expires, signature)
     if not IMAGE_ID.match(image_id):
         raise NotFound(f"no image {image_id!r}", param="image_id")
     path = store.image_path(image_id)

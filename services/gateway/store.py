@@ -3,8 +3,9 @@
 Each article is one Redis hash (``af:article:{id}``): fields are written by whichever job owns
 them, so concurrent image jobs never overwrite each other. Status changes into a terminal state
 go through a Lua check-and-set, so a late job can never turn `cancelled` back into `failed`.
-The assembled article is also written to ``DATA_DIR/articles/{id}.json``: it survives a Redis
-restart, and GET falls back to it.
+The assembled article is also written to ``DATA_DIR/articles/{id}.json``, with its owner (the
+key scope that created it): it survives a Redis restart or outage, and GET falls back to it after
+checking the owner.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ return 1
 """
 
 
+# Stores image ARGV[1] and sets images_done to the number of image:k fields present.
+_IMAGE_DONE = """
+redis.call('HSET', KEYS[1], 'image:' .. ARGV[1], ARGV[2])
+local total = tonumber(redis.call('HGET', KEYS[1], 'images_total') or '0')
+local done = 0
+for k = 0, total - 1 do
+  if redis.call('HEXISTS', KEYS[1], 'image:' .. k) == 1 then done = done + 1 end
+end
+redis.call('HSET', KEYS[1], 'images_done', done)
+return done
+"""
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
@@ -53,6 +67,7 @@ class ArticleStore:
         self.data_dir = data_dir
         self.ttl = ttl_seconds
         self._set_status = redis.register_script(_SET_STATUS)
+        self._image_done = redis.register_script(_IMAGE_DONE)
 
     # --- keys ---
 
@@ -130,10 +145,9 @@ class ArticleStore:
         self.redis.hset(self.key(article_id), f"image_step:{index}", f"{step}/{steps}")
 
     def image_done(self, article_id: str, index: int, image: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hset(self.key(article_id), f"image:{index}", json.dumps(image))
-        pipe.hincrby(self.key(article_id), "images_done", 1)
-        pipe.execute()
+        # Recounted, not incremented, so an image job that runs twice (a retry after its
+        # worker died) counts once.
+        self._image_done(keys=[self.key(article_id)], args=[index, json.dumps(image)])
         self.publish(article_id)
 
     def images(self, article_id: str, count: int) -> list[dict[str, Any] | None]:
@@ -158,14 +172,25 @@ class ArticleStore:
     def save_image(self, image_id: str, png: bytes) -> None:
         _atomic_write(self.image_path(image_id), png)
 
-    def save_article(self, status: ArticleStatus) -> None:
-        _atomic_write(self.article_path(status.id), status.model_dump_json(indent=2).encode())
+    def save_article(self, status: ArticleStatus, owner: str | None = None) -> None:
+        """Writes the status with its owner (by default the record's key scope) beside it."""
+        if owner is None:
+            owner = self.get(status.id, "key")
+        document = {"owner": owner, **status.model_dump(mode="json")}
+        _atomic_write(self.article_path(status.id), json.dumps(document, indent=2).encode())
 
     def load_article(self, article_id: str) -> ArticleStatus | None:
+        found = self.load_article_with_owner(article_id)
+        return None if found is None else found[0]
+
+    def load_article_with_owner(self, article_id: str) -> tuple[ArticleStatus, str | None] | None:
+        """The disk copy and its owner (None for copies written before owners were kept)."""
         path = self.article_path(article_id)
         if not ARTICLE_ID.match(article_id) or not path.exists():
             return None
-        return ArticleStatus.model_validate_json(path.read_text())
+        document = json.loads(path.read_text())
+        owner = document.pop("owner", None)
+        return ArticleStatus.model_validate(document), owner
 
     # --- progress events ---
 

@@ -1,0 +1,71 @@
+"""Signed image URLs, in the manner of S3 presigned URLs.
+
+An article's images are embedded by CMS pages, which send no API key, so each image URL carries
+``signature = HMAC-SHA256(key, "{image_id}.{expires}")`` (base64url, unpadded) and, when
+``ARTICLEFORGE_IMAGE_URL_TTL_SECONDS`` is set, ``expires`` (Unix seconds; absent = 0 = never).
+The key is the server-only URL signing secret, not the webhook secret: webhook receivers hold
+that one, and could then sign URLs for images of other keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+
+from services.gateway.config import GatewaySettings
+
+SECRET_FILE = "url_signing_secret"
+
+
+def signing_key(config: GatewaySettings) -> bytes:
+    """The configured secret, or the one kept in DATA_DIR (created on first use).
+
+    The gateway and the workers (which sign when they save an image) may start together;
+    O_EXCL makes one of them the creator and the others read what it wrote.
+    """
+    if config.url_signing_secret:
+        return config.url_signing_secret.encode()
+    path: Path = config.data_dir / SECRET_FILE
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            text = path.read_text().strip()
+            if text:
+                return text.encode()
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret.encode()
+
+
+def signature(key: bytes, image_id: str, expires: int) -> str:
+    mac = hmac.new(key, f"{image_id}.{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def signed_image_url(config: GatewaySettings, image_id: str, now: float | None = None) -> str:
+    """The public URL of an image, valid without a key (until it expires, if a TTL is set)."""
+    base = f"{config.public_url.rstrip('/')}/v1/images/{image_id}"
+    expires = 0
+    if config.image_url_ttl_seconds:
+        expires = int(now if now is not None else time.time()) + config.image_url_ttl_seconds
+    query = f"expires={expires}&" if expires else ""
+    return f"{base}?{query}signature={signature(signing_key(config), image_id, expires)}"
+
+
+def check(key: bytes, image_id: str, expires: int, given: str, now: float) -> str | None:
+    """None when ``given`` signs this image and has not expired, else what is wrong."""
+    if not hmac.compare_digest(signature(key, image_id, expires).encode(), given.encode()):
+        return "the image URL's signature is not valid"
+    if expires and now > expires:
+        return "the image URL expired (ARTICLEFORGE_IMAGE_URL_TTL_SECONDS); send an API key"
+    return None
