@@ -27,12 +27,31 @@ class TextSettings(CommonSettings):
     # Merge a single adapter into a 16/32-bit base at load time (free per token). Adapters on
     # an nf4 base, or several adapters, always stay unmerged.
     text_merge_adapter: bool = True
-    # Most requests decoded together in one batch.
-    text_max_batch_size: int = Field(default=16, ge=1, le=512)
+    # Most requests decoded together (running rows of the continuous batch). One CUDA graph
+    # is captured per batch-size bucket up to this number at start-up.
+    text_max_batch_size: int = Field(default=128, ge=1, le=512)
     # Most requests admitted at once (running + waiting); beyond it the service answers 429.
     text_max_queue: int = Field(default=256, ge=1)
-    # How long the engine waits for more requests to join a batch, in milliseconds.
+    # When the engine is idle and a request arrives, how long it waits for others to start
+    # with it, in milliseconds. A busy engine admits new requests at every step.
     text_batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    # Most prompt tokens prefilled in one engine step. A longer prompt runs in chunks, so a
+    # running stream waits at most one chunk between two tokens (about 50 ms for 2048
+    # tokens of a 7B model on an H100-class card).
+    text_prefill_chunk_tokens: int = Field(default=2048, ge=16, le=65536)
+    # Tokens per KV-cache page.
+    text_kv_page_size: int = Field(default=16, ge=1, le=1024)
+    # Share of the GPU's memory the engine may fill (weights, activations, KV cache); the KV
+    # cache gets what is left of it after the weights and a full-size prefill. CUDA only.
+    text_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=0.99)
+    # KV-cache size in tokens; overrides the memory share. On the CPU the default is what
+    # fits in 1 GiB (at most max_batch_size full context windows).
+    text_kv_cache_tokens: int | None = Field(default=None, ge=16)
+    # Replay decode steps as CUDA graphs (captured at start-up). CUDA only.
+    text_cuda_graphs: bool = True
+    # `native`: the engine's own Llama forward (Llama, Llama-3, Mistral); `hf`: the
+    # transformers model, one sequence at a time; `auto`: native where it can, else hf.
+    text_runner: Literal["auto", "native", "hf"] = "auto"
     # Longest prompt accepted, in tokens (also bounded by the model's context window).
     text_max_input_tokens: int = Field(default=3072, ge=1)
     # Largest `max_new_tokens` a request may ask for.

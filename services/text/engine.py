@@ -1,12 +1,15 @@
-"""The text engine: one thread owns the model and decodes waiting requests together.
+"""The text engine: one thread drives the scheduler, the model runner and the sampler.
 
 Requests are tokenized and checked on the caller's side (``prepare``), admitted against the
-queue bound (``submit``), then picked up by the engine thread, which gathers every request
-waiting at that moment (up to ``max_batch_size``) and decodes them as one left-padded batch with
-a shared KV cache. Each row keeps its own sampling parameters, seed and stop rules; finished or
-cancelled rows leave the batch at once. Tokens flow back to the asyncio side per step.
+queue bound (``submit``), then handed to the engine thread. Every step the thread takes in new
+requests, drops cancelled ones (their KV pages are free at once), asks the scheduler for the
+step (which requests join, which prompt chunks run, which rows decode), runs it through the
+model runner, samples every row's token in one batched call, and pushes each row's new text to
+its caller. Requests join and leave between any two steps.
 
-This is the seam for the GPU path: ``_decode_batch`` is the only code that touches the model.
+The parts, one file each: ``scheduler.py``, ``kv_cache.py``, ``model_runner.py`` (with the lean
+Llama of ``llama.py`` and the attention of ``attention.py``), ``sampler.py``; ``sequence.py``
+holds the state that flows between them.
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ import queue
 import secrets
 import threading
 import time
-import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Sequence as Seq
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -29,16 +31,18 @@ from services.common.errors import ArticleforgeError, InvalidRequest, NotFound, 
 from services.common.handles import EngineHandle
 from services.text import metrics
 from services.text.config import TextSettings
+from services.text.kv_cache import CacheShape, KVCacheManager, pages_from_memory
+from services.text.llama import LeanLlama, StepInputs, Unsupported
 from services.text.loading import BASE_ADAPTER, LoadedModel
-from services.text.perplexity import encode_scored, mean_nll
+from services.text.model_runner import HFRunner, NativeRunner
+from services.text.perplexity import encode_scored
+from services.text.sampler import Sampler
 from services.text.sampling import DecodeState, FinishReason
+from services.text.scheduler import Scheduler, StepPlan
 from services.text.schemas import MAX_SEED, Prompt, SamplingParams, Usage
+from services.text.sequence import Phase, Sequence
 
 logger = logging.getLogger(__name__)
-
-# transformers >= 5.2x renames `past_key_values` to `cache`; the old name works on every
-# version we support (>= 5.17), so keep it and silence the notice.
-warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*", category=FutureWarning)
 
 
 @dataclass
@@ -102,8 +106,107 @@ class TextEngine:
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
+        # Unmerged adapters, by index: 0 is the base model, k the k-th adapter.
+        self.adapters = [BASE_ADAPTER] + list(
+            dict.fromkeys(a for a in loaded.served.values() if a != BASE_ADAPTER)
+        )
+        self.context = loaded.context_window
+        self.runner: NativeRunner | HFRunner | None = None  # built by warmup()
+        self.kv: KVCacheManager | None = None
+        self.scheduler: Scheduler | None = None
+        self.sampler: Sampler | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Builds the runner, sizes and allocates the KV cache, captures the decode graphs,
+        and runs one small request end to end, all before the engine thread starts."""
+        started = time.monotonic()
+        settings, loaded = self.settings, self.loaded
+        device = loaded.device
+        rows = settings.text_max_batch_size
+        lora = len(self.adapters) > 1
+        model: LeanLlama | None = None
+        if settings.text_runner != "hf":
+            try:
+                model = LeanLlama(loaded.model, self.adapters[1:], self.context)
+            except Unsupported as exc:
+                if settings.text_runner == "native":
+                    raise ValueError(
+                        f"ARTICLEFORGE_TEXT_RUNNER=native cannot run this model: {exc}; use "
+                        "ARTICLEFORGE_TEXT_RUNNER=auto or hf"
+                    ) from exc
+                logger.info("text engine: %s needs the HF model code (%s)", loaded.base_name, exc)
+        if model is not None:
+            shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
+            pages = self._cache_pages(model, shape)
+            self.kv = KVCacheManager(shape, pages, settings.text_kv_page_size, device)
+            self.runner = NativeRunner(model, self.kv, rows, self.context, lora)
+            vocab = model.vocab
+        else:
+            shape = CacheShape(0, 0, 0, torch.float32)  # accounting only; HF keeps the tensors
+            pages = self._cache_pages(None, shape)
+            self.kv = KVCacheManager(shape, pages, settings.text_kv_page_size, device)
+            names = self.adapters if lora else None
+            self.runner = HFRunner(loaded.model, device, names)
+            vocab = int(loaded.model.config.vocab_size)
+        self.scheduler = Scheduler(self.kv, rows, settings.text_prefill_chunk_tokens)
+        self.sampler = Sampler(rows, vocab, device)
+        if (
+            device.type == "cuda"
+            and settings.text_cuda_graphs
+            and isinstance(self.runner, NativeRunner)
+        ):
+            self.runner.capture()
+        self._run_warmup_request()
+        metrics.KV_CAPACITY.set(self.kv.capacity_tokens)
+        logger.info(
+            "text engine: %s runner, %d rows, %d KV tokens, ready in %.1fs",
+            "native" if model is not None else "hf",
+            rows,
+            self.kv.capacity_tokens,
+            time.monotonic() - started,
+        )
+
+    def _cache_pages(self, model: LeanLlama | None, shape: CacheShape) -> int:
+        settings = self.settings
+        page = settings.text_kv_page_size
+        rows = settings.text_max_batch_size
+        most = rows * -(-self.context // page) + 1  # more than every row at full context is waste
+        if settings.text_kv_cache_tokens is not None:
+            return min(most, -(-settings.text_kv_cache_tokens // page) + 1)
+        device = self.loaded.device
+        if device.type == "cuda" and model is not None:
+            # Measure a full-size step's activations before giving the rest to the cache.
+            torch.cuda.reset_peak_memory_stats(device)
+            n = min(settings.text_prefill_chunk_tokens, self.context)
+            ids = torch.randint(0, model.vocab, (n,), device=device)
+            model.forward(
+                ids, torch.arange(n, device=device), StepInputs(slots=None), None, None, None
+            )
+            torch.cuda.synchronize(device)
+            pages = pages_from_memory(shape, page, device, settings.text_gpu_memory_utilization)
+            return min(most, pages)
+        per_token = max(1, shape.bytes_per_token)
+        return min(most, max(2, (2**30 // per_token) // page + 1))
+
+    def _run_warmup_request(self) -> None:
+        assert self.scheduler is not None
+        ids = list(self.tokenizer("warm up").input_ids)
+        params = SamplingParams(max_new_tokens=2, temperature=0.7, top_p=0.9)
+        seq = Sequence(
+            handle=None,
+            prompt_ids=ids,
+            params=params,
+            max_new_tokens=2,
+            seed=0,
+            adapter_index=0,
+            state=DecodeState(self.tokenizer, ids, params, 2, self.eos_ids),
+            arrival=time.monotonic(),
+        )
+        self.scheduler.add(seq)
+        while seq.phase is not Phase.DONE:
+            self._step()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="text-engine", daemon=True)
@@ -114,13 +217,6 @@ class TextEngine:
         self._work.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
-
-    def warmup(self) -> None:
-        """Runs one tiny request on the calling thread before the engine thread starts."""
-        ids = self.tokenizer("warm up").input_ids
-        params = SamplingParams(max_new_tokens=2, temperature=0.0)
-        state = DecodeState(self.tokenizer, ids, params, 2, 0, self.eos_ids, self.loaded.device)
-        self._forward_loop([state], [BASE_ADAPTER], lambda i, d: None, lambda i: False)
 
     # --- the caller's side -------------------------------------------------------------------
 
@@ -153,6 +249,12 @@ class TextEngine:
         """Tokenizes and checks a request; raises the 4xx errors before anything is queued."""
         name, adapter = self.resolve_model(model)
         ids = self.encode_prompt(prompt)
+        if not ids:
+            raise InvalidRequest(
+                f"{prompt.param} renders to an empty prompt (0 tokens); give some text to "
+                "continue, or at least one user message",
+                param=prompt.param,
+            )
         limit = self.settings.text_max_input_tokens
         if len(ids) > limit:
             raise InvalidRequest(
@@ -160,7 +262,7 @@ class TextEngine:
                 "(ARTICLEFORGE_TEXT_MAX_INPUT_TOKENS)",
                 param=prompt.param,
             )
-        context = self.loaded.context_window
+        context = self.context
         room = context - len(ids)
         if room < 1:
             raise InvalidRequest(
@@ -180,6 +282,14 @@ class TextEngine:
             raise InvalidRequest(
                 f"the prompt ({len(ids)} tokens) plus {max_param} ({max_new}) exceeds the "
                 f"model's context window of {context} tokens; at most {room} new tokens fit",
+                param=max_param,
+            )
+        capacity = self.kv.capacity_tokens if self.kv is not None else None
+        if capacity is not None and len(ids) + max_new > capacity:
+            raise InvalidRequest(
+                f"the prompt ({len(ids)} tokens) plus {max_param} ({max_new}) needs more KV "
+                f"cache than this service holds ({capacity} tokens, "
+                "ARTICLEFORGE_TEXT_KV_CACHE_TOKENS / ARTICLEFORGE_TEXT_GPU_MEMORY_UTILIZATION)",
                 param=max_param,
             )
         seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED)
@@ -211,7 +321,7 @@ class TextEngine:
         metrics.REQUESTS.labels(status).inc()
 
     def prepare_perplexity(
-        self, texts: Sequence[str], contexts: Sequence[str] | None, model: str | None
+        self, texts: Seq[str], contexts: Seq[str] | None, model: str | None
     ) -> tuple[str, _PerplexityJob]:
         name, adapter = self.resolve_model(model)
         sequences = []
@@ -219,10 +329,10 @@ class TextEngine:
             ids, lead = encode_scored(self.tokenizer, text, contexts[i] if contexts else None)
             if len(ids) <= lead:
                 raise InvalidRequest(f"texts[{i}] has no tokens to score", param=f"texts.{i}")
-            if len(ids) > self.loaded.context_window:
+            if len(ids) > self.context:
                 raise InvalidRequest(
                     f"texts[{i}] is {len(ids)} tokens long with its context; the model's "
-                    f"context window is {self.loaded.context_window} tokens",
+                    f"context window is {self.context} tokens",
                     param=f"texts.{i}",
                 )
             sequences.append((ids, lead))
@@ -235,193 +345,200 @@ class TextEngine:
     # --- the engine thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
+        assert self.scheduler is not None
         while not self._stopping:
-            item = self._work.get()
-            if item is None:
+            self._intake(block=not self.scheduler.busy)
+            if self._stopping:
                 break
+            self._drop_cancelled()
+            if self.scheduler.busy:
+                self._step()
+        self._fail_pending()
+
+    def _intake(self, block: bool) -> None:
+        """Takes in what callers sent; when idle, waits for a request and briefly for company."""
+        assert self.scheduler is not None
+        deadline = None
+        while True:
+            try:
+                if block and deadline is None:
+                    item = self._work.get()
+                elif block and deadline is not None:
+                    item = self._work.get(timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    item = self._work.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self._stopping = True
+                return
             if isinstance(item, _PerplexityJob):
                 self._run_perplexity(item)
                 continue
-            batch = [item]
-            deadline = time.monotonic() + self.settings.text_batch_wait_ms / 1000
-            others: list[_PerplexityJob] = []
-            while len(batch) < self.settings.text_max_batch_size:
-                try:
-                    nxt = self._work.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._stopping = True
-                    break
-                if isinstance(nxt, _PerplexityJob):
-                    others.append(nxt)
-                else:
-                    batch.append(nxt)
-            self._run_batch(batch)
-            for job in others:
-                self._run_perplexity(job)
-        self._fail_pending()
+            self._add(item)
+            if block and deadline is None:
+                deadline = time.monotonic() + self.settings.text_batch_wait_ms / 1000
+            if len(self.scheduler.waiting) >= self.settings.text_max_batch_size:
+                return
+
+    def _add(self, handle: RequestHandle) -> None:
+        assert self.scheduler is not None
+        request = handle.request
+        seq = Sequence(
+            handle=handle,
+            prompt_ids=request.prompt_ids,
+            params=request.params,
+            max_new_tokens=request.max_new_tokens,
+            seed=request.seed,
+            adapter_index=self.adapters.index(request.adapter),
+            state=DecodeState(
+                self.tokenizer,
+                request.prompt_ids,
+                request.params,
+                request.max_new_tokens,
+                self.eos_ids,
+            ),
+            arrival=request.arrival,
+        )
+        self.scheduler.add(seq)
+
+    def _drop_cancelled(self) -> None:
+        assert self.scheduler is not None
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            if seq.handle is not None and seq.handle.cancelled.is_set():
+                if seq.phase is Phase.WAITING:
+                    self._left_queue(1)
+                self._retire(seq)
+
+    def _left_queue(self, count: int) -> None:
+        with self._lock:
+            self._waiting -= count
+            metrics.QUEUE_DEPTH.set(self._waiting)
+
+    def _retire(self, seq: Sequence) -> None:
+        """Frees everything a request holds: pages, sampler slot, runner state."""
+        assert self.scheduler is not None and self.sampler is not None and self.runner is not None
+        self.scheduler.finish(seq)
+        self.sampler.release(seq.slot)
+        seq.slot = -1
+        self.runner.release(seq)
 
     def _fail_pending(self) -> None:
+        error = ArticleforgeError("the text service is shutting down")
+        if self.scheduler is not None:
+            for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+                if seq.handle is not None:
+                    seq.handle.push("error", error)
+                    self.release(seq.handle, "error")
         while True:
             try:
                 item = self._work.get_nowait()
             except queue.Empty:
                 return
             if isinstance(item, RequestHandle):
-                item.push("error", ArticleforgeError("the text service is shutting down"))
+                item.push("error", error)
                 self.release(item, "error")
 
-    def _run_batch(self, handles: list[RequestHandle]) -> None:
-        with self._lock:
-            self._waiting -= len(handles)
-            metrics.QUEUE_DEPTH.set(self._waiting)
-        handles = [h for h in handles if not h.cancelled.is_set()]
-        if not handles:
+    def _step(self) -> None:
+        """One engine step: schedule, forward, sample, hand out the new tokens."""
+        assert self.scheduler is not None and self.sampler is not None and self.runner is not None
+        plan = self.scheduler.schedule()
+        now = time.monotonic()
+        for seq in plan.admitted:
+            seq.slot = self.sampler.acquire(seq.prompt_ids)
+            seq.started = now
+        if plan.admitted:
+            metrics.BATCH_SIZE.observe(len(plan.admitted))
+            self._left_queue(sum(1 for s in plan.admitted if s.handle is not None))
+        if plan.empty:
+            time.sleep(0.001)  # the head of the queue waits for KV pages to free up
             return
-        metrics.BATCH_SIZE.observe(len(handles))
-        started = time.monotonic()
-        first_token_at: list[float | None] = [None] * len(handles)
-        states = [
-            DecodeState(
-                self.tokenizer,
-                h.request.prompt_ids,
-                h.request.params,
-                h.request.max_new_tokens,
-                h.request.seed,
-                self.eos_ids,
-                self.loaded.device,
-            )
-            for h in handles
-        ]
-
-        def on_delta(i: int, delta: str) -> None:
-            if first_token_at[i] is None:
-                at = first_token_at[i] = time.monotonic()
-                metrics.TIME_TO_FIRST_TOKEN.observe(at - handles[i].request.arrival)
-            metrics.GENERATED_TOKENS.inc()
-            if delta:
-                handles[i].push("update", delta)
-            if states[i].finish_reason is not None:
-                self._finish(handles[i], states[i], started, first_token_at[i])
-
         try:
-            self._forward_loop(
-                states,
-                [h.request.adapter for h in handles],
-                on_delta,
-                lambda i: handles[i].cancelled.is_set(),
-            )
-        except Exception as exc:  # a failed batch fails its requests, not the engine
-            logger.exception("text batch of %d failed", len(handles))
-            for handle, state in zip(handles, states, strict=True):
-                if state.finish_reason is None and not handle.cancelled.is_set():
-                    handle.push("error", ArticleforgeError(f"generation failed: {exc}"))
-                    self.release(handle, "error")
+            tokens = self._forward(plan)
+        except Exception as exc:  # a failed step fails its requests, not the engine
+            logger.exception("text step of %d rows failed", len(plan.decode) + len(plan.prefill))
+            for seq in [*plan.decode, *(c.seq for c in plan.prefill)]:
+                self._retire(seq)
+                if seq.handle is not None and not seq.handle.cancelled.is_set():
+                    seq.handle.push("error", ArticleforgeError(f"generation failed: {exc}"))
+                    self.release(seq.handle, "error")
+            return
+        self.scheduler.advance(plan)
+        metrics.PREFILL_CHUNKS.inc(len(plan.prefill))
+        metrics.STEPS.labels("mixed" if plan.prefill else "decode").inc()
+        now = time.monotonic()
+        for seq, token in zip(plan.sampled, tokens, strict=True):
+            seq.output_ids.append(token)
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                if seq.handle is not None:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(now - seq.arrival)
+            metrics.GENERATED_TOKENS.inc()
+            delta = seq.state.append(token)
+            cancelled = seq.handle is not None and seq.handle.cancelled.is_set()
+            if delta and seq.handle is not None and not cancelled:
+                seq.handle.push("update", delta)
+            if seq.state.finish_reason is not None:
+                self._retire(seq)
+                if seq.handle is not None and not cancelled:
+                    self._finish(seq, now)
+        metrics.RUNNING.set(len(self.scheduler.running))
+        metrics.KV_USAGE.set(self.scheduler.kv.usage)
 
-    def _finish(
-        self, handle: RequestHandle, state: DecodeState, started: float, first: float | None
-    ) -> None:
-        end = time.monotonic()
+    def _forward(self, plan: StepPlan) -> list[int]:
+        assert self.sampler is not None and self.runner is not None
+        logits = self.runner.run(plan)
+        rows = plan.sampled
+        if not rows:
+            return []
+        batch = self.sampler.batch(
+            [s.params for s in rows],
+            [s.slot for s in rows],
+            [s.seed for s in rows],
+            [len(s.output_ids) for s in rows],
+        )
+        tokens = self.sampler.sample(logits, batch)
+        self.sampler.record(batch.slots, tokens)
+        return list(tokens.tolist())  # the step's one device-to-host copy
+
+    def _finish(self, seq: Sequence, end: float) -> None:
+        handle = seq.handle
         request = handle.request
-        decode_time = max(end - started, 1e-9)
-        assert state.finish_reason is not None
+        started = seq.started or end
+        assert seq.state.finish_reason is not None
         result = GenerationResult(
-            text=state.text,
-            finish_reason=state.finish_reason,
-            usage=Usage(len(request.prompt_ids), state.completion_tokens),
+            text=seq.state.text,
+            finish_reason=seq.state.finish_reason,
+            usage=Usage(seq.prompt_len, seq.state.completion_tokens),
             seed=request.seed,
             model=request.model_name,
             queue_seconds=started - request.arrival,
-            time_to_first_token_seconds=(first or end) - request.arrival,
+            time_to_first_token_seconds=(seq.first_token_at or end) - request.arrival,
             total_seconds=end - request.arrival,
-            tokens_per_second=state.completion_tokens / decode_time,
+            tokens_per_second=seq.state.completion_tokens / max(end - started, 1e-9),
         )
         handle.push("done", result)
         self.release(handle, "success")
         logger.info(
-            "request %s: %d+%d tokens, %s, %.2fs",
+            "request %s: %d+%d tokens, %s, %.2fs (%d prefill chunks)",
             request.request_id,
             result.usage.prompt_tokens,
             result.usage.completion_tokens,
             result.finish_reason,
             result.total_seconds,
+            seq.prefill_chunks,
         )
-
-    @torch.inference_mode()
-    def _forward_loop(
-        self,
-        states: list[DecodeState],
-        adapters: list[str],
-        on_delta: Any,
-        is_cancelled: Any,
-    ) -> None:
-        """Prefill the batch, then decode one token per live row per step until all finish."""
-        from transformers import DynamicCache
-
-        model = self.loaded.model
-        device = self.loaded.device
-        pad = self.tokenizer.pad_token_id
-        width = max(len(s.prompt_ids) for s in states)
-        input_ids = torch.full((len(states), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(states), width), dtype=torch.long)
-        for row, state in enumerate(states):
-            n = len(state.prompt_ids)
-            input_ids[row, width - n :] = torch.tensor(state.prompt_ids)
-            mask[row, width - n :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
-        live = list(range(len(states)))  # indices into `states` of rows still in the batch
-
-        while True:
-            extra: dict[str, Any] = {}
-            if self.loaded.unmerged_adapters:
-                extra["adapter_names"] = [adapters[i] for i in live]
-            out = model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
-            logits = out.logits[:, -1, :].float()
-            keep: list[int] = []
-            tokens: list[int] = []
-            for row, index in enumerate(live):
-                if is_cancelled(index):
-                    continue
-                state = states[index]
-                token = state.sample(logits[row])
-                on_delta(index, state.append(token))
-                if state.finish_reason is None:
-                    keep.append(row)
-                    tokens.append(token)
-            if not keep:
-                return
-            if len(keep) < len(live):
-                rows = torch.tensor(keep, device=device)
-                cache.batch_select_indices(rows)
-                mask, positions = mask[rows], positions[rows]
-                live = [live[row] for row in keep]
-            input_ids = torch.tensor(tokens, device=device).unsqueeze(-1)
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-            positions = positions[:, -1:] + 1
 
     def _run_perplexity(self, job: _PerplexityJob) -> None:
         if job.future.cancelled():
             return
+        assert self.runner is not None
         try:
-            model = self.loaded.model
-            results = []
-            for ids, lead in job.sequences:
-                extra: dict[str, Any] = {}
-                if self.loaded.unmerged_adapters:
-                    extra["adapter_names"] = [job.adapter]
-                nll = mean_nll(model, ids, lead, self.loaded.device, **extra)
-                results.append((nll, len(ids) - lead))
+            index = self.adapters.index(job.adapter)
+            results = [
+                (self.runner.score(ids, lead, index), len(ids) - lead)
+                for ids, lead in job.sequences
+            ]
             job.future.set_result(results)
         except Exception as exc:
             logger.exception("perplexity job failed")

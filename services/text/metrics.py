@@ -19,7 +19,20 @@ TIME_TO_FIRST_TOKEN = Histogram(
 )
 BATCH_SIZE = Histogram(
     "articleforge_text_batch_size",
-    "Requests decoded together in one batch.",
+    "Requests admitted together in one engine step (they join the running batch).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
-QUEUE_DEPTH = Gauge("articleforge_text_queue_depth", "Requests admitted and waiting for a batch.")
+QUEUE_DEPTH = Gauge(
+    "articleforge_text_queue_depth", "Requests accepted and waiting to join the running batch."
+)
+RUNNING = Gauge("articleforge_text_running_requests", "Requests in the running batch.")
+KV_USAGE = Gauge("articleforge_text_kv_cache_usage", "Share of KV-cache pages held (0 to 1).")
+KV_CAPACITY = Gauge("articleforge_text_kv_cache_tokens", "KV-cache capacity in tokens.")
+PREFILL_CHUNKS = Counter(
+    "articleforge_text_prefill_chunks_total", "Prompt chunks prefilled (a long prompt has several)."
+)
+STEPS = Counter(
+    "articleforge_text_engine_steps_total",
+    "Engine steps: `decode` (decode rows only) or `mixed` (with prompt chunks).",
+    ["kind"],
+)

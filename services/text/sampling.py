@@ -1,7 +1,7 @@
-"""Per-request decoding state: logits processing, seeded sampling, stop rules, detokenizing.
+"""Per-request output state: stop rules and incremental detokenizing.
 
-Each request in a batch owns one ``DecodeState``, so requests decoded together keep their own
-temperature, penalties, seed and stop strings.
+Each request owns one ``DecodeState``, so requests decoded together keep their own stop
+strings and text. Sampling itself is batched on the device (``sampler.py``).
 """
 
 from __future__ import annotations
@@ -9,41 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
-
 from services.text.schemas import SamplingParams
 
 FinishReason = Literal["stop", "length"]
-
-
-def process_logits(
-    logits: torch.Tensor, params: SamplingParams, prompt_ids: Sequence[int], generated: list[int]
-) -> torch.Tensor:
-    """Applies penalties, temperature, top-k and top-p to one row of float logits."""
-    if params.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(prompt_ids) | set(generated)), device=logits.device)
-        picked = logits[seen]
-        logits[seen] = torch.where(
-            picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
-        )
-    if generated and (params.frequency_penalty or params.presence_penalty):
-        counts = torch.bincount(
-            torch.tensor(generated, device=logits.device), minlength=logits.shape[-1]
-        )[: logits.shape[-1]].to(logits.dtype)
-        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
-    if params.greedy:
-        return logits
-    logits = logits / params.temperature
-    if 0 < params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass before it already reaches top_p; the first always stays.
-        drop = (probs.cumsum(-1) - probs) >= params.top_p
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
-    return logits
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -68,9 +36,7 @@ class DecodeState:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         max_new_tokens: int,
-        seed: int,
         eos_ids: set[int],
-        device: torch.device,
     ) -> None:
         self.tokenizer = tokenizer
         self.prompt_ids = prompt_ids
@@ -85,15 +51,6 @@ class DecodeState:
         self._prefix = 0
         self._read = 0
         self.finish_reason: FinishReason | None = None
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-
-    def sample(self, logits: torch.Tensor) -> int:
-        logits = process_logits(logits, self.params, self.prompt_ids, self.generated)
-        if self.params.greedy:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def append(self, token: int) -> str:
         """Records a token; returns the text that is now safe to send (may be empty)."""

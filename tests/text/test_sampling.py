@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from services.text.sampling import DecodeState
 from services.text.schemas import SamplingParams
@@ -22,9 +21,7 @@ def tokenizer(tiny_text_path: Path) -> Any:
 
 def run(tokenizer: Any, ids: list[int], stop: tuple[str, ...] = ()) -> tuple[list[str], Any]:
     params = SamplingParams(max_new_tokens=len(ids), stop=stop)
-    state = DecodeState(
-        tokenizer, [1], params, len(ids), 0, {tokenizer.eos_token_id}, torch.device("cpu")
-    )
+    state = DecodeState(tokenizer, [1], params, len(ids), {tokenizer.eos_token_id})
     deltas = []
     for token in ids:
         deltas.append(state.append(token))

@@ -1,0 +1,220 @@
+"""Attention over the paged KV cache: decode rows and prefill chunks.
+
+* Decode (one new token per row): on CUDA a Triton split-K kernel reads each row's pages
+  through its block table, only up to the row's length, with the length read on the device so
+  that the launch can be captured once in a CUDA graph and replayed for any lengths. Elsewhere
+  (the CPU, or CUDA without Triton) a gather + SDPA does the same arithmetic.
+* Prefill (a chunk of one prompt): SDPA over the chunk's own keys when it is the first chunk,
+  else over the cached prefix plus the chunk, gathered from the pages, with a causal mask that
+  starts at the chunk's offset.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _expand_kv(x: torch.Tensor, group: int) -> torch.Tensor:
+    """``[..., kv_heads, D]`` -> ``[..., kv_heads * group, D]`` (grouped-query attention)."""
+    return x if group == 1 else x.repeat_interleave(group, dim=-2)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    start: int,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    slots: torch.Tensor | None,
+) -> torch.Tensor:
+    """One prompt chunk. ``q`` is ``[L, Hq, D]``, ``k``/``v`` the chunk's ``[L, Hkv, D]``.
+
+    ``start`` tokens of this sequence are already cached; ``slots`` holds the flat cache index
+    of each of its first ``start + L`` positions (needed only when ``start > 0``).
+    """
+    length, heads, dim = q.shape
+    group = heads // k.shape[1]
+    if start == 0:
+        keys, values, mask, causal = k, v, None, True
+    else:
+        assert k_cache is not None and v_cache is not None and slots is not None
+        keys = k_cache.view(-1, *k_cache.shape[2:])[slots]
+        values = v_cache.view(-1, *v_cache.shape[2:])[slots]
+        positions = torch.arange(start + length, device=q.device)
+        mask = positions[None, :] <= (start + torch.arange(length, device=q.device))[:, None]
+        causal = False
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        _expand_kv(keys, group).transpose(0, 1)[None],
+        _expand_kv(values, group).transpose(0, 1)[None],
+        attn_mask=mask,
+        is_causal=causal,
+        scale=1.0 / math.sqrt(dim),
+    )
+    return out[0].transpose(0, 1)
+
+
+def decode_attention_torch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    lengths: torch.Tensor,
+) -> torch.Tensor:
+    """``q`` ``[B, Hq, D]``; every row's pages gathered whole, positions past its length masked."""
+    rows, heads, dim = q.shape
+    page = k_cache.shape[1]
+    group = heads // k_cache.shape[2]
+    keys = k_cache[block_tables.long()].flatten(1, 2)  # [B, pages * page, Hkv, D]
+    values = v_cache[block_tables.long()].flatten(1, 2)
+    positions = torch.arange(block_tables.shape[1] * page, device=q.device)
+    mask = positions[None, :] < lengths[:, None]  # [B, T]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :],  # [B, Hq, 1, D]
+        _expand_kv(keys, group).transpose(1, 2),
+        _expand_kv(values, group).transpose(1, 2),
+        attn_mask=mask[:, None, None, :],
+        scale=1.0 / math.sqrt(dim),
+    )
+    return out[:, :, 0, :]
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+    def paged_decode(  # type: ignore[no-untyped-def]
+        Q,
+        K,
+        V,
+        TABLES,
+        LENGTHS,
+        OUT,
+        MAX,
+        SUM,
+        scale,
+        stride_qb,
+        stride_qh,
+        stride_kp,
+        stride_ks,
+        stride_kh,
+        stride_tb,
+        stride_ob,
+        stride_oh,
+        stride_os,
+        stride_mb,
+        stride_mh,
+        GROUP: tl.constexpr,
+        PAGE: tl.constexpr,
+        DIM: tl.constexpr,
+        SPLITS: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        split = tl.program_id(2)
+        kv_head = head // GROUP
+        length = tl.load(LENGTHS + row)
+        pages = tl.cdiv(length, PAGE)
+        per_split = tl.cdiv(pages, SPLITS)
+        first = split * per_split
+        last = tl.minimum(first + per_split, pages)
+        dims = tl.arange(0, DIM)
+        offs = tl.arange(0, PAGE)
+        q = tl.load(Q + row * stride_qb + head * stride_qh + dims).to(tl.float32) * scale
+        best = -float("inf")
+        total = 0.0
+        acc = tl.zeros([DIM], dtype=tl.float32)
+        for p in range(first, last):
+            page = tl.load(TABLES + row * stride_tb + p)
+            valid = p * PAGE + offs < length
+            base = page * stride_kp + kv_head * stride_kh
+            where = base + offs[:, None] * stride_ks + dims[None, :]
+            k = tl.load(K + where, mask=valid[:, None], other=0.0).to(tl.float32)
+            scores = tl.sum(k * q[None, :], axis=1)
+            scores = tl.where(valid, scores, -float("inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=0))
+            rescale = tl.exp(best - new_best)
+            weights = tl.exp(scores - new_best)
+            v = tl.load(V + where, mask=valid[:, None], other=0.0).to(tl.float32)
+            acc = acc * rescale + tl.sum(weights[:, None] * v, axis=0)
+            total = total * rescale + tl.sum(weights, axis=0)
+            best = new_best
+        out = OUT + row * stride_ob + head * stride_oh + split * stride_os + dims
+        tl.store(out, acc)
+        tl.store(MAX + row * stride_mb + head * stride_mh + split, best)
+        tl.store(SUM + row * stride_mb + head * stride_mh + split, total)
+
+    return paged_decode
+
+
+def splits_for(rows: int, heads: int, sms: int) -> int:
+    """Enough splits of each row's pages to give every multiprocessor a few programs."""
+    splits = 1
+    while rows * heads * splits < 4 * sms and splits < 32:
+        splits *= 2
+    return splits
+
+
+def decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    lengths: torch.Tensor,
+    splits: int,
+) -> torch.Tensor:
+    rows, heads, dim = q.shape
+    page, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    partial = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
+    best = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
+    total = torch.empty_like(best)
+    _kernel()[(rows, heads, splits)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        lengths,
+        partial,
+        best,
+        total,
+        1.0 / math.sqrt(dim),
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        block_tables.stride(0),
+        partial.stride(0),
+        partial.stride(1),
+        partial.stride(2),
+        best.stride(0),
+        best.stride(1),
+        GROUP=heads // kv_heads,
+        PAGE=page,
+        DIM=dim,
+        SPLITS=splits,
+    )
+    if splits == 1:
+        out = partial[:, :, 0] / total
+    else:
+        top = best.amax(dim=-1, keepdim=True)
+        weight = torch.exp(best - top)  # an empty split has best = -inf, so weight 0
+        out = (partial * weight[..., None]).sum(2) / (total * weight).sum(-1, keepdim=True)
+    return out.to(q.dtype)

@@ -1,0 +1,264 @@
+"""The model runner: turns a scheduled step into one forward and returns the rows' logits.
+
+``NativeRunner`` drives the lean Llama (``llama.py``) over the paged cache. A step with prompt
+chunks runs eagerly (it is dominated by the chunk's matmuls, so launch overhead hides). A pure
+decode step replays a CUDA graph captured at warm-up for the smallest batch-size bucket that
+holds it; the rows are copied into the graph's static input buffers and padded rows write to
+the cache's scratch page.
+
+``HFRunner`` runs any other architecture through the transformers model, one sequence at a
+time with its own ``DynamicCache``: slower, but on the same scheduler and sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from services.text.attention import splits_for, triton_available
+from services.text.kv_cache import KVCacheManager
+from services.text.llama import LeanLlama, Segment, StepInputs
+from services.text.perplexity import mean_nll
+from services.text.scheduler import StepPlan
+from services.text.sequence import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def graph_buckets(max_rows: int) -> list[int]:
+    """1, 2, 4, 8, then every 8 up to 64, then every 16: a padded row costs little."""
+    sizes = [1, 2, 4, 8]
+    while sizes[-1] < max_rows:
+        sizes.append(sizes[-1] + (8 if sizes[-1] < 64 else 16))
+    return sorted({min(s, max_rows) for s in sizes})
+
+
+class NativeRunner:
+    def __init__(
+        self, model: LeanLlama, kv: KVCacheManager, max_rows: int, context: int, lora: bool
+    ) -> None:
+        self.model = model
+        self.kv = kv
+        self.device = model.device
+        self.max_rows = max_rows
+        self.max_pages = kv.pages_for(context)
+        self.lora = lora
+        cuda = self.device.type == "cuda"
+        self.triton = cuda and triton_available()
+        self.sms = (
+            torch.cuda.get_device_properties(self.device).multi_processor_count if cuda else 0
+        )
+        self.graphs: dict[int, Any] = {}
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._tables: dict[int, torch.Tensor] = {}  # id(seq) -> its page list as a tensor
+        self._bucket_for: dict[int, int] = {}  # decode rows -> the graph that holds them
+
+    # --- building a step's inputs -------------------------------------------------------
+
+    def _pages(self, seq: Sequence) -> torch.Tensor:
+        table = self._tables.get(id(seq))
+        if table is None:
+            table = self._tables[id(seq)] = torch.tensor(seq.pages, dtype=torch.int64)
+        return table
+
+    def release(self, seq: Sequence) -> None:
+        self._tables.pop(id(seq), None)
+
+    def _slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
+        positions = torch.arange(start, stop)
+        size = self.kv.page_size
+        return self._pages(seq)[positions // size] * size + positions % size
+
+    def _splits(self, rows: int) -> int:
+        return splits_for(rows, self.model.heads, self.sms) if self.triton else 0
+
+    def run(self, plan: StepPlan) -> torch.Tensor:
+        """Logits ``[len(plan.sampled), vocab]``, rows in ``plan.sampled`` order."""
+        if not plan.prefill and len(plan.decode) in self._bucket_for:
+            return self._replay(plan.decode)
+        ids: list[int] = []
+        positions: list[torch.Tensor] = []
+        slots: list[torch.Tensor] = []
+        adapters: list[int] = []
+        for seq in plan.decode:
+            ids.append(seq.output_ids[-1])
+            positions.append(torch.tensor([seq.num_cached]))
+            slots.append(self._slots(seq, seq.num_cached, seq.num_cached + 1))
+            adapters.append(seq.adapter_index)
+        n = len(plan.decode)
+        segments, rows = [], list(range(n))
+        for chunk in plan.prefill:
+            seq, start, stop = chunk.seq, chunk.start, chunk.start + chunk.length
+            offset = len(ids)
+            ids.extend(seq.prompt_ids[start:stop])
+            positions.append(torch.arange(start, stop))
+            slots.append(self._slots(seq, start, stop))
+            adapters.extend([seq.adapter_index] * chunk.length)
+            prefix = self._slots(seq, 0, stop).to(self.device) if start else None
+            segments.append(Segment(offset, chunk.length, start, prefix))
+            if chunk.completes_prompt:
+                rows.append(offset + chunk.length - 1)
+        inputs = StepInputs(
+            slots=torch.cat(slots).to(self.device),
+            num_decode=n,
+            segments=segments,
+            splits=self._splits(n),
+            lora_rows=torch.tensor(adapters).to(self.device) if self.lora else None,
+        )
+        if n:
+            width = max(self.kv.pages_for(s.num_cached + 1) for s in plan.decode)
+            table = torch.zeros((n, width), dtype=torch.int32)
+            for i, seq in enumerate(plan.decode):
+                pages = self._pages(seq)[:width]
+                table[i, : len(pages)] = pages
+            inputs.block_tables = table.to(self.device)
+            inputs.lengths = torch.tensor(
+                [s.num_cached + 1 for s in plan.decode], dtype=torch.int32
+            ).to(self.device)
+        return self.model.forward(
+            torch.tensor(ids).to(self.device),
+            torch.cat(positions).to(self.device),
+            inputs,
+            self.kv.keys,
+            self.kv.values,
+            torch.tensor(rows).to(self.device),
+        )
+
+    # --- CUDA graphs for decode steps -----------------------------------------------------
+
+    def capture(self) -> None:
+        """Captures one decode graph per batch-size bucket (largest first, one memory pool)."""
+        started = time.monotonic()
+        rows, width = self.max_rows, self.max_pages
+        dev = self.device
+        self._ids = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._positions = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._slot_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._table_buf = torch.zeros((rows, width), dtype=torch.int32, device=dev)
+        self._lengths = torch.ones(rows, dtype=torch.int32, device=dev)
+        self._lora_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._host = torch.zeros((5, rows), dtype=torch.int64).pin_memory()
+        self._host_table = torch.zeros((rows, width), dtype=torch.int32).pin_memory()
+        pool = torch.cuda.graph_pool_handle()
+        buckets = graph_buckets(rows)
+        for size in reversed(buckets):
+            inputs = self._graph_inputs(size)
+            args = (self._ids[:size], self._positions[:size], inputs, self.kv.keys, self.kv.values)
+            self.model.forward(*args, None)  # warm-up: compiles the Triton kernel for this shape
+            torch.cuda.synchronize(dev)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[size] = self.model.forward(*args, None)
+            self.graphs[size] = graph
+        torch.cuda.synchronize(dev)
+        for n in range(1, rows + 1):
+            self._bucket_for[n] = next(b for b in buckets if b >= n)
+        logger.info(
+            "text engine: captured %d decode graphs (batch %s) in %.1fs",
+            len(buckets),
+            ",".join(map(str, buckets)),
+            time.monotonic() - started,
+        )
+
+    def _graph_inputs(self, size: int) -> StepInputs:
+        return StepInputs(
+            slots=self._slot_buf[:size],
+            num_decode=size,
+            block_tables=self._table_buf[:size],
+            lengths=self._lengths[:size],
+            splits=self._splits(size),
+            lora_rows=self._lora_buf[:size] if self.lora else None,
+        )
+
+    def _replay(self, decode: list[Sequence]) -> torch.Tensor:
+        n = len(decode)
+        size = self._bucket_for[n]
+        host, table = self._host, self._host_table
+        host[:, :size] = 0
+        host[3, :size] = 1  # padded rows attend to one scratch token
+        table[:size] = 0
+        page = self.kv.page_size
+        for i, seq in enumerate(decode):
+            pos = seq.num_cached
+            pages = self._pages(seq)
+            host[0, i] = seq.output_ids[-1]
+            host[1, i] = pos
+            host[2, i] = seq.pages[pos // page] * page + pos % page
+            host[3, i] = pos + 1
+            host[4, i] = seq.adapter_index
+            table[i, : len(pages)] = pages
+        self._ids[:size].copy_(host[0, :size], non_blocking=True)
+        self._positions[:size].copy_(host[1, :size], non_blocking=True)
+        self._slot_buf[:size].copy_(host[2, :size], non_blocking=True)
+        self._lengths[:size].copy_(host[3, :size], non_blocking=True)
+        self._lora_buf[:size].copy_(host[4, :size], non_blocking=True)
+        self._table_buf[:size].copy_(table[:size], non_blocking=True)
+        self.graphs[size].replay()
+        return self._outputs[size][:n]
+
+    # --- perplexity -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, ids: list[int], lead: int, adapter_index: int) -> float:
+        tensor = torch.tensor(ids, device=self.device)
+        positions = torch.arange(len(ids), device=self.device)
+        rows = torch.full((len(ids),), adapter_index, device=self.device) if self.lora else None
+        inputs = StepInputs(slots=None, lora_rows=rows)
+        logits = self.model.forward(tensor, positions, inputs, None, None, None)[:-1].float()
+        nll = torch.nn.functional.cross_entropy(logits[lead - 1 :], tensor[lead:])
+        return float(nll)
+
+
+class HFRunner:
+    """Any causal LM through transformers: per-sequence caches, rows run one at a time."""
+
+    def __init__(self, model: Any, device: torch.device, adapter_names: list[str] | None) -> None:
+        self.model = model
+        self.device = device
+        self.adapter_names = adapter_names  # index -> peft name; None without unmerged adapters
+        self._caches: dict[int, Any] = {}
+        self.graphs: dict[int, Any] = {}
+
+    def release(self, seq: Sequence) -> None:
+        self._caches.pop(id(seq), None)
+
+    def _forward(self, seq: Sequence, ids: list[int], start: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        cache = self._caches.get(id(seq))
+        if cache is None:
+            cache = self._caches[id(seq)] = DynamicCache(config=self.model.config)
+        extra: dict[str, Any] = {}
+        if self.adapter_names is not None:
+            extra["adapter_names"] = [self.adapter_names[seq.adapter_index]]
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.arange(start, start + len(ids), device=self.device)[None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[0, -1]
+
+    @torch.inference_mode()
+    def run(self, plan: StepPlan) -> torch.Tensor:
+        rows = [self._forward(s, [s.output_ids[-1]], s.num_cached) for s in plan.decode]
+        for chunk in plan.prefill:
+            seq, stop = chunk.seq, chunk.start + chunk.length
+            logits = self._forward(seq, seq.prompt_ids[chunk.start : stop], chunk.start)
+            if chunk.completes_prompt:
+                rows.append(logits)
+        return torch.stack(rows)
+
+    def capture(self) -> None:
+        """No graphs on this path."""
+
+    def score(self, ids: list[int], lead: int, adapter_index: int) -> float:
+        extra: dict[str, Any] = {}
+        if self.adapter_names is not None:
+            extra["adapter_names"] = [self.adapter_names[adapter_index]]
+        return mean_nll(self.model, ids, lead, self.device, **extra)

@@ -1,0 +1,102 @@
+"""The scheduler: every step, which requests join, which prompt chunks run, which rows decode.
+
+Continuous batching in the shape of vLLM v1 and nano-vllm:
+* Waiting requests are admitted in arrival order while a batch row is free and the KV cache
+  has pages for the whole request (prompt plus ``max_new_tokens``). A request that does not
+  fit waits; it is never failed for lack of cache, and nothing is preempted.
+* Every step carries one token for each decoding row, plus up to ``chunk_tokens`` prompt tokens
+  of admitted requests (a long prompt runs over several steps). So a running stream waits at
+  most one chunk's worth of prefill between two of its tokens, and a new request's prefill
+  starts at the next step, without waiting for anyone to finish.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from services.text.kv_cache import KVCacheManager
+from services.text.sequence import Phase, Sequence
+
+
+@dataclass
+class Chunk:
+    seq: Sequence
+    start: int
+    length: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        return self.start + self.length == self.seq.prompt_len
+
+
+@dataclass
+class StepPlan:
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[Chunk] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def sampled(self) -> list[Sequence]:
+        """Rows that get a new token this step: decoders, then prompts that complete."""
+        return self.decode + [c.seq for c in self.prefill if c.completes_prompt]
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_rows: int, chunk_tokens: int) -> None:
+        self.kv = kv
+        self.max_rows = max_rows
+        self.chunk_tokens = chunk_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admitted, in admission order
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        while self.waiting and len(self.running) < self.max_rows:
+            seq = self.waiting[0]
+            if not self.kv.can_allocate(seq.reserved_tokens):
+                break  # first come, first served: later requests do not overtake it
+            self.waiting.popleft()
+            seq.pages = self.kv.allocate(seq.reserved_tokens)
+            seq.phase = Phase.PREFILL
+            self.running.append(seq)
+            plan.admitted.append(seq)
+        budget = self.chunk_tokens
+        for seq in self.running:
+            if seq.phase is Phase.DECODE:
+                plan.decode.append(seq)
+            elif seq.phase is Phase.PREFILL and budget > 0:
+                length = min(seq.remaining_prompt, budget)
+                plan.prefill.append(Chunk(seq, seq.num_cached, length))
+                budget -= length
+        return plan
+
+    def advance(self, plan: StepPlan) -> None:
+        """After the step ran: the cache holds one more token per row, and the chunks."""
+        for seq in plan.decode:
+            seq.num_cached += 1
+        for chunk in plan.prefill:
+            chunk.seq.num_cached += chunk.length
+            chunk.seq.prefill_chunks += 1
+            if chunk.completes_prompt:
+                chunk.seq.phase = Phase.DECODE
+
+    def finish(self, seq: Sequence) -> None:
+        """Takes a request out (done or cancelled) and frees its pages at once."""
+        if seq.phase is Phase.WAITING:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+        self.kv.free(seq.pages)
+        seq.phase = Phase.DONE

@@ -1,0 +1,61 @@
+"""One request's state inside the engine: its tokens, its KV pages, where it is in its life.
+
+The scheduler, the KV-cache manager, the model runner and the sampler pass ``Sequence`` objects
+between them; only the engine thread touches them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.text.sampling import DecodeState
+from services.text.schemas import SamplingParams
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # queued; holds no KV pages yet
+    PREFILL = "prefill"  # pages reserved; prompt chunks still to run
+    DECODE = "decode"  # prompt done; one token per step
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Sequence:
+    handle: Any  # the RequestHandle of the caller (None in warm-up)
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    seed: int
+    adapter_index: int  # 0 = the base model; k = the k-th unmerged adapter
+    state: DecodeState
+    arrival: float
+    phase: Phase = Phase.WAITING
+    # Tokens whose K/V are in the cache (prompt tokens first, then generated ones).
+    num_cached: int = 0
+    # Generated tokens; the last one is the input of the next decode step.
+    output_ids: list[int] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    slot: int = -1  # row of the sampler's per-request penalty tables
+    started: float | None = None  # first scheduled
+    first_token_at: float | None = None
+    prefill_chunks: int = 0
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def reserved_tokens(self) -> int:
+        """The most tokens this request can ever hold in the cache."""
+        return self.prompt_len + self.max_new_tokens
+
+    @property
+    def remaining_prompt(self) -> int:
+        return self.prompt_len - self.num_cached
+
+    def token_at(self, position: int) -> int:
+        if position < self.prompt_len:
+            return self.prompt_ids[position]
+        return self.output_ids[position - self.prompt_len]
