@@ -108,10 +108,9 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: random).")] = None,
 ) -> None:
     """Run an RQ worker for the article pipeline (it never loads a model)."""
-    from rq import Queue, Worker
-
     from services.common.logging import setup_logging
     from services.gateway.jobs import redis_connection, settings
+    from services.gateway.worker import article_worker
 
     config = settings()
     setup_logging(config.log_level)
@@ -122,8 +121,8 @@ def worker(
         console.print(f"[red]no Redis at {config.redis_url}: {exc}[/red]")
         raise typer.Exit(1) from exc
     config.resolved_webhook_secret()
-    worker_queues = [Queue(q.strip(), connection=connection) for q in queues.split(",") if q]
-    Worker(worker_queues, connection=connection, name=name).work(
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    article_worker(names, connection, config, name=name).work(
         burst=burst, with_scheduler=True, logging_level=config.log_level
     )
 

@@ -67,6 +67,19 @@ class GatewaySettings(CommonSettings):
     # Bind address and port of `articleforge serve gateway`.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
+    # Crash recovery (docs/reliability.md): a stage whose worker dies restarts on another worker
+    # within monitoring interval + heartbeat grace + maintenance interval (5 + 15 + 5 = 25 s).
+    # Seconds between a busy worker's heartbeats for its job (RQ's job_monitoring_interval).
+    worker_job_monitoring_interval_seconds: int = Field(default=5, ge=1, le=300)
+    # Seconds a job outlives a missed heartbeat before it counts as abandoned (RQ fixes 60).
+    # Keep it above a few monitoring intervals so a slow but live worker is not declared dead.
+    worker_heartbeat_grace_seconds: int = Field(default=15, ge=1, le=3600)
+    # Seconds between each worker's RQ maintenance passes: abandoned jobs are re-queued and
+    # ready jobs swept then (RQ's default is 600).
+    worker_maintenance_interval_seconds: int = Field(default=5, ge=1, le=3600)
+    # Re-runs of a stage whose worker died (RQ Retry); a stage that raises is not re-run, since
+    # its service calls were already retried (SERVICE_ATTEMPTS).
+    stage_retries: int = Field(default=3, ge=1, le=20)
 
     @field_validator("webhook_retry_intervals", mode="before")
     @classmethod

@@ -5,6 +5,15 @@ blocks waiting for another: outline -> sections -> image prompts -> image 0..n-1
 ``images`` queue, in parallel) -> assemble. A failing stage fails the article (``on_failure``),
 cancels what is left, and sends the `article.failed` webhook. Jobs re-read the article's status
 before working, so a cancelled article stops at the next stage or image step.
+
+Crash recovery (docs/reliability.md): every stage carries an RQ ``Retry``. When its worker dies,
+RQ finds the job abandoned (``services.gateway.worker`` makes that take seconds) and runs it
+again on another worker. So any stage may run twice, even at once (a killed worker's orphaned
+work horse can finish beside the retry), and every write here is keyed, never an increment:
+each stage owns its hash fields and overwrites them, image ids are claimed once per article and
+index, the token count is set from this run's count, images_done is recounted from the image
+fields, and the webhook job is queued once per article under a fixed id (and its
+``webhook-id`` is stable, so a receiver can drop a redelivery).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError
@@ -91,14 +100,20 @@ def enqueue_article(
     articles = Queue(ARTICLES_QUEUE, connection=connection)
     images = Queue(IMAGES_QUEUE, connection=connection)
 
-    def options(stage: str) -> dict[str, Any]:
+    def options(stage: str, index: int | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"article_id": article_id, "request_id": request_id, "stage": stage}
+        if index is not None:
+            meta["index"] = index
         return {
-            "job_id": f"{article_id}-{stage}",
+            "job_id": f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}",
             "job_timeout": config.job_timeout_seconds,
             "result_ttl": 3600,
             "failure_ttl": config.result_ttl_seconds,
+            # Re-runs the stage when its worker dies (see on_stage_failure), at the queue's front
+            # so that a recovered article does not wait behind newer ones.
+            "retry": Retry(max=config.stage_retries, enqueue_at_front=True),
             "on_failure": Callback(on_stage_failure),
-            "meta": {"article_id": article_id, "request_id": request_id, "stage": stage},
+            "meta": meta,
         }
 
     outline = articles.enqueue(outline_job, article_id, **options("outline"))
@@ -107,7 +122,7 @@ def enqueue_article(
         image_prompts_job, article_id, depends_on=sections, **options("image_prompts")
     )
     image_jobs = [
-        images.enqueue(image_job, article_id, k, depends_on=prompts, **options(f"image-{k}"))
+        images.enqueue(image_job, article_id, k, depends_on=prompts, **options("images", k))
         for k in range(request.images.count)
     ]
     final = articles.enqueue(
@@ -138,6 +153,37 @@ def stop_jobs(connection: Redis, job_ids: list[str]) -> None:
 def on_stage_failure(
     job: Job, connection: Redis, exc_type: type, value: BaseException, traceback: Any
 ) -> None:
+    """RQ calls this for every failure of a stage, also for one it is about to retry."""
+    article_id = job.meta["article_id"]
+    if issubclass(exc_type, AbandonedJobError) and job.retries_left:
+        logger.warning(
+            "article %s: stage %s lost its worker; running it again (%d retries left)",
+            article_id,
+            job.meta.get("stage"),
+            job.retries_left,
+        )
+        return
+    # An exception is final: the service calls inside the stage were already retried, and a
+    # re-run would only repeat the error. RQ reads `retries_left` right after this callback.
+    job.retries_left = 0
+    _fail_article(job, connection, exc_type, value)
+
+
+def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+    """The work horse died under a live worker (OOM killer, SIGKILL): RQ re-queues the job if it
+    has retries left, but calls no failure callback when it has none, so fail the article here."""
+    if job.retries_left:
+        logger.warning(
+            "article %s: stage %s lost its work horse (%s); running it again",
+            job.meta.get("article_id"),
+            job.meta.get("stage"),
+            ret_val,
+        )
+        return
+    _fail_article(job, job.connection, AbandonedJobError, AbandonedJobError())
+
+
+def _fail_article(job: Job, connection: Redis, exc_type: type, value: BaseException) -> None:
     article_id = job.meta["article_id"]
     config = settings()
     store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
@@ -146,9 +192,15 @@ def on_stage_failure(
         if isinstance(value, ArticleforgeError)
         else ("timeout" if "Timeout" in exc_type.__name__ else "internal_error")
     )
-    error = ErrorInfo(
-        type=kind, message=str(value) or exc_type.__name__, stage=job.meta.get("stage")
-    )
+    message = str(value) or exc_type.__name__
+    if issubclass(exc_type, AbandonedJobError):
+        kind = "worker_lost"
+        message = f"the worker running this stage died {config.stage_retries + 1} times"
+    # The documented stage names (`images`, not the job id's `image-0`); older jobs kept those.
+    stage = job.meta.get("stage")
+    if isinstance(stage, str) and stage.startswith("image-"):
+        stage = "images"
+    error = ErrorInfo(type=kind, message=message, stage=stage)
     logger.error("article %s: stage %s failed: %s", article_id, error.stage, error.message)
     if store.transition(article_id, "failed", error=error.model_dump_json()):
         stop_jobs(connection, [j for j in store.get(article_id, "jobs") or [] if j != job.id])
@@ -230,15 +282,15 @@ def sections_job(article_id: str) -> None:
         return
     started = time.monotonic()
     outline = pipeline.Outline(**store.get(article_id, "outline"))
-    pending = 0
+    # Set, never incremented: a re-run after a crash starts again from 0 and ends with its count.
+    tokens = 0
     publish = _throttled(lambda: store.publish(article_id))
 
     def on_delta(_: str) -> None:
-        nonlocal pending
-        pending += 1
-        if pending >= 8:
-            store.add_tokens(article_id, pending)
-            pending = 0
+        nonlocal tokens
+        tokens += 1
+        if tokens % 8 == 0:
+            store.put(article_id, tokens=tokens)
             publish()
 
     backend = text_backend(config)
@@ -247,13 +299,12 @@ def sections_job(article_id: str) -> None:
             backend, request, outline, store.get(article_id, "text_seed"), on_delta
         )
     )
-    store.add_tokens(article_id, pending)
     models = asyncio.run(backend.models())
     # Provenance: the card of the model (or adapter) that actually wrote the sections.
     card: dict[str, Any] = next(
         (m for m in models.get("data", []) if m.get("id") == backend.answered_by), {}
     )
-    store.put(article_id, sections=bodies, text_model=card)
+    store.put(article_id, sections=bodies, text_model=card, tokens=tokens)
     _add_fallbacks(store, article_id, fallbacks)
     _timed(store, article_id, "sections", started)
     store.publish(article_id)
@@ -313,7 +364,7 @@ def image_job(article_id: str, index: int) -> None:
         _add_fallbacks(store, article_id, [f"image:{index}:nsfw"])
         store.image_done(article_id, index, {"skipped": "nsfw"})
         return
-    image_id = "img_" + secrets.token_hex(12)
+    image_id = _claim_image_id(store, article_id, index)
     store.save_image(image_id, base64.b64decode(image["b64_png"]))
     ref = assemble.image_ref(
         image_id,
@@ -331,8 +382,19 @@ def image_job(article_id: str, index: int) -> None:
     )
 
 
+def _claim_image_id(store: ArticleStore, article_id: str, index: int) -> str:
+    """The first run of image ``index`` picks the id; a re-run overwrites the same PNG."""
+    field = f"image_id:{index}"
+    store.redis.hsetnx(store.key(article_id), field, json.dumps("img_" + secrets.token_hex(12)))
+    return str(store.get(article_id, field))
+
+
 def assemble_job(article_id: str) -> None:
     config, store = settings(), store_for(settings())
+    if store.status(article_id) == "succeeded":
+        # A re-run: the last worker died after `succeeded` and maybe before the webhook.
+        enqueue_webhook(store, config, article_id, "article.succeeded")
+        return
     try:
         request = _begin(store, article_id, "assemble", "assembling")
     except Stopped:
@@ -386,15 +448,19 @@ def enqueue_webhook(
     webhook = (store.get(article_id, "request") or {}).get("webhook")
     if not webhook:
         return
+    job_id = f"{article_id}-webhook"
+    if Job.exists(job_id, connection=store.redis):
+        return  # queued once per article: RQ would overwrite the job and deliver it again
     intervals = config.webhook_retry_intervals
     Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
         webhook_job,
         article_id,
         event,
         webhook["url"],
-        job_id=f"{article_id}-webhook",
+        job_id=job_id,
         retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
         job_timeout=int(config.webhook_timeout_seconds) + 30,
+        result_ttl=3600,
         meta={"article_id": article_id, "stage": "webhook"},
     )
 

@@ -1,0 +1,110 @@
+"""The RQ worker of the article pipeline: RQ's own recovery machinery, tuned to seconds.
+
+RQ already knows how to survive a dead worker: a busy worker heartbeats its job, a job whose
+heartbeat lapses is "abandoned", and the next maintenance pass of any worker re-queues it when
+the job carries a ``Retry`` (the stage jobs do, see ``jobs.enqueue_article``). Out of the box
+that takes minutes: RQ adds a fixed 60 s to every heartbeat, runs maintenance every 10 minutes,
+and an idle worker blocks in BLPOP for 405 s before it even checks. ``ArticleWorker`` turns
+those three knobs into settings, so a stage restarts within
+
+    job_monitoring_interval + heartbeat_grace + maintenance_interval  (5 + 15 + 5 = 25 s)
+
+of the kill. ``ArticleQueue`` works around RQ 3.0's ready-registry race (see
+``enqueue_ready_jobs_by_queue``); tests/gateway/test_rq_race.py reproduces it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import ReadyJobRegistry
+
+from services.gateway.config import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+REDRIVE_ATTEMPTS = 20
+# A worker holds a queue's maintenance lock while it cleans (milliseconds). RQ keeps it 899 s,
+# so a worker killed while cleaning would stop abandoned-job detection for 15 minutes.
+MAINTENANCE_LOCK_SECONDS = 30
+
+
+class ArticleQueue(Queue):
+    def enqueue_ready_jobs_by_queue(self, job_ids_by_queue_name: dict[str, list[str]]) -> None:
+        """Moves the dependents this worker just made ready onto their queues, and keeps at it.
+
+        RQ 3.0 enqueues each ready job in a transaction that WATCHes the whole ready registry of
+        its queue; when another worker adds or removes any job there at the same moment, the
+        transaction aborts, RQ logs "Ready job ... changed while enqueueing; skipping for now"
+        and leaves the job to the next maintenance pass (10 minutes by default). With a few
+        workers finishing stages together that loses half the dependents. ``enqueue_jobs`` is
+        safe to repeat (it claims each id under WATCH, so nothing is queued twice), so we call
+        it again for the ids still in the registry. Anything left after that is swept by the
+        short maintenance interval of ``ArticleWorker``.
+        """
+        for name, ids in job_ids_by_queue_name.items():
+            registry = ReadyJobRegistry(
+                name=name,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+            )
+            pending = list(ids)
+            for _ in range(REDRIVE_ATTEMPTS):
+                try:
+                    registry.enqueue_jobs(pending)
+                except Exception:  # RQ's own handler logs and leaves them for cleanup, too
+                    logger.exception("queue %s: enqueueing ready jobs %s failed", name, pending)
+                    break
+                pending = [i for i in pending if self.connection.zscore(registry.key, i)]
+                if not pending:
+                    break
+            if pending:
+                logger.warning("queue %s: ready jobs %s left for maintenance", name, pending)
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(
+            self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_SECONDS)
+        )
+
+
+class ArticleWorker(Worker):
+    """An RQ ``Worker`` whose heartbeat, abandoned-job detection and maintenance run in seconds."""
+
+    def __init__(self, *args: Any, heartbeat_grace: int = 15, **kwargs: Any) -> None:
+        kwargs.setdefault("queue_class", ArticleQueue)
+        super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # RQ: min(time left, monitoring interval) + 60. The 60 s is how long a job outlives its
+        # worker before anyone may call it abandoned; the grace setting replaces it.
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = int(min(job.timeout - working_time, interval))
+        return max(1, interval) + self.heartbeat_grace
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker only runs maintenance between BLPOPs; RQ blocks for worker_ttl - 15 s.
+        return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
+
+
+def article_worker(
+    queues: list[str], connection: Redis, config: GatewaySettings, name: str | None = None
+) -> ArticleWorker:
+    from services.gateway.jobs import on_horse_killed
+
+    return ArticleWorker(
+        [ArticleQueue(q, connection=connection) for q in queues],
+        connection=connection,
+        name=name,
+        job_monitoring_interval=config.worker_job_monitoring_interval_seconds,
+        maintenance_interval=config.worker_maintenance_interval_seconds,
+        heartbeat_grace=config.worker_heartbeat_grace_seconds,
+        work_horse_killed_handler=on_horse_killed,
+    )
