@@ -511,13 +511,24 @@ class Bench:
     args: argparse.Namespace
     tokenizer: Any
     results: dict[str, Any]
+    out: Path
     started: float = field(default_factory=time.perf_counter)
     records: list[dict[str, Any]] = field(default_factory=list)
 
-    def save(self, path: Path) -> None:
+    def save(self) -> None:
+        """Rewrites the JSON, so that a run cut short keeps what it measured."""
         self.results["records"] = self.records
         self.results["elapsed_s"] = round(time.perf_counter() - self.started, 1)
-        path.write_text(json.dumps(self.results, indent=1))
+        self.out.write_text(json.dumps(self.results, indent=1))
+
+    def phase(self, name: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.1f} s] {name}", flush=True)
+
+    def failed(self, phase: str, exc: BaseException) -> None:
+        print(f"{phase} failed: {exc}", file=sys.stderr, flush=True)
+        error = "".join(traceback.format_exception(exc))
+        self.results["errors"].append({"phase": phase, "error": error})
+        self.save()
 
     def out_of_time(self, what: str) -> bool:
         """Past --time-budget, what is left is skipped (and listed) rather than cut off."""
@@ -581,7 +592,7 @@ class Bench:
         return plan
 
     async def sweep(
-        self, server: Server, scenario: str, levels: list[int], model: str | None, out: Path
+        self, server: Server, scenario: str, levels: list[int], model: str | None
     ) -> None:
         done: list[dict[str, Any]] = self.results["scenarios"].setdefault(scenario, [])
         for level in levels:
@@ -592,7 +603,7 @@ class Bench:
             self.records.extend(records)
             summary = {"concurrency": level, **summarize(records, wall)}
             done.append(summary)
-            self.save(out)
+            self.save()
             print(
                 f"  {scenario} c={level}: {summary['aggregate_tok_s']:.1f} tok/s in all, "
                 f"{summary['ok']}/{summary['requests']} ok, wall {wall:.1f} s",
@@ -800,20 +811,110 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_baselines(bench: Bench, folder: Path, adapter_dir: Path) -> None:
+    """Builds what is missing and runs HF `generate` while no server holds the device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    args, results = bench.args, bench.results
+    base = None
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32  # as the service
+    if folder_is_current(folder, args.model):
+        results["model"].update(built=False)
+    else:
+        bench.phase(f"building the random {args.model} model on {args.device}")
+        base, info = build_model_folder(folder, args.model, args.device)
+        results["model"].update(info)
+    prompt_ids = bench.tokenizer(bench.single_prompts("baseline", 1)[0]).input_ids
+    try:
+        if "baseline" in args.scenarios:
+            bench.phase("HF generate baseline, dense")
+            if base is None:
+                base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device)
+            base = base.to(dtype)
+            results["scenarios"]["baseline_bf16"] = hf_generate(
+                base, prompt_ids, args.new_tokens, args.baseline_repeats, args.device
+            )
+            bench.save()
+        if "nf4" in args.scenarios and not (adapter_dir / "adapter_config.json").exists():
+            bench.phase("building the random LoRA adapter")
+            if base is None:
+                base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device)
+            results["model"]["adapter"] = build_adapter(base, adapter_dir)
+        results["model"]["adapter_folder"] = str(adapter_dir)
+    except Exception as exc:
+        bench.failed("baseline_bf16", exc)
+    del base
+    results["device_memory_after_bf16"] = free_device(args.device)
+    if "baseline" in args.scenarios and "nf4" in args.scenarios:
+        bench.phase("HF generate baseline, nf4 + LoRA")
+        try:
+            t0 = time.perf_counter()
+            lora_model = load_nf4_lora(folder, adapter_dir, args.device)
+            load_s = round(time.perf_counter() - t0, 1)
+            made = hf_generate(
+                lora_model, prompt_ids, args.new_tokens, args.baseline_repeats, args.device
+            )
+            results["scenarios"]["baseline_nf4_lora"] = {"load_s": load_s, **made}
+            del lora_model
+        except Exception as exc:
+            bench.failed("baseline_nf4_lora", exc)
+        results["device_memory_after_nf4"] = free_device(args.device)
+        bench.save()
+
+
+def run_server(bench: Bench, folder: Path, name: str, nf4: bool) -> None:
+    """One server: start, wait for /readyz, warm once, run its scenarios, stop."""
+    args, scenarios = bench.args, bench.results["scenarios"]
+    log_path = bench.out.with_name(f"{bench.out.stem}.server-{name}.log")
+    server = Server(name, server_env(args, folder, nf4), log_path, args.ready_timeout)
+    entry: dict[str, Any] = {"name": name, "env": server.env, "log": str(log_path)}
+    bench.results["servers"].append(entry)
+    if bench.out_of_time(f"server {name}"):
+        return
+    model = ADAPTER_NAME if nf4 else None
+    bench.phase(f"starting server {name}")
+    try:
+        with server.running():
+            entry["ready_s"] = round(server.ready_s or 0.0, 1)
+            bench.phase(f"server {name} ready after {entry['ready_s']} s")
+            entry["warm_request"] = asyncio.run(bench.warm(server, model))
+            if nf4:
+                bench.phase("nf4 + LoRA, 1 stream")
+                scenarios["nf4_single"] = asyncio.run(
+                    bench.single(server, "nf4_single", args.nf4_repeats, model)
+                )
+                bench.save()
+                bench.phase(f"nf4 + LoRA, concurrency {args.nf4_levels}")
+                asyncio.run(bench.sweep(server, "nf4_concurrent", args.nf4_levels, model))
+            else:
+                if "single" in args.scenarios:
+                    bench.phase("dense, 1 stream")
+                    scenarios["single"] = asyncio.run(
+                        bench.single(server, "single", args.repeats, None)
+                    )
+                    bench.save()
+                if "sweep" in args.scenarios:
+                    bench.phase(f"dense, sweep {args.levels}")
+                    asyncio.run(bench.sweep(server, "sweep", args.levels, None))
+            entry["metrics_after"] = server.metrics()
+    except Exception as exc:
+        print(server.log_tail(), file=sys.stderr)
+        bench.failed(f"server_{name}", exc)
+    bench.save()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
     started = time.perf_counter()
     card = card_name(args.device)
     out: Path = args.out or ROOT / "bench" / "results" / f"text_bench_{card_slug(card)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     folder, adapter_dir = args.work_dir / "model", args.work_dir / "adapter"
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results: dict[str, Any] = {
         "benchmark": "bench/text_bench.py",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -821,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "git": git_commit() if args.git_commit is None else {"commit": args.git_commit},
         "argv": sys.argv[1:] if argv is None else argv,
-        "settings": settings,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": {
             "shape": SHAPES[args.model],
             "folder": str(folder),
@@ -835,119 +936,17 @@ def main(argv: list[str] | None = None) -> int:
         "errors": [],
         "records": [],
     }
-    bench = Bench(args, build_tokenizer(SHAPES[args.model]["vocab_size"]), results, started)
+    tokenizer = build_tokenizer(SHAPES[args.model]["vocab_size"])
+    bench = Bench(args, tokenizer, results, out, started)
 
-    def save() -> None:
-        bench.save(out)
-
-    def phase(name: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {name}", flush=True)
-
-    def failed(name: str, exc: BaseException) -> None:
-        print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
-        results["errors"].append({"phase": name, "error": "".join(traceback.format_exception(exc))})
-        save()
-
-    # 1. The model folder, and the baselines while nothing else holds the device.
-    base = None
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    if folder_is_current(folder, args.model):
-        results["model"].update(built=False)
-    else:
-        phase(f"building the random {args.model} model on {args.device}")
-        base, info = build_model_folder(folder, args.model, args.device)
-        results["model"].update(info)
-    prompt_ids = bench.tokenizer(bench.single_prompts("baseline", 1)[0]).input_ids
-    try:
-        if "baseline" in args.scenarios:
-            phase("HF generate bf16 baseline")
-            if base is None:
-                from transformers import AutoModelForCausalLM
-
-                base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device)
-            base = base.to(dtype)
-            results["scenarios"]["baseline_bf16"] = hf_generate(
-                base, prompt_ids, args.new_tokens, args.baseline_repeats, args.device
-            )
-            save()
-        if "nf4" in args.scenarios and not (adapter_dir / "adapter_config.json").exists():
-            phase("building the random LoRA adapter")
-            if base is None:
-                from transformers import AutoModelForCausalLM
-
-                base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device)
-            results["model"]["adapter"] = build_adapter(base, adapter_dir)
-        results["model"]["adapter_folder"] = str(adapter_dir)
-    except Exception as exc:
-        failed("baseline_bf16", exc)
-    del base
-    results["device_memory_after_bf16"] = free_device(args.device)
-    if "baseline" in args.scenarios and "nf4" in args.scenarios:
-        phase("HF generate nf4 + LoRA baseline")
-        try:
-            t0 = time.perf_counter()
-            lora_model = load_nf4_lora(folder, adapter_dir, args.device)
-            load_s = time.perf_counter() - t0
-            results["scenarios"]["baseline_nf4_lora"] = {
-                "load_s": round(load_s, 1),
-                **hf_generate(
-                    lora_model, prompt_ids, args.new_tokens, args.baseline_repeats, args.device
-                ),
-            }
-            del lora_model
-        except Exception as exc:
-            failed("baseline_nf4_lora", exc)
-        results["device_memory_after_nf4"] = free_device(args.device)
-        save()
-
-    # 2. The service, bf16, then nf4 + the unmerged adapter.
-    servers = []
+    run_baselines(bench, folder, adapter_dir)
     if {"single", "sweep"} & set(args.scenarios):
-        servers.append(("bf16", False))
+        run_server(bench, folder, "bf16", nf4=False)
     if "nf4" in args.scenarios:
-        servers.append(("nf4_lora", True))
-    for name, nf4 in servers:
-        log_path = out.with_name(f"{out.stem}.server-{name}.log")
-        server = Server(name, server_env(args, folder, nf4), log_path, args.ready_timeout)
-        entry: dict[str, Any] = {"name": name, "env": server.env, "log": str(log_path)}
-        results["servers"].append(entry)
-        model = ADAPTER_NAME if nf4 else None
-        if bench.out_of_time(f"server {name}"):
-            continue
-        phase(f"starting server {name}")
-        try:
-            with server.running():
-                entry["ready_s"] = round(server.ready_s or 0.0, 1)
-                phase(f"server {name} ready after {entry['ready_s']} s")
-                entry["warm_request"] = asyncio.run(bench.warm(server, model))
-                scenarios = results["scenarios"]
-                if nf4:
-                    phase("nf4 + LoRA, 1 stream")
-                    scenarios["nf4_single"] = asyncio.run(
-                        bench.single(server, "nf4_single", args.nf4_repeats, model)
-                    )
-                    save()
-                    phase(f"nf4 + LoRA, concurrency {args.nf4_levels}")
-                    asyncio.run(bench.sweep(server, "nf4_concurrent", args.nf4_levels, model, out))
-                else:
-                    if "single" in args.scenarios:
-                        phase("bf16, 1 stream")
-                        scenarios["single"] = asyncio.run(
-                            bench.single(server, "single", args.repeats, None)
-                        )
-                        save()
-                    if "sweep" in args.scenarios:
-                        phase(f"sweep {args.levels}")
-                        asyncio.run(bench.sweep(server, "sweep", args.levels, None, out))
-                entry["metrics_after"] = server.metrics()
-                save()
-        except Exception as exc:
-            print(server.log_tail(), file=sys.stderr)
-            failed(f"server_{name}", exc)
-        save()
+        run_server(bench, folder, "nf4_lora", nf4=True)
 
-    phase(f"done; JSON in {out}")
-    save()
+    bench.phase(f"done; JSON in {out}")
+    bench.save()
     print_table(results)
     bad = sum(s.get("errors", 0) for s in _summaries(results["scenarios"]))
     if results["errors"] or bad:
