@@ -1,7 +1,8 @@
 """Logging set-up shared by every process, with the request id on each line.
 
 Secrets never reach a log line: the formatter masks, in the message and in tracebacks, what
-looks like one (`Bearer ...`, `whsec_...`, the password of a URL) and every value handed to
+looks like one (`Bearer ...`, `whsec_...`, the password of a URL, a `token=` or `signature=`
+in a query string) and every value handed to
 ``redact_values`` (API keys, configured secrets), whichever library logged it.
 """
 
@@ -19,6 +20,14 @@ _PATTERNS = [
     (re.compile(r"(?i)\b(bearer\s+)[^\s'\",]+"), rf"\g<1>{MASK}"),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), f"whsec_{MASK}"),
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), rf"\g<1>{MASK}@"),
+    # Capabilities in query strings: a webhook URL's token, a signed image URL's signature.
+    (
+        re.compile(
+            r"(?i)([?&](?:access_token|api_key|apikey|auth|key|password|secret|sig|signature|"
+            r"token)=)[^&\s'\"#]+"
+        ),
+        rf"\g<1>{MASK}",
+    ),
 ]
 _values: set[str] = set()
 

@@ -137,9 +137,18 @@ def _from_disk(store: ArticleStore, article_id: str, scope: str) -> ArticleStatu
     return found[0]
 
 
-def _load(store: ArticleStore, article_id: str, scope: str) -> ArticleStatus:
+def _load(
+    store: ArticleStore, article_id: str, scope: str, disk_first: bool = False
+) -> ArticleStatus:
+    """Redis first (it is the truth while an article runs), then the disk copy.
+
+    ``disk_first`` is for while the background ping finds Redis down: a finished article is
+    then served without waiting for a Redis timeout first.
+    """
     if not ARTICLE_ID.match(article_id):
         raise NotFound(f"no article {article_id!r}", param="id")
+    if disk_first and (on_disk := _from_disk(store, article_id, scope)) is not None:
+        return on_disk
     try:
         fields = _owned(store, article_id, scope)
     except RedisError:
@@ -163,8 +172,14 @@ def _load(store: ArticleStore, article_id: str, scope: str) -> ArticleStatus:
     response_model=ArticleStatus,
     summary="Status, progress, and the article once it succeeded.",
 )
-def get_article(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> ArticleStatus:
-    return _load(store, article_id, scope)
+def get_article(
+    article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep
+) -> ArticleStatus:
+    return _load(store, article_id, scope, _redis_down(request))
+
+
+def _redis_down(request: Request) -> bool:
+    return request.app.state.redis_problem is not None
 
 
 @router.delete(
@@ -216,7 +231,11 @@ def list_articles(
 async def article_events(
     article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep, settings: SettingsDep
 ) -> Any:
-    await anyio.to_thread.run_sync(_load, store, article_id, scope)  # 404 before streaming
+    # 404 before streaming; while Redis is down, a finished article ends at once from disk.
+    first = await anyio.to_thread.run_sync(_load, store, article_id, scope, _redis_down(request))
+    if _redis_down(request) and first.status in TERMINAL:
+        final = {"event": first.status, "data": first.model_dump_json()}
+        return EventSourceResponse(iter([final]))
     # Each poll blocks in Redis; keep it well inside the socket timeout, or a quiet article
     # would look like a frozen Redis.
     block_ms = int(min(1.0, settings.redis_socket_timeout_seconds / 2) * 1000)

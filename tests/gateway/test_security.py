@@ -210,14 +210,24 @@ def test_log_lines_never_carry_keys_or_secrets() -> None:
     log.info("client sent %s", "Authorization: Bearer sk-unlisted-token")
     log.info("key sk-very-secret-key, secret whsec_c2VjcmV0c2VjcmV0")
     log.info("Redis at redis://user:hunter2pass@redis:6379/0 is down")
+    log.info("delivered to https://cms.example/hook?id=4&token=tok-abc123#x")
+    log.info("image at http://gw/v1/images/img_1?expires=0&signature=c2lnbmVk-sig")
     try:
         raise RuntimeError("failed with sk-very-secret-key")
     except RuntimeError:
         log.exception("boom")
     text = stream.getvalue()
-    for secret in ("sk-unlisted-token", "sk-very-secret-key", "c2VjcmV0c2VjcmV0", "hunter2pass"):
+    for secret in (
+        "sk-unlisted-token",
+        "sk-very-secret-key",
+        "c2VjcmV0c2VjcmV0",
+        "hunter2pass",
+        "tok-abc123",
+        "c2lnbmVk-sig",
+    ):
         assert secret not in text
     assert "Bearer ***" in text and "redis://user:***@redis:6379/0" in text
+    assert "https://cms.example/hook?id=4&token=***#x" in text
     assert redact("an ordinary line, id art_1") == "an ordinary line, id art_1"
 
 
