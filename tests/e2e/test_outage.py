@@ -9,6 +9,7 @@ itself once Redis is back; a gateway restart loses no accepted article.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -134,6 +135,23 @@ def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
+def _timed_call(call: Callable[[], None]) -> tuple[None, float]:
+    started = time.monotonic()
+    call()
+    return None, time.monotonic() - started
+
+
+def _events_until_end(client: httpx.Client, article_id: str, out: list[tuple[str, str]]) -> None:
+    with client.stream("GET", f"/v1/articles/{article_id}/events", timeout=60) as response:
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                out.append((event, line.split(":", 1)[1]))
+    out.append(("closed", str(time.monotonic())))
+
+
 def _assert_unavailable(response: httpx.Response) -> None:
     assert response.status_code == 503, response.text
     error = response.json()["error"]
@@ -156,11 +174,12 @@ def test_a_gateway_restart_mid_article_loses_nothing(stack: Stack) -> None:
     stack.kill_gateway()
     assert at_kill in ("writing", "illustrating", "assembling")  # killed mid-article
     time.sleep(2)  # the workers go on without the gateway
-    stack.start_gateway()
+    _, restart_seconds = _timed_call(stack.start_gateway)
     client = stack.client()
     for article_id in (running_id, queued_id):
         status = client.get(f"/v1/articles/{article_id}")
         assert status.status_code == 200 and status.json()["id"] == article_id
+    logger.info("gateway restart: ready %.2f s after start; status readable", restart_seconds)
     with client.stream("GET", f"/v1/articles/{running_id}/events", timeout=120) as events:
         lines = [line for line in events.iter_lines() if line.startswith("event:")]
     assert lines[-1] == "event: succeeded"
@@ -176,7 +195,18 @@ def test_a_gateway_restart_mid_article_loses_nothing(stack: Stack) -> None:
 def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) -> None:
     client, other = stack.client(), stack.client(OTHER_KEY)
     finished = _finish(client, SMALL)
+    busy = client.post("/v1/articles", json={**SMALL, "sections": 3, "target_words": 600}).json()
+    _wait(
+        lambda: client.get(f"/v1/articles/{busy['id']}").json()["status"] == "writing",
+        60,
+        "an article is being written",
+    )
+    events: list[tuple[str, str]] = []
+    follower = threading.Thread(target=_events_until_end, args=(client, busy["id"], events))
+    follower.start()
+    _wait(lambda: bool(events), 10, "the first progress event")
     stack.redis.signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
     try:
         noticed = _wait(
             lambda: client.get("/readyz").status_code == 503, 10, "/readyz reported the freeze"
@@ -202,6 +232,12 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
         assert other.get(f"/v1/articles/{finished}").status_code == 503  # not the owner
         ready, ready_seconds = _timed(lambda: client.get("/readyz"))
         _assert_unavailable(ready)
+        # An events stream that has started cannot turn into a 503: it ends with an `error`
+        # event in the error shape instead of hanging.
+        follower.join(timeout=15)
+        assert events[-1][0] == "closed" and events[-2][0] == "error", events[-3:]
+        assert json.loads(events[-2][1])["error"]["type"] == "service_unavailable"
+        stream_seconds = float(events[-1][1]) - frozen_at
     finally:
         stack.redis.signal(signal.SIGCONT)
     recovered = _wait(
@@ -210,6 +246,7 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
     logger.info(
         "frozen Redis: /readyz 503 after %.2f s; /healthz max %.3f s; 503 after %.2f s; "
         "GET list max %.2f s; finished article from disk %.3f s; /readyz %.3f s; "
+        "events stream ended with an error event %.2f s after the freeze; "
         "recovered %.2f s after SIGCONT",
         noticed,
         max(health),
@@ -217,8 +254,10 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
         max(hung),
         disk_seconds,
         ready_seconds,
+        stream_seconds,
         recovered,
     )
+    assert stream_seconds < SOCKET_TIMEOUT + 2
     assert max(health) < 0.5
     assert SOCKET_TIMEOUT * 0.8 < create_seconds < SOCKET_TIMEOUT + 1.5
     assert max(hung) < SOCKET_TIMEOUT + 1.5
@@ -232,7 +271,7 @@ def test_redis_down_serves_disk_copies_and_recovers_when_it_returns(stack: Stack
     finished = _finish(client, SMALL)
     stack.redis.stop()  # no persistence: it comes back empty, as after losing its data
     try:
-        _wait(lambda: client.get("/readyz").status_code == 503, 10, "/readyz reported it")
+        noticed = _wait(lambda: client.get("/readyz").status_code == 503, 10, "/readyz said so")
         created, create_seconds = _timed(lambda: client.post("/v1/articles", json=SMALL))
         _assert_unavailable(created)
         listed, list_seconds = _timed(lambda: client.get("/v1/articles"))
@@ -249,8 +288,10 @@ def test_redis_down_serves_disk_copies_and_recovers_when_it_returns(stack: Stack
     _wait(lambda: client.post("/v1/articles", json=SMALL).status_code == 202, 30, "recovery")
     recovered = time.monotonic() - back
     logger.info(
-        "Redis down: 503 after %.3f s (list %.3f s); finished article from disk %.3f s; "
-        "/healthz max %.3f s; recovered %.2f s after it returned",
+        "Redis down: /readyz 503 after %.2f s; 503 after %.3f s (list %.3f s); "
+        "finished article from disk %.3f s; /healthz max %.3f s; "
+        "recovered %.2f s after it returned",
+        noticed,
         create_seconds,
         list_seconds,
         disk_seconds,
