@@ -95,7 +95,7 @@ def triton_available() -> bool:
 
 
 @functools.cache
-def _kernel() -> Any:
+def _kernels() -> tuple[Any, Any]:
     import triton
     import triton.language as tl
 
@@ -124,28 +124,32 @@ def _kernel() -> Any:
         GROUP: tl.constexpr,
         PAGE: tl.constexpr,
         DIM: tl.constexpr,
+        BLOCK: tl.constexpr,
         SPLITS: tl.constexpr,
     ):
+        # One program: one row, one query head, one split of the row's tokens. It walks its
+        # split BLOCK tokens at a time (several pages), each token found through the table.
         row = tl.program_id(0)
         head = tl.program_id(1)
         split = tl.program_id(2)
         kv_head = head // GROUP
         length = tl.load(LENGTHS + row)
-        pages = tl.cdiv(length, PAGE)
-        per_split = tl.cdiv(pages, SPLITS)
+        blocks = tl.cdiv(length, BLOCK)
+        per_split = tl.cdiv(blocks, SPLITS)
         first = split * per_split
-        last = tl.minimum(first + per_split, pages)
+        last = tl.minimum(first + per_split, blocks)
         dims = tl.arange(0, DIM)
-        offs = tl.arange(0, PAGE)
+        offs = tl.arange(0, BLOCK)
         q = tl.load(Q + row * stride_qb + head * stride_qh + dims).to(tl.float32) * scale
         best = -float("inf")
         total = 0.0
         acc = tl.zeros([DIM], dtype=tl.float32)
-        for p in range(first, last):
-            page = tl.load(TABLES + row * stride_tb + p)
-            valid = p * PAGE + offs < length
-            base = page * stride_kp + kv_head * stride_kh
-            where = base + offs[:, None] * stride_ks + dims[None, :]
+        for b in range(first, last):
+            token = b * BLOCK + offs
+            valid = token < length
+            page = tl.load(TABLES + row * stride_tb + token // PAGE, mask=valid, other=0)
+            where = page.to(tl.int64) * stride_kp + (token % PAGE) * stride_ks + kv_head * stride_kh
+            where = where[:, None] + dims[None, :]
             k = tl.load(K + where, mask=valid[:, None], other=0.0).to(tl.float32)
             scores = tl.sum(k * q[None, :], axis=1)
             scores = tl.where(valid, scores, -float("inf"))
@@ -161,15 +165,46 @@ def _kernel() -> Any:
         tl.store(MAX + row * stride_mb + head * stride_mh + split, best)
         tl.store(SUM + row * stride_mb + head * stride_mh + split, total)
 
-    return paged_decode
+    @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+    def combine(  # type: ignore[no-untyped-def]
+        PART,
+        MAX,
+        SUM,
+        OUT,
+        stride_pb,
+        stride_ph,
+        stride_ps,
+        stride_mb,
+        stride_mh,
+        stride_ob,
+        stride_oh,
+        DIM: tl.constexpr,
+        SPLITS: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        head = tl.program_id(1)
+        splits = tl.arange(0, SPLITS)
+        dims = tl.arange(0, DIM)
+        best = tl.load(MAX + row * stride_mb + head * stride_mh + splits)
+        total = tl.load(SUM + row * stride_mb + head * stride_mh + splits)
+        weight = tl.exp(best - tl.max(best, axis=0))  # an empty split (best = -inf) weighs 0
+        where = row * stride_pb + head * stride_ph + splits[:, None] * stride_ps + dims[None, :]
+        parts = tl.load(PART + where)
+        out = tl.sum(parts * weight[:, None], axis=0) / tl.sum(total * weight, axis=0)
+        tl.store(OUT + row * stride_ob + head * stride_oh + dims, out.to(OUT.dtype.element_ty))
+
+    return paged_decode, combine
 
 
 def splits_for(rows: int, heads: int, sms: int) -> int:
-    """Enough splits of each row's pages to give every multiprocessor a few programs."""
+    """Enough splits of each row's tokens to give every multiprocessor a few programs."""
     splits = 1
     while rows * heads * splits < 4 * sms and splits < 32:
         splits *= 2
     return splits
+
+
+DECODE_BLOCK = 64  # tokens per inner step of the decode kernel
 
 
 def decode_attention_triton(
@@ -185,7 +220,9 @@ def decode_attention_triton(
     partial = torch.empty((rows, heads, splits, dim), dtype=torch.float32, device=q.device)
     best = torch.empty((rows, heads, splits), dtype=torch.float32, device=q.device)
     total = torch.empty_like(best)
-    _kernel()[(rows, heads, splits)](
+    out = torch.empty_like(q)
+    decode, combine = _kernels()
+    decode[(rows, heads, splits)](
         q,
         k_cache,
         v_cache,
@@ -209,12 +246,24 @@ def decode_attention_triton(
         GROUP=heads // kv_heads,
         PAGE=page,
         DIM=dim,
+        BLOCK=DECODE_BLOCK,
         SPLITS=splits,
+        num_warps=4,
     )
-    if splits == 1:
-        out = partial[:, :, 0] / total
-    else:
-        top = best.amax(dim=-1, keepdim=True)
-        weight = torch.exp(best - top)  # an empty split has best = -inf, so weight 0
-        out = (partial * weight[..., None]).sum(2) / (total * weight).sum(-1, keepdim=True)
-    return out.to(q.dtype)
+    combine[(rows, heads)](
+        partial,
+        best,
+        total,
+        out,
+        partial.stride(0),
+        partial.stride(1),
+        partial.stride(2),
+        best.stride(0),
+        best.stride(1),
+        out.stride(0),
+        out.stride(1),
+        DIM=dim,
+        SPLITS=splits,
+        num_warps=4,
+    )
+    return out

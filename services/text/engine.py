@@ -442,8 +442,9 @@ class TextEngine:
     def _step(self) -> None:
         """One engine step: schedule, forward, sample, hand out the new tokens."""
         assert self.scheduler is not None and self.sampler is not None and self.runner is not None
+        step_start = time.monotonic()
         plan = self.scheduler.schedule()
-        now = time.monotonic()
+        now = step_start
         for seq in plan.admitted:
             seq.slot = self.sampler.acquire(seq.prompt_ids)
             seq.started = now
@@ -482,6 +483,8 @@ class TextEngine:
                 self._retire(seq)
                 if seq.handle is not None and not cancelled:
                     self._finish(seq, now)
+        kind = "mixed" if plan.prefill else "decode"
+        metrics.STEP_SECONDS.labels(kind).observe(time.monotonic() - step_start)
         metrics.RUNNING.set(len(self.scheduler.running))
         metrics.KV_USAGE.set(self.scheduler.kv.usage)
 

@@ -26,6 +26,7 @@ from services.text.attention import (
     decode_attention_torch,
     decode_attention_triton,
     prefill_attention,
+    triton_available,
 )
 
 logger = logging.getLogger(__name__)
@@ -242,6 +243,15 @@ class LeanLlama:
         probe = torch.zeros((1, 1, self.head_dim), dtype=torch.float32, device=self.device)
         cos, sin = body.rotary_emb(probe, positions)
         self.cos, self.sin = cos[0].float(), sin[0].float()  # [context, head_dim]
+        # The Triton glue kernels (CUDA) assume Llama's rotary layout and no projection bias.
+        self.fused = (
+            self.device.type == "cuda"
+            and triton_available()
+            and bool(
+                torch.equal(self.cos[:, : self.head_dim // 2], self.cos[:, self.head_dim // 2 :])
+            )
+            and all(layer.qkv.bias is None for layer in self.layers)
+        )
 
     @torch.inference_mode()
     def forward(
@@ -254,6 +264,8 @@ class LeanLlama:
         logit_rows: torch.Tensor | None,
     ) -> torch.Tensor:
         """Token ids ``[T]`` at ``positions`` -> logits ``[rows, vocab]`` for ``logit_rows``."""
+        if self.fused:
+            return self._forward_fused(ids, positions, inputs, keys, values, logit_rows)
         h = F.embedding(ids, self.embed)
         cos = self.cos[positions].to(self.dtype)[:, None, :]
         sin = self.sin[positions].to(self.dtype)[:, None, :]
@@ -268,6 +280,10 @@ class LeanLlama:
             k = k * cos + _rotate_half(k) * sin
             k_cache = keys[i] if keys is not None else None
             v_cache = values[i] if values is not None else None
+            if inputs.slots is not None and k_cache is not None and v_cache is not None:
+                flat = (-1, self.kv_heads, self.head_dim)
+                k_cache.view(flat).index_copy_(0, inputs.slots, k)
+                v_cache.view(flat).index_copy_(0, inputs.slots, v)
             attn = self._attention(q, k, v, inputs, k_cache, v_cache)
             h = h + layer.o(attn.reshape(-1, q_size), inputs)
             x = _rms_norm(h, layer.post_norm, self.eps)
@@ -276,6 +292,45 @@ class LeanLlama:
         if logit_rows is not None:
             h = h[logit_rows]
         return F.linear(_rms_norm(h, self.norm, self.eps), self.lm_head)
+
+    def _forward_fused(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        inputs: StepInputs,
+        keys: list[torch.Tensor] | None,
+        values: list[torch.Tensor] | None,
+        logit_rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The same forward with the glue in Triton kernels (``kernels.py``): on CUDA."""
+        from services.text import kernels
+
+        h = F.embedding(ids, self.embed)
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        q_size, kv_size = heads * dim, kv_heads * dim
+        x = kernels.add_rms_norm(h, None, self.layers[0].input_norm, self.eps)
+        for i, layer in enumerate(self.layers):
+            qkv = layer.qkv(x, inputs)
+            k_cache = keys[i] if keys is not None else None
+            v_cache = values[i] if values is not None else None
+            kernels.rope_store(
+                qkv, self.cos, self.sin, positions, inputs.slots, k_cache, v_cache,
+                heads, kv_heads, dim,
+            )  # fmt: skip
+            q = qkv[:, :q_size].view(-1, heads, dim)
+            k = qkv[:, q_size : q_size + kv_size].view(-1, kv_heads, dim)
+            v = qkv[:, q_size + kv_size :].view(-1, kv_heads, dim)
+            attn = self._attention(q, k, v, inputs, k_cache, v_cache)
+            x = kernels.add_rms_norm(
+                h, layer.o(attn.reshape(-1, q_size), inputs), layer.post_norm, self.eps
+            )
+            y = layer.down(kernels.silu_mul(layer.gate_up(x, inputs)), inputs)
+            last = i + 1 == len(self.layers)
+            norm = self.norm if last else self.layers[i + 1].input_norm
+            x = kernels.add_rms_norm(h, y, norm, self.eps)
+        if logit_rows is not None:
+            x = x[logit_rows]
+        return F.linear(x, self.lm_head)
 
     def _attention(
         self,
@@ -286,11 +341,9 @@ class LeanLlama:
         k_cache: torch.Tensor | None,
         v_cache: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Attention after the step's k and v are in the cache (when there is one)."""
         if inputs.slots is None or k_cache is None or v_cache is None:
             return prefill_attention(q, k, v, 0, None, None, None)
-        flat = (-1, self.kv_heads, self.head_dim)
-        k_cache.view(flat).index_copy_(0, inputs.slots, k)
-        v_cache.view(flat).index_copy_(0, inputs.slots, v)
         n = inputs.num_decode
         if not inputs.segments:  # a pure decode step (the CUDA-graph case)
             return self._decode(q, k_cache, v_cache, inputs)

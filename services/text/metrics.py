@@ -31,6 +31,12 @@ KV_CAPACITY = Gauge("articleforge_text_kv_cache_tokens", "KV-cache capacity in t
 PREFILL_CHUNKS = Counter(
     "articleforge_text_prefill_chunks_total", "Prompt chunks prefilled (a long prompt has several)."
 )
+STEP_SECONDS = Histogram(
+    "articleforge_text_step_seconds",
+    "Wall time of one engine step (schedule, forward, sample, hand out), by kind.",
+    ["kind"],
+    buckets=(0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 STEPS = Counter(
     "articleforge_text_engine_steps_total",
     "Engine steps: `decode` (decode rows only) or `mixed` (with prompt chunks).",

@@ -1,0 +1,155 @@
+"""Fused Triton kernels for the CUDA decode path (imported only where Triton is present).
+
+A decode step of a 7B model reads 13.5 GB of weights in ~3.5 ms; done with plain torch ops,
+the glue between the matmuls (RMSNorm, rotary embedding, KV write, SiLU) adds ~40 small
+launches per layer, about 2.5 ms more. These kernels do that glue in four launches per layer:
+* ``add_rms_norm``: ``h += y`` then ``x = RMSNorm(h)``, one row per program;
+* ``rope_store``: rotary embedding of q and k in place, and k, v written to their cache slots;
+* ``silu_mul``: ``silu(gate) * up`` from the fused gate/up output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+def _add_rms_norm(  # type: ignore[no-untyped-def]
+    H, Y, W, X, stride_h, stride_y, stride_x, n, eps, HAS_Y: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    h = tl.load(H + row * stride_h + cols, mask=mask, other=0.0)
+    if HAS_Y:
+        h = h + tl.load(Y + row * stride_y + cols, mask=mask, other=0.0)
+        tl.store(H + row * stride_h + cols, h, mask=mask)
+    f = h.to(tl.float32)
+    scale = tl.rsqrt(tl.sum(f * f, axis=0) / n + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0)
+    out = w * (f * scale).to(h.dtype)
+    tl.store(X + row * stride_x + cols, out, mask=mask)
+
+
+def add_rms_norm(
+    h: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Adds ``y`` into ``h`` in place (if given) and returns RMSNorm(h) * weight."""
+    rows, n = h.shape
+    out = torch.empty_like(h)
+    _add_rms_norm[(rows,)](
+        h,
+        y if y is not None else h,
+        weight,
+        out,
+        h.stride(0),
+        y.stride(0) if y is not None else 0,
+        out.stride(0),
+        n,
+        eps,
+        HAS_Y=y is not None,
+        BLOCK=triton.next_power_of_2(n),
+        num_warps=8,
+    )
+    return out
+
+
+@triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+def _rope_store(  # type: ignore[no-untyped-def]
+    QKV,
+    COS,
+    SIN,
+    POS,
+    SLOTS,
+    KC,
+    VC,
+    stride_t,
+    stride_cos,
+    stride_slot,
+    HEADS: tl.constexpr,
+    KV_HEADS: tl.constexpr,
+    DIM: tl.constexpr,
+    STORE: tl.constexpr,
+):
+    token = tl.program_id(0)
+    head = tl.program_id(1)  # 0..HEADS-1: a query head; then the key heads
+    half = tl.arange(0, DIM // 2)
+    pos = tl.load(POS + token)
+    cos = tl.load(COS + pos * stride_cos + half)
+    sin = tl.load(SIN + pos * stride_cos + half)
+    base = QKV + token * stride_t + head * DIM
+    a = tl.load(base + half).to(tl.float32)
+    b = tl.load(base + DIM // 2 + half).to(tl.float32)
+    ra = (a * cos - b * sin).to(QKV.dtype.element_ty)
+    rb = (b * cos + a * sin).to(QKV.dtype.element_ty)
+    tl.store(base + half, ra)
+    tl.store(base + DIM // 2 + half, rb)
+    if STORE:
+        if head >= HEADS:
+            kv = head - HEADS
+            slot = tl.load(SLOTS + token)
+            dst = slot * stride_slot + kv * DIM
+            tl.store(KC + dst + half, ra)
+            tl.store(KC + dst + DIM // 2 + half, rb)
+            vsrc = QKV + token * stride_t + (HEADS + KV_HEADS + kv) * DIM
+            tl.store(VC + dst + half, tl.load(vsrc + half))
+            tl.store(VC + dst + DIM // 2 + half, tl.load(vsrc + DIM // 2 + half))
+
+
+def rope_store(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor | None,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+) -> None:
+    """Rotates q and k inside the fused ``[T, (H + 2 Hkv) * D]`` projection in place; with
+    ``slots``, also writes k and v to the paged cache. ``cos``/``sin`` are ``[positions, D]``
+    float32 tables whose two halves are equal (the Llama layout)."""
+    store = slots is not None and k_cache is not None and v_cache is not None
+    _rope_store[(qkv.shape[0], heads + kv_heads)](
+        qkv,
+        cos,
+        sin,
+        positions,
+        slots if store else positions,
+        k_cache if store else qkv,
+        v_cache if store else qkv,
+        qkv.stride(0),
+        cos.stride(0),
+        k_cache.stride(1) if store and k_cache is not None else 0,
+        HEADS=heads,
+        KV_HEADS=kv_heads,
+        DIM=dim,
+        STORE=store,
+        num_warps=1,
+    )
+
+
+@triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+def _silu_mul(GU, OUT, stride_gu, stride_out, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n
+    gate = tl.load(GU + row * stride_gu + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(GU + row * stride_gu + n + cols, mask=mask, other=0.0)
+    act = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)
+    tl.store(OUT + row * stride_out + cols, act * up, mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    rows, width = gate_up.shape
+    n = width // 2
+    out = torch.empty((rows, n), dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul[(rows, triton.cdiv(n, block))](
+        gate_up, out, gate_up.stride(0), out.stride(0), n, BLOCK=block, num_warps=4
+    )
+    return out
