@@ -282,21 +282,28 @@ def sections_job(article_id: str) -> None:
         return
     started = time.monotonic()
     outline = pipeline.Outline(**store.get(article_id, "outline"))
-    # Set, never incremented: a re-run after a crash starts again from 0 and ends with its count.
-    tokens = 0
+    # Set, never incremented, so a re-run after a crash counts once: while streaming, the tokens
+    # this run has seen; at the end, what the text service says each section cost.
+    streamed = 0
+    usage: dict[int, int] = {}
     publish = _throttled(lambda: store.publish(article_id))
 
     def on_delta(_: str) -> None:
-        nonlocal tokens
-        tokens += 1
-        if tokens % 8 == 0:
-            store.put(article_id, tokens=tokens)
+        nonlocal streamed
+        streamed += 1
+        if streamed % 8 == 0:
+            store.put(article_id, tokens=streamed)
             publish()
 
     backend = text_backend(config)
     bodies, fallbacks = asyncio.run(
         pipeline.write_sections(
-            backend, request, outline, store.get(article_id, "text_seed"), on_delta
+            backend,
+            request,
+            outline,
+            store.get(article_id, "text_seed"),
+            on_delta,
+            usage.__setitem__,
         )
     )
     models = asyncio.run(backend.models())
@@ -304,7 +311,7 @@ def sections_job(article_id: str) -> None:
     card: dict[str, Any] = next(
         (m for m in models.get("data", []) if m.get("id") == backend.answered_by), {}
     )
-    store.put(article_id, sections=bodies, text_model=card, tokens=tokens)
+    store.put(article_id, sections=bodies, text_model=card, tokens=sum(usage.values()))
     _add_fallbacks(store, article_id, fallbacks)
     _timed(store, article_id, "sections", started)
     store.publish(article_id)

@@ -185,8 +185,12 @@ async def write_sections(
     outline: Outline,
     seed: int,
     on_delta: Callable[[str], None] | None = None,
+    on_usage: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """All sections at once, so the text engine decodes them in one batch."""
+    """All sections at once, so the text engine decodes them in one batch.
+
+    ``on_delta`` sees every streamed token, also those of an attempt that the service client
+    retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost."""
     words = max(60, request.words // len(outline.headings))
     max_new = min(2048, int(words * TOKENS_PER_WORD) + 32)
 
@@ -198,6 +202,8 @@ async def write_sections(
         if request.keywords:
             prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
         reply = await text.generate(text_body(prompt, request, seed + 1 + k, max_new), on_delta)
+        if on_usage is not None:
+            on_usage(k, int((reply.get("usage") or {}).get("completion_tokens", 0)))
         return clean_section(reply["text"], heading)
 
     bodies = await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings)))
