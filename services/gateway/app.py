@@ -18,7 +18,7 @@ from redis.retry import Retry
 from services.common.errors import error_body
 from services.common.http import install_common, request_id_of
 from services.common.logging import redact_url, redact_values
-from services.gateway import jobs, metrics, routes, signing
+from services.gateway import event_routes, image_routes, jobs, metrics, routes, signing
 from services.gateway.config import GatewaySettings
 from services.gateway.store import ArticleStore
 
@@ -130,4 +130,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.add_exception_handler(RedisError, redis_down)
     app.include_router(routes.router)
+    app.include_router(event_routes.router)
+    app.include_router(image_routes.router)
     return app

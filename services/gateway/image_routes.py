@@ -1,0 +1,56 @@
+"""GET /v1/images/{id}: the PNGs, for a key or a signed URL (see ``signing``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from services.common.errors import NotFound
+from services.gateway.auth import authorize_image
+from services.gateway.deps import SettingsDep, StoreDep
+from services.gateway.routes import RESPONSES
+from services.gateway.store import IMAGE_ID
+
+router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
+
+
+@router.get(
+    "/images/{image_id}",
+    summary="An article image (PNG, with its parameters chunk).",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The PNG."}},
+)
+def get_image(
+    image_id: Annotated[
+        str, Path(description="Image id.", examples=["img_9b1e2c3d4e5f6a7b8c9d0e1f"])
+    ],
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    expires: Annotated[
+        int,
+        Query(ge=0, description="Of a signed URL: Unix time it expires; 0 = never.", examples=[0]),
+    ] = 0,
+    signature: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Of a signed URL (as in the article's image `url`): lets the image be "
+            "fetched without a key.",
+            examples=["m1Xc0yP3kQ2r6vS8tU9wV0xY1zA2bC3dE4fG5hI6jK7"],
+        ),
+    ] = None,
+) -> FileResponse:
+    authorize_image(request, settings, image_id, expires, signature)
+    if not IMAGE_ID.match(image_id):
+        raise NotFound(f"no image {image_id!r}", param="image_id")
+    path = store.image_path(image_id)
+    if not path.exists():
+        raise NotFound(f"no image {image_id!r}", param="image_id")
+    return FileResponse(
+        path,
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )
