@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -49,15 +50,29 @@ def prefill_attention(
         positions = torch.arange(start + length, device=q.device)
         mask = positions[None, :] <= (start + torch.arange(length, device=q.device))[:, None]
         causal = False
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None],
-        _expand_kv(keys, group).transpose(0, 1)[None],
-        _expand_kv(values, group).transpose(0, 1)[None],
-        attn_mask=mask,
-        is_causal=causal,
-        scale=1.0 / math.sqrt(dim),
-    )
+    with _no_cudnn(q):
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            _expand_kv(keys, group).transpose(0, 1)[None],
+            _expand_kv(values, group).transpose(0, 1)[None],
+            attn_mask=mask,
+            is_causal=causal,
+            scale=1.0 / math.sqrt(dim),
+        )
     return out[0].transpose(0, 1)
+
+
+def _no_cudnn(q: torch.Tensor) -> Any:
+    """On CUDA, SDPA without the cuDNN backend: cuDNN builds a plan for every new sequence
+    length (hundreds of ms each, measured on an H200), and prompt chunks come in every
+    length. PyTorch's own flash and memory-efficient kernels need no plan."""
+    if q.device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 def decode_attention_torch(

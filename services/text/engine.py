@@ -468,13 +468,13 @@ class TextEngine:
         metrics.PREFILL_CHUNKS.inc(len(plan.prefill))
         metrics.STEPS.labels("mixed" if plan.prefill else "decode").inc()
         now = time.monotonic()
+        metrics.GENERATED_TOKENS.inc(len(tokens))
         for seq, token in zip(plan.sampled, tokens, strict=True):
             seq.output_ids.append(token)
             if seq.first_token_at is None:
                 seq.first_token_at = now
                 if seq.handle is not None:
                     metrics.TIME_TO_FIRST_TOKEN.observe(now - seq.arrival)
-            metrics.GENERATED_TOKENS.inc()
             delta = seq.state.append(token)
             cancelled = seq.handle is not None and seq.handle.cancelled.is_set()
             if delta and seq.handle is not None and not cancelled:

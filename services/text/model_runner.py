@@ -54,6 +54,7 @@ class NativeRunner:
         self.graphs: dict[int, Any] = {}
         self._outputs: dict[int, torch.Tensor] = {}
         self._tables: dict[int, torch.Tensor] = {}  # id(seq) -> its page list as a tensor
+        self._rows: dict[int, torch.Tensor] = {}  # id(seq) -> its padded graph table row
         self._bucket_for: dict[int, int] = {}  # decode rows -> the graph that holds them
 
     # --- building a step's inputs -------------------------------------------------------
@@ -64,8 +65,17 @@ class NativeRunner:
             table = self._tables[id(seq)] = torch.tensor(seq.pages, dtype=torch.int64)
         return table
 
+    def _table_row(self, seq: Sequence) -> torch.Tensor:
+        """The sequence's pages padded to the graphs' full table width (cached)."""
+        row = self._rows.get(id(seq))
+        if row is None:
+            row = self._rows[id(seq)] = torch.zeros(self.max_pages, dtype=torch.int32)
+            row[: len(seq.pages)] = torch.tensor(seq.pages, dtype=torch.int32)
+        return row
+
     def release(self, seq: Sequence) -> None:
         self._tables.pop(id(seq), None)
+        self._rows.pop(id(seq), None)
 
     def _slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
         positions = torch.arange(start, stop)
@@ -177,19 +187,20 @@ class NativeRunner:
         n = len(decode)
         size = self._bucket_for[n]
         host, table = self._host, self._host_table
-        host[:, :size] = 0
-        host[3, :size] = 1  # padded rows attend to one scratch token
-        table[:size] = 0
         page = self.kv.page_size
-        for i, seq in enumerate(decode):
-            pos = seq.num_cached
-            pages = self._pages(seq)
-            host[0, i] = seq.output_ids[-1]
-            host[1, i] = pos
-            host[2, i] = seq.pages[pos // page] * page + pos % page
-            host[3, i] = pos + 1
-            host[4, i] = seq.adapter_index
-            table[i, : len(pages)] = pages
+        pad = size - n  # padded rows attend to one scratch token on page 0
+        host[:, :size] = torch.tensor(
+            [
+                [s.output_ids[-1] for s in decode] + [0] * pad,
+                [s.num_cached for s in decode] + [0] * pad,
+                [s.pages[s.num_cached // page] * page + s.num_cached % page for s in decode]
+                + [0] * pad,
+                [s.num_cached + 1 for s in decode] + [1] * pad,
+                [s.adapter_index for s in decode] + [0] * pad,
+            ]
+        )
+        table[:n] = torch.stack([self._table_row(s) for s in decode])
+        table[n:size] = 0
         self._ids[:size].copy_(host[0, :size], non_blocking=True)
         self._positions[:size].copy_(host[1, :size], non_blocking=True)
         self._slot_buf[:size].copy_(host[2, :size], non_blocking=True)
