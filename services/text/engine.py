@@ -157,7 +157,11 @@ class TextEngine:
             and settings.text_cuda_graphs
             and isinstance(self.runner, NativeRunner)
         ):
-            self.runner.capture()
+            try:
+                self.runner.capture()
+            except Exception:  # e.g. a quantized kernel that cannot be captured
+                logger.exception("text engine: CUDA graph capture failed; decode runs eagerly")
+                self.runner.drop_graphs()
         self._run_warmup_request()
         metrics.KV_CAPACITY.set(self.kv.capacity_tokens)
         logger.info(

@@ -173,6 +173,12 @@ class NativeRunner:
             time.monotonic() - started,
         )
 
+    def drop_graphs(self) -> None:
+        self.graphs.clear()
+        self._outputs.clear()
+        self._bucket_for.clear()
+        torch.cuda.synchronize(self.device)
+
     def _graph_inputs(self, size: int) -> StepInputs:
         return StepInputs(
             slots=self._slot_buf[:size],
