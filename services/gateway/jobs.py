@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
@@ -155,11 +156,14 @@ def on_stage_failure(
 ) -> None:
     """RQ calls this for every failure of a stage, also for one it is about to retry."""
     article_id = job.meta["article_id"]
-    if issubclass(exc_type, AbandonedJobError) and job.retries_left:
+    # A Redis outage (down or frozen past the socket timeout) is no fault of the stage either.
+    if issubclass(exc_type, (AbandonedJobError, RedisError)) and job.retries_left:
         logger.warning(
-            "article %s: stage %s lost its worker; running it again (%d retries left)",
+            "article %s: stage %s lost its worker or Redis (%s); running it again "
+            "(%d retries left)",
             article_id,
             job.meta.get("stage"),
+            exc_type.__name__,
             job.retries_left,
         )
         return

@@ -264,6 +264,12 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
     assert disk_seconds < 0.5 and ready_seconds < 0.5
     assert recovered < 5
     _finish(client, SMALL, timeout=60)  # the whole system works again
+    # The article being written through the freeze is not lost: its stage runs again.
+    _wait(
+        lambda: client.get(f"/v1/articles/{busy['id']}").json()["status"] == "succeeded",
+        90,
+        "the article written through the freeze succeeded",
+    )
 
 
 def test_redis_down_serves_disk_copies_and_recovers_when_it_returns(stack: Stack) -> None:
