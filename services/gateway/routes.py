@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from services.gateway.schemas import (
     ArticleList,
     ArticleRequest,
     ArticleStatus,
+    ErrorInfo,
 )
 from services.gateway.store import ARTICLE_ID, ArticleStore
 from services.gateway.views import status_view
@@ -88,30 +90,54 @@ def create_article(
                 store.status(earlier["article_id"]) or "queued",
                 replayed=True,
             )
-    if store.active_count() >= settings.max_active_articles:
-        metrics.REJECTED.labels("queue_full").inc()
-        raise Overloaded(
-            f"{settings.max_active_articles} articles are already queued or in progress "
-            "(ARTICLEFORGE_MAX_ACTIVE_ARTICLES); retry later",
-            retry_after=10,
+    try:
+        if store.active_count() >= settings.max_active_articles:
+            metrics.REJECTED.labels("queue_full").inc()
+            raise Overloaded(
+                f"{settings.max_active_articles} articles are already queued or in progress "
+                "(ARTICLEFORGE_MAX_ACTIVE_ARTICLES); retry later",
+                retry_after=10,
+            )
+        store.create(
+            article_id,
+            {
+                "request": body.model_dump(mode="json"),
+                "request_id": request_id_of(request),
+                "key": scope,
+                "text_seed": body.text.seed
+                if body.text.seed is not None
+                else secrets.randbelow(2**31),
+                "image_seed": body.images.seed
+                if body.images.seed is not None
+                else secrets.randbelow(2**31),
+                "images_total": body.images.count,
+                "expected_tokens": estimate_tokens(body),
+            },
         )
-    store.create(
-        article_id,
-        {
-            "request": body.model_dump(mode="json"),
-            "request_id": request_id_of(request),
-            "key": scope,
-            "text_seed": body.text.seed if body.text.seed is not None else secrets.randbelow(2**31),
-            "image_seed": body.images.seed
-            if body.images.seed is not None
-            else secrets.randbelow(2**31),
-            "images_total": body.images.count,
-            "expected_tokens": estimate_tokens(body),
-        },
-    )
-    jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
+        jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
+    except (Overloaded, RedisError) as exc:
+        _undo(store, article_id, scope, idempotency_key, redis_failed=isinstance(exc, RedisError))
+        raise
     metrics.ARTICLES_CREATED.inc()
     return _accepted(article_id, "queued")
+
+
+def _undo(
+    store: ArticleStore, article_id: str, scope: str, key: str | None, redis_failed: bool
+) -> None:
+    """After a 429 or 503 nothing may stay half-made: a retry with the same Idempotency-Key must
+    not replay an article that was never queued, and a record whose jobs were not all queued
+    would sit `queued` for ever. Best effort: Redis may still be failing."""
+    with contextlib.suppress(RedisError):
+        if redis_failed:
+            error = ErrorInfo(
+                type="service_unavailable",
+                message="the article could not be queued: the article store (Redis) failed",
+                stage="queued",
+            )
+            store.transition(article_id, "failed", error=error.model_dump_json())
+        if key is not None:
+            store.release_idempotency(scope, key, article_id)
 
 
 def _owned(store: ArticleStore, article_id: str, scope: str) -> dict[str, str] | None:

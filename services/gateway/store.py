@@ -236,6 +236,13 @@ class ArticleStore:
         existing = self.redis.get(name)
         return None if existing is None else dict(json.loads(existing))
 
+    def release_idempotency(self, scope: str, key: str, article_id: str) -> None:
+        """Forgets the claim, if it is still this article's (the request did not go through)."""
+        name = f"{PREFIX}:idem:{scope}:{key}"
+        existing = self.redis.get(name)
+        if existing is not None and json.loads(existing)["article_id"] == article_id:
+            self.redis.delete(name)
+
     def hit_rate_limit(self, scope: str, limit: int) -> int | None:
         """Counts one request in this minute's window; returns seconds to wait when over."""
         window = int(time.time() // 60)
