@@ -90,6 +90,7 @@ def create_article(
                 store.status(earlier["article_id"]) or "queued",
                 replayed=True,
             )
+    written = False
     try:
         if store.active_count() >= settings.max_active_articles:
             metrics.REJECTED.labels("queue_full").inc()
@@ -98,6 +99,7 @@ def create_article(
                 "(ARTICLEFORGE_MAX_ACTIVE_ARTICLES); retry later",
                 retry_after=10,
             )
+        written = True  # from here on, a failure may leave a record behind
         store.create(
             article_id,
             {
@@ -116,20 +118,20 @@ def create_article(
         )
         jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
     except (Overloaded, RedisError) as exc:
-        _undo(store, article_id, scope, idempotency_key, redis_failed=isinstance(exc, RedisError))
+        _undo(store, article_id, scope, idempotency_key, written and isinstance(exc, RedisError))
         raise
     metrics.ARTICLES_CREATED.inc()
     return _accepted(article_id, "queued")
 
 
 def _undo(
-    store: ArticleStore, article_id: str, scope: str, key: str | None, redis_failed: bool
+    store: ArticleStore, article_id: str, scope: str, key: str | None, half_made: bool
 ) -> None:
     """After a 429 or 503 nothing may stay half-made: a retry with the same Idempotency-Key must
     not replay an article that was never queued, and a record whose jobs were not all queued
     would sit `queued` for ever. Best effort: Redis may still be failing."""
     with contextlib.suppress(RedisError):
-        if redis_failed:
+        if half_made:
             error = ErrorInfo(
                 type="service_unavailable",
                 message="the article could not be queued: the article store (Redis) failed",
