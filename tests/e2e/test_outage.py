@@ -232,6 +232,8 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
         assert other.get(f"/v1/articles/{finished}").status_code == 503  # not the owner
         ready, ready_seconds = _timed(lambda: client.get("/readyz"))
         _assert_unavailable(ready)
+        scraped, metrics_seconds = _timed(lambda: client.get("/metrics"))
+        assert scraped.status_code == 200  # the gauges keep their last values
         # An events stream that has started cannot turn into a 503: it ends with an `error`
         # event in the error shape instead of hanging.
         follower.join(timeout=15)
@@ -246,7 +248,7 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
     logger.info(
         "frozen Redis: /readyz 503 after %.2f s; /healthz max %.3f s; 503 after %.2f s; "
         "GET list max %.2f s; finished article from disk %.3f s; /readyz %.3f s; "
-        "events stream ended with an error event %.2f s after the freeze; "
+        "/metrics %.2f s; events stream ended with an error event %.2f s after the freeze; "
         "recovered %.2f s after SIGCONT",
         noticed,
         max(health),
@@ -254,10 +256,11 @@ def test_a_frozen_redis_is_a_bounded_503_and_healthz_stays_live(stack: Stack) ->
         max(hung),
         disk_seconds,
         ready_seconds,
+        metrics_seconds,
         stream_seconds,
         recovered,
     )
-    assert stream_seconds < SOCKET_TIMEOUT + 2
+    assert stream_seconds < SOCKET_TIMEOUT + 2 and metrics_seconds < SOCKET_TIMEOUT + 1.5
     assert max(health) < 0.5
     assert SOCKET_TIMEOUT * 0.8 < create_seconds < SOCKET_TIMEOUT + 1.5
     assert max(hung) < SOCKET_TIMEOUT + 1.5
