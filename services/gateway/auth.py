@@ -56,17 +56,25 @@ def authorize_image(
     image_id: str,
     expires: int,
     signature: str | None,
-) -> None:
-    """A valid signed URL needs no key (CMS pages embed them); anything else needs a key."""
+) -> str:
+    """A valid signed URL needs no key (CMS pages embed them); anything else needs a key.
+
+    Returns the ``Cache-Control`` the answer may carry: ``public`` only where anyone holding
+    the URL may see it (a signed URL, until it expires; auth off), ``private`` for a keyed
+    request, so that a shared cache never hands it to a client without the key.
+    """
+    year = 365 * 24 * 3600
     problem = "missing `Authorization: Bearer <key>` header or a signed image URL"
     if signature is not None:
         key: bytes = request.app.state.signing_key
-        problem = signing.check(key, image_id, expires, signature, time.time()) or ""
+        now = time.time()
+        problem = signing.check(key, image_id, expires, signature, now) or ""
         if not problem:
-            return
+            max_age = min(year, int(expires - now)) if expires else year
+            return f"public, max-age={max_age}, immutable"
     if request.headers.get("authorization") or not settings.keys():
-        authenticate(request, settings)  # 401 on a bad key; auth off lets everything through
-        return
+        scope = authenticate(request, settings)  # 401 on a bad key
+        return f"{'public' if scope == ANONYMOUS else 'private'}, max-age={year}, immutable"
     param = None if signature is None else "signature"
     raise Unauthorized(problem, param=param, headers={"WWW-Authenticate": "Bearer"})
 

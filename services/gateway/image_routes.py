@@ -43,7 +43,7 @@ def get_image(
         ),
     ] = None,
 ) -> FileResponse:
-    authorize_image(request, settings, image_id, expires, signature)
+    cache_control = authorize_image(request, settings, image_id, expires, signature)
     if not IMAGE_ID.match(image_id):
         raise NotFound(f"no image {image_id!r}", param="image_id")
     path = store.image_path(image_id)
@@ -52,5 +52,5 @@ def get_image(
     return FileResponse(
         path,
         media_type="image/png",
-        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        headers={"Cache-Control": cache_control},
     )

@@ -121,6 +121,7 @@ def test_a_signed_image_url_needs_no_key_and_anything_else_does(
     with _client(settings, key=None) as anonymous, _client(settings) as keyed:
         embedded = anonymous.get(f"{path.path}?{path.query}")
         assert embedded.status_code == 200 and embedded.content == PNG
+        assert embedded.headers["cache-control"].startswith("public, max-age=31536000")
         unsigned = anonymous.get(path.path)
         assert unsigned.status_code == 401
         assert unsigned.json()["error"]["type"] == "authentication_error"
@@ -135,7 +136,10 @@ def test_a_signed_image_url_needs_no_key_and_anything_else_does(
         # Extending a URL's life breaks its signature.
         assert anonymous.get(f"{path.path}?expires=9999999999&{path.query}").status_code == 401
         assert anonymous.get(path.path, headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert keyed.get(path.path).status_code == 200  # a key is enough
+        by_key = keyed.get(path.path)
+        assert by_key.status_code == 200  # a key is enough
+        # ... but what a key fetched must not sit in a shared cache for clients without one.
+        assert by_key.headers["cache-control"].startswith("private,")
 
 
 def test_signed_urls_expire_when_a_ttl_is_set(settings: GatewaySettings) -> None:
@@ -145,7 +149,10 @@ def test_signed_urls_expire_when_a_ttl_is_set(settings: GatewaySettings) -> None
     fresh = urlsplit(signing.signed_image_url(ttl, image_id))
     assert parse_qs(fresh.query)["expires"][0].isdigit()
     with _client(ttl, key=None) as anonymous:
-        assert anonymous.get(f"{fresh.path}?{fresh.query}").status_code == 200
+        served = anonymous.get(f"{fresh.path}?{fresh.query}")
+        assert served.status_code == 200
+        max_age = int(served.headers["cache-control"].split("max-age=")[1].split(",")[0])
+        assert 55 <= max_age <= 60  # no cache may keep it past its expiry
         expired = anonymous.get(f"{stale.path}?{stale.query}")
         assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
 
