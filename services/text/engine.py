@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Sequence as Seq
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -115,6 +116,8 @@ class TextEngine:
         self.kv: KVCacheManager | None = None
         self.scheduler: Scheduler | None = None
         self.sampler: Sampler | None = None
+        self._last = torch.zeros(0, dtype=torch.int64)
+        self._pending: tuple[list[Sequence], torch.Tensor, Any] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class TextEngine:
             vocab = int(loaded.model.config.vocab_size)
         self.scheduler = Scheduler(self.kv, rows, settings.text_prefill_chunk_tokens)
         self.sampler = Sampler(rows, vocab, device)
+        self._last = torch.zeros(rows, dtype=torch.int64, device=device)  # per sampler slot
         if (
             device.type == "cuda"
             and settings.text_cuda_graphs
@@ -209,7 +213,7 @@ class TextEngine:
             arrival=time.monotonic(),
         )
         self.scheduler.add(seq)
-        while seq.phase is not Phase.DONE:
+        while seq.phase is not Phase.DONE or self._pending is not None:
             self._step()
 
     def start(self) -> None:
@@ -351,11 +355,11 @@ class TextEngine:
     def _loop(self) -> None:
         assert self.scheduler is not None
         while not self._stopping:
-            self._intake(block=not self.scheduler.busy)
+            self._intake(block=not self.scheduler.busy and self._pending is None)
             if self._stopping:
                 break
             self._drop_cancelled()
-            if self.scheduler.busy:
+            if self.scheduler.busy or self._pending is not None:
                 self._step()
         self._fail_pending()
 
@@ -444,36 +448,80 @@ class TextEngine:
                 self.release(item, "error")
 
     def _step(self) -> None:
-        """One engine step: schedule, forward, sample, hand out the new tokens."""
+        """One engine step, pipelined one deep: schedule step t, launch it on the device, and
+        while it runs hand out the tokens of step t-1 (detokenize, stop strings, push).
+
+        Nothing the scheduler or the runner needs depends on token values: each decode row
+        reads its input token from the device (``_last``, per sampler slot), and a row that
+        turns out to have stopped at t-1 costs one discarded token at t.
+        """
         assert self.scheduler is not None and self.sampler is not None and self.runner is not None
         step_start = time.monotonic()
         plan = self.scheduler.schedule()
-        now = step_start
         for seq in plan.admitted:
             seq.slot = self.sampler.acquire(seq.prompt_ids)
-            seq.started = now
+            seq.started = step_start
         if plan.admitted:
             metrics.BATCH_SIZE.observe(len(plan.admitted))
             self._left_queue(sum(1 for s in plan.admitted if s.handle is not None))
-        if plan.empty:
+        launched = None
+        if not plan.empty:
+            try:
+                launched = self._launch(plan)
+            except Exception as exc:  # a failed step fails its requests, not the engine
+                rows = len(plan.decode) + len(plan.prefill)
+                logger.exception("text step of %d rows failed", rows)
+                self._fail(plan, exc)
+            self.scheduler.advance(plan)
+            metrics.PREFILL_CHUNKS.inc(len(plan.prefill))
+            metrics.STEPS.labels("mixed" if plan.prefill else "decode").inc()
+        pending, self._pending = self._pending, launched
+        if pending is not None:
+            self._hand_out(*pending)
+        elif plan.empty:
             time.sleep(0.001)  # the head of the queue waits for KV pages to free up
             return
-        try:
-            tokens = self._forward(plan)
-        except Exception as exc:  # a failed step fails its requests, not the engine
-            logger.exception("text step of %d rows failed", len(plan.decode) + len(plan.prefill))
-            for seq in [*plan.decode, *(c.seq for c in plan.prefill)]:
-                self._retire(seq)
-                if seq.handle is not None and not seq.handle.cancelled.is_set():
-                    seq.handle.push("error", ArticleforgeError(f"generation failed: {exc}"))
-                    self.release(seq.handle, "error")
-            return
-        self.scheduler.advance(plan)
-        metrics.PREFILL_CHUNKS.inc(len(plan.prefill))
-        metrics.STEPS.labels("mixed" if plan.prefill else "decode").inc()
+        kind = "mixed" if plan.prefill else "decode"
+        metrics.STEP_SECONDS.labels(kind).observe(time.monotonic() - step_start)
+        metrics.RUNNING.set(len(self.scheduler.running))
+        metrics.KV_USAGE.set(self.scheduler.kv.usage)
+
+    def _launch(self, plan: StepPlan) -> tuple[list[Sequence], torch.Tensor, Any] | None:
+        """Runs the step on the device and starts copying its tokens to the host."""
+        assert self.sampler is not None and self.runner is not None
+        logits = self.runner.run(plan, self._last)
+        rows = plan.sampled
+        if not rows:
+            return None
+        batch = self.sampler.batch(
+            [s.params for s in rows],
+            [s.slot for s in rows],
+            [s.seed for s in rows],
+            [s.sampled for s in rows],
+        )
+        for seq in rows:
+            seq.sampled += 1
+        tokens = self.sampler.sample(logits, batch)
+        self.sampler.record(batch.slots, tokens)
+        self._last[batch.slots] = tokens
+        if tokens.device.type != "cuda":
+            return rows, tokens, None
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return rows, host, done
+
+    def _hand_out(self, rows: list[Sequence], tokens: torch.Tensor, done: Any) -> None:
+        """The host side of a finished step: new text to each caller, finished requests out."""
+        if done is not None:
+            done.synchronize()  # the step's one device-to-host copy
         now = time.monotonic()
-        metrics.GENERATED_TOKENS.inc(len(tokens))
-        for seq, token in zip(plan.sampled, tokens, strict=True):
+        values = tokens.tolist()
+        metrics.GENERATED_TOKENS.inc(len(values))
+        for seq, token in zip(rows, values, strict=True):
+            if seq.phase is Phase.DONE:
+                continue  # stopped or cancelled while this token was being made
             seq.output_ids.append(token)
             if seq.first_token_at is None:
                 seq.first_token_at = now
@@ -487,26 +535,15 @@ class TextEngine:
                 self._retire(seq)
                 if seq.handle is not None and not cancelled:
                     self._finish(seq, now)
-        kind = "mixed" if plan.prefill else "decode"
-        metrics.STEP_SECONDS.labels(kind).observe(time.monotonic() - step_start)
-        metrics.RUNNING.set(len(self.scheduler.running))
-        metrics.KV_USAGE.set(self.scheduler.kv.usage)
 
-    def _forward(self, plan: StepPlan) -> list[int]:
-        assert self.sampler is not None and self.runner is not None
-        logits = self.runner.run(plan)
-        rows = plan.sampled
-        if not rows:
-            return []
-        batch = self.sampler.batch(
-            [s.params for s in rows],
-            [s.slot for s in rows],
-            [s.seed for s in rows],
-            [len(s.output_ids) for s in rows],
-        )
-        tokens = self.sampler.sample(logits, batch)
-        self.sampler.record(batch.slots, tokens)
-        return list(tokens.tolist())  # the step's one device-to-host copy
+    def _fail(self, plan: StepPlan, exc: Exception) -> None:
+        for seq in [*plan.decode, *(c.seq for c in plan.prefill)]:
+            if seq.phase is Phase.DONE:
+                continue
+            self._retire(seq)
+            if seq.handle is not None and not seq.handle.cancelled.is_set():
+                seq.handle.push("error", ArticleforgeError(f"generation failed: {exc}"))
+                self.release(seq.handle, "error")
 
     def _finish(self, seq: Sequence, end: float) -> None:
         handle = seq.handle

@@ -85,24 +85,28 @@ class NativeRunner:
     def _splits(self, rows: int) -> int:
         return splits_for(rows, self.model.heads, self.sms) if self.triton else 0
 
-    def run(self, plan: StepPlan) -> torch.Tensor:
-        """Logits ``[len(plan.sampled), vocab]``, rows in ``plan.sampled`` order."""
+    def run(self, plan: StepPlan, last: torch.Tensor) -> torch.Tensor:
+        """Logits ``[len(plan.sampled), vocab]``, rows in ``plan.sampled`` order.
+
+        ``last`` holds on the device, per sampler slot, each request's latest token: the
+        input of its decode row, which the host may not have seen yet.
+        """
         if not plan.prefill and len(plan.decode) in self._bucket_for:
-            return self._replay(plan.decode)
+            return self._replay(plan.decode, last)
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slots: list[torch.Tensor] = []
         adapters: list[int] = []
         for seq in plan.decode:
-            ids.append(seq.output_ids[-1])
             positions.append(torch.tensor([seq.num_cached]))
             slots.append(self._slots(seq, seq.num_cached, seq.num_cached + 1))
             adapters.append(seq.adapter_index)
         n = len(plan.decode)
         segments, rows = [], list(range(n))
+        slot_rows = torch.tensor([s.slot for s in plan.decode], dtype=torch.int64)
         for chunk in plan.prefill:
             seq, start, stop = chunk.seq, chunk.start, chunk.start + chunk.length
-            offset = len(ids)
+            offset = n + len(ids)
             ids.extend(seq.prompt_ids[start:stop])
             positions.append(torch.arange(start, stop))
             slots.append(self._slots(seq, start, stop))
@@ -116,7 +120,7 @@ class NativeRunner:
             num_decode=n,
             segments=segments,
             splits=self._splits(n),
-            lora_rows=torch.tensor(adapters).to(self.device) if self.lora else None,
+            lora_rows=torch.tensor(adapters, dtype=torch.int64).to(self.device) if self.lora else None,
         )
         if n:
             width = max(self.kv.pages_for(s.num_cached + 1) for s in plan.decode)
@@ -128,13 +132,16 @@ class NativeRunner:
             inputs.lengths = torch.tensor(
                 [s.num_cached + 1 for s in plan.decode], dtype=torch.int32
             ).to(self.device)
+        tokens = torch.tensor(ids, dtype=torch.int64).to(self.device)
+        if n:
+            tokens = torch.cat([last[slot_rows.to(self.device)], tokens])
         return self.model.forward(
-            torch.tensor(ids).to(self.device),
+            tokens,
             torch.cat(positions).to(self.device),
             inputs,
             self.kv.keys,
             self.kv.values,
-            torch.tensor(rows).to(self.device),
+            torch.tensor(rows, dtype=torch.int64).to(self.device),
         )
 
     # --- CUDA graphs for decode steps -----------------------------------------------------
@@ -145,6 +152,7 @@ class NativeRunner:
         rows, width = self.max_rows, self.max_pages
         dev = self.device
         self._ids = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._slots_in = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._positions = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._slot_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._table_buf = torch.zeros((rows, width), dtype=torch.int32, device=dev)
@@ -189,7 +197,7 @@ class NativeRunner:
             lora_rows=self._lora_buf[:size] if self.lora else None,
         )
 
-    def _replay(self, decode: list[Sequence]) -> torch.Tensor:
+    def _replay(self, decode: list[Sequence], last: torch.Tensor) -> torch.Tensor:
         n = len(decode)
         size = self._bucket_for[n]
         host, table = self._host, self._host_table
@@ -197,7 +205,7 @@ class NativeRunner:
         pad = size - n  # padded rows attend to one scratch token on page 0
         host[:, :size] = torch.tensor(
             [
-                [s.output_ids[-1] for s in decode] + [0] * pad,
+                [s.slot for s in decode] + [0] * pad,
                 [s.num_cached for s in decode] + [0] * pad,
                 [s.pages[s.num_cached // page] * page + s.num_cached % page for s in decode]
                 + [0] * pad,
@@ -207,7 +215,8 @@ class NativeRunner:
         )
         table[:n] = torch.stack([self._table_row(s) for s in decode])
         table[n:size] = 0
-        self._ids[:size].copy_(host[0, :size], non_blocking=True)
+        self._slots_in[:size].copy_(host[0, :size], non_blocking=True)
+        torch.index_select(last, 0, self._slots_in[:size], out=self._ids[:size])
         self._positions[:size].copy_(host[1, :size], non_blocking=True)
         self._slot_buf[:size].copy_(host[2, :size], non_blocking=True)
         self._lengths[:size].copy_(host[3, :size], non_blocking=True)
@@ -262,8 +271,13 @@ class HFRunner:
         return out.logits[0, -1]
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> torch.Tensor:
-        rows = [self._forward(s, [s.output_ids[-1]], s.num_cached) for s in plan.decode]
+    def run(self, plan: StepPlan, last: torch.Tensor) -> torch.Tensor:
+        slots = torch.tensor([s.slot for s in plan.decode], dtype=torch.int64, device=last.device)
+        inputs = last[slots].tolist()
+        rows = [
+            self._forward(s, [token], s.num_cached)
+            for s, token in zip(plan.decode, inputs, strict=True)
+        ]
         for chunk in plan.prefill:
             seq, stop = chunk.seq, chunk.start + chunk.length
             logits = self._forward(seq, seq.prompt_ids[chunk.start : stop], chunk.start)

@@ -75,7 +75,8 @@ class Scheduler:
         budget = self.chunk_tokens
         for seq in self.running:
             if seq.phase is Phase.DECODE:
-                plan.decode.append(seq)
+                if seq.sampled < seq.max_new_tokens:  # else its last token is on the way
+                    plan.decode.append(seq)
             elif seq.phase is Phase.PREFILL and budget > 0:
                 length = min(seq.remaining_prompt, budget)
                 plan.prefill.append(Chunk(seq, seq.num_cached, length))

@@ -34,8 +34,10 @@ class Sequence:
     phase: Phase = Phase.WAITING
     # Tokens whose K/V are in the cache (prompt tokens first, then generated ones).
     num_cached: int = 0
-    # Generated tokens; the last one is the input of the next decode step.
+    # Generated tokens the engine has handed out (one step behind the device).
     output_ids: list[int] = field(default_factory=list)
+    # Tokens asked of the sampler so far, handed out or still on the device.
+    sampled: int = 0
     pages: list[int] = field(default_factory=list)
     slot: int = -1  # row of the sampler's per-request penalty tables
     started: float | None = None  # first scheduled
