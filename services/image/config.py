@@ -33,6 +33,9 @@ class ImageSettings(CommonSettings):
     image_max_prompt_length: int = Field(default=2000, ge=1, le=20_000)
     # Longest image side accepted, in pixels (also bounded by 2048 in the request schema).
     image_max_side: int = Field(default=2048, ge=8, le=2048)
+    # Most denoising steps a request may ask for (also bounded by 150 in the request schema).
+    # Steps are what an image costs; lower it to bound each request's time on the GPU.
+    image_max_steps: int = Field(default=150, ge=1, le=150)
     # Denoising steps when a request does not say (SD-Turbo wants 1-4).
     image_default_steps: int = Field(default=30, ge=1, le=150)
     # Classifier-free guidance scale when a request does not say (SD-Turbo wants 0).
@@ -65,6 +68,12 @@ class ImageSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _check(self) -> ImageSettings:
+        if self.image_default_steps > self.image_max_steps:
+            raise ValueError(
+                f"ARTICLEFORGE_IMAGE_DEFAULT_STEPS ({self.image_default_steps}) is larger than "
+                f"ARTICLEFORGE_IMAGE_MAX_STEPS ({self.image_max_steps}); lower the default or "
+                "raise the limit"
+            )
         if self.image_device == "cpu" and self.image_dtype == "float16":
             raise ValueError(
                 "ARTICLEFORGE_IMAGE_DTYPE=float16 does not run on the CPU "

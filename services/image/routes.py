@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
+from services.common.errors import InvalidRequest
 from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.image.deps import EngineDep
 from services.image.engine import ImageHandle, ImageResult
@@ -67,6 +68,12 @@ def images_response(result: ImageResult) -> ImagesResponse:
     },
 )
 async def create_images(body: ImagesRequest, request: Request, engine: EngineDep) -> Any:
+    limit = engine.settings.image_max_steps
+    if body.steps is not None and body.steps > limit:
+        raise InvalidRequest(
+            f"steps must be <= {limit} (ARTICLEFORGE_IMAGE_MAX_STEPS), got {body.steps}",
+            param="steps",
+        )
     job = engine.prepare(body.to_params(), request_id_of(request), stream=body.stream)
     handle = engine.submit(job)
     if body.stream:

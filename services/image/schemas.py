@@ -43,8 +43,9 @@ class ImageParams:
 class ImagesRequest(BaseModel):
     """`POST /v1/images`: a prompt in, PNGs out."""
 
-    # NaN and infinities are refused by name (422), never passed on to the pipeline.
-    model_config = ConfigDict(allow_inf_nan=False)
+    # JSON types as the OpenAPI states them (`true` is not a step count), and no NaN or
+    # infinities: each is a 422 naming the field, never passed on to the pipeline.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
     prompt: str = Field(
         min_length=1,
@@ -186,7 +187,7 @@ class OpenAIImagesRequest(BaseModel):
     """`POST /v1/images/generations`: the subset of OpenAI's Images API that maps onto SD."""
 
     # Unknown OpenAI fields (quality, style, user, ...) are accepted and ignored.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     prompt: str = Field(
         min_length=1,

@@ -27,6 +27,10 @@ from services.text.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
+_STREAMS: dict[str, Any] = {
+    "content": {"text/event-stream": {}},
+    "description": "JSON, or with `stream: true` SSE chunks ending in `data: [DONE]`.",
+}
 
 
 @router.get("/models", response_model=ModelList, summary="Served models and adapters.")
@@ -51,6 +55,7 @@ async def list_models(engine: EngineDep) -> ModelList:
     "/chat/completions",
     response_model=ChatCompletionResponse,
     summary="OpenAI-compatible chat completion (streams with `stream: true`).",
+    responses={200: _STREAMS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep) -> Any:
     # Rendering and tokenizing run in a worker thread, off the event loop (see routes.py).
@@ -89,6 +94,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     "/completions",
     response_model=CompletionResponse,
     summary="OpenAI-compatible text completion (streams with `stream: true`).",
+    responses={200: _STREAMS},
 )
 async def completions(body: CompletionRequest, request: Request, engine: EngineDep) -> Any:
     prompt = body.to_prompt()

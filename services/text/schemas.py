@@ -34,6 +34,10 @@ MAX_PERPLEXITY_TEXT_CHARS = 50_000  # each text, and each context
 MAX_PERPLEXITY_TOTAL_CHARS = 500_000  # all texts and contexts of one request together
 
 Role = Literal["system", "user", "assistant"]
+# Requests take JSON types as the OpenAPI states them, as OpenAI's API does: `true` is not a
+# top_k and "256" is not a max_tokens. NaN and infinities are refused too (they poison the
+# sampler). Each is a 422 naming the field.
+STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Prompt:
 
 
 class ChatMessage(BaseModel):
+    model_config = STRICT
+
     role: Role = Field(description="Who speaks.", examples=["user"])
     content: str = Field(
         description="What is said.",
@@ -96,9 +102,7 @@ def _check_messages(messages: list[ChatMessage] | None) -> list[ChatMessage] | N
 class _Sampling(BaseModel):
     """Sampling fields shared by every generation request."""
 
-    # NaN and infinities slip past ge/le bounds in some paths and poison the sampler: refuse
-    # them as input, by name, with a 422.
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = STRICT
 
     temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="0 is greedy decoding.", examples=[0.7]
@@ -288,6 +292,8 @@ class GenerateResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = Field(
         default=False, description="Send a last chunk with usage.", examples=[True]
     )
@@ -295,7 +301,7 @@ class StreamOptions(BaseModel):
 
 class _OpenAIBase(_Sampling):
     # Unknown OpenAI fields (user, metadata, ...) are accepted and ignored, as vLLM does.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     model: str = Field(
         max_length=MAX_MODEL_NAME,
@@ -470,6 +476,8 @@ PerplexityText = Annotated[str, Field(max_length=MAX_PERPLEXITY_TEXT_CHARS)]
 
 
 class PerplexityRequest(BaseModel):
+    model_config = STRICT
+
     texts: list[PerplexityText] = Field(
         min_length=1,
         max_length=MAX_PERPLEXITY_TEXTS,
