@@ -22,6 +22,7 @@ from services.text.attention import splits_for, triton_available
 from services.text.kv_cache import KVCacheManager
 from services.text.llama import LeanLlama, Segment, StepInputs
 from services.text.perplexity import mean_nll
+from services.text.sampler import to_device
 from services.text.scheduler import StepPlan
 from services.text.sequence import Sequence
 
@@ -111,16 +112,18 @@ class NativeRunner:
             positions.append(torch.arange(start, stop))
             slots.append(self._slots(seq, start, stop))
             adapters.extend([seq.adapter_index] * chunk.length)
-            prefix = self._slots(seq, 0, stop).to(self.device) if start else None
+            prefix = to_device(self._slots(seq, 0, stop), self.device) if start else None
             segments.append(Segment(offset, chunk.length, start, prefix))
             if chunk.completes_prompt:
                 rows.append(offset + chunk.length - 1)
         inputs = StepInputs(
-            slots=torch.cat(slots).to(self.device),
+            slots=to_device(torch.cat(slots), self.device),
             num_decode=n,
             segments=segments,
             splits=self._splits(n),
-            lora_rows=torch.tensor(adapters, dtype=torch.int64).to(self.device) if self.lora else None,
+            lora_rows=to_device(torch.tensor(adapters, dtype=torch.int64), self.device)
+            if self.lora
+            else None,
         )
         if n:
             width = max(self.kv.pages_for(s.num_cached + 1) for s in plan.decode)
@@ -128,20 +131,19 @@ class NativeRunner:
             for i, seq in enumerate(plan.decode):
                 pages = self._pages(seq)[:width]
                 table[i, : len(pages)] = pages
-            inputs.block_tables = table.to(self.device)
-            inputs.lengths = torch.tensor(
-                [s.num_cached + 1 for s in plan.decode], dtype=torch.int32
-            ).to(self.device)
-        tokens = torch.tensor(ids, dtype=torch.int64).to(self.device)
+            inputs.block_tables = to_device(table, self.device)
+            lengths = [s.num_cached + 1 for s in plan.decode]
+            inputs.lengths = to_device(torch.tensor(lengths, dtype=torch.int32), self.device)
+        tokens = to_device(torch.tensor(ids, dtype=torch.int64), self.device)
         if n:
-            tokens = torch.cat([last[slot_rows.to(self.device)], tokens])
+            tokens = torch.cat([last[to_device(slot_rows, self.device)], tokens])
         return self.model.forward(
             tokens,
-            torch.cat(positions).to(self.device),
+            to_device(torch.cat(positions), self.device),
             inputs,
             self.kv.keys,
             self.kv.values,
-            torch.tensor(rows, dtype=torch.int64).to(self.device),
+            to_device(torch.tensor(rows, dtype=torch.int64), self.device),
         )
 
     # --- CUDA graphs for decode steps -----------------------------------------------------
@@ -158,8 +160,7 @@ class NativeRunner:
         self._table_buf = torch.zeros((rows, width), dtype=torch.int32, device=dev)
         self._lengths = torch.ones(rows, dtype=torch.int32, device=dev)
         self._lora_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self._host = torch.zeros((5, rows), dtype=torch.int64).pin_memory()
-        self._host_table = torch.zeros((rows, width), dtype=torch.int32).pin_memory()
+        self._empty_row = torch.zeros(width, dtype=torch.int32)
         pool = torch.cuda.graph_pool_handle()
         buckets = graph_buckets(rows)
         for size in reversed(buckets):
@@ -200,10 +201,9 @@ class NativeRunner:
     def _replay(self, decode: list[Sequence], last: torch.Tensor) -> torch.Tensor:
         n = len(decode)
         size = self._bucket_for[n]
-        host, table = self._host, self._host_table
         page = self.kv.page_size
         pad = size - n  # padded rows attend to one scratch token on page 0
-        host[:, :size] = torch.tensor(
+        host = torch.tensor(
             [
                 [s.slot for s in decode] + [0] * pad,
                 [s.num_cached for s in decode] + [0] * pad,
@@ -212,9 +212,9 @@ class NativeRunner:
                 [s.num_cached + 1 for s in decode] + [1] * pad,
                 [s.adapter_index for s in decode] + [0] * pad,
             ]
-        )
-        table[:n] = torch.stack([self._table_row(s) for s in decode])
-        table[n:size] = 0
+        ).pin_memory()  # fresh pinned memory: the allocator reuses it only after the copy
+        rows = [self._table_row(s) for s in decode] + [self._empty_row] * pad
+        table = torch.stack(rows).pin_memory()
         self._slots_in[:size].copy_(host[0, :size], non_blocking=True)
         torch.index_select(last, 0, self._slots_in[:size], out=self._ids[:size])
         self._positions[:size].copy_(host[1, :size], non_blocking=True)

@@ -26,6 +26,13 @@ _MASK32 = 0xFFFFFFFF
 _MIN_TEMPERATURE = 1e-5
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host to device without a stream sync: through pinned memory on CUDA."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _mix(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (Thomas Mueller's), on int64 tensors holding values < 2**32.
 
@@ -98,30 +105,34 @@ class Sampler:
     def batch(
         self, params: Seq[SamplingParams], slots: Seq[int], seeds: Seq[int], steps: Seq[int]
     ) -> SamplingBatch:
-        def tensor(values: Seq[float | int | bool], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
-
         greedy = [p.greedy for p in params]
-        temps = [
-            1.0 if g else max(p.temperature, _MIN_TEMPERATURE)
-            for p, g in zip(params, greedy, strict=True)
-        ]
         top_k = [p.top_k if 0 < p.top_k < self.vocab else self.vocab for p in params]
         rep = [p.repetition_penalty for p in params]
         freq = [p.frequency_penalty for p in params]
         pres = [p.presence_penalty for p in params]
+        temps = [
+            1.0 if g else max(p.temperature, _MIN_TEMPERATURE)
+            for p, g in zip(params, greedy, strict=True)
+        ]
+        # Two host tensors, one copy each: a copy from pageable memory would wait for the
+        # device to drain and undo the engine's overlap of host and device work.
+        seed_bits = [s & (2**63 - 1) for s in seeds]
+        int_rows = [list(slots), seed_bits, list(steps), top_k, [int(g) for g in greedy]]
+        float_rows = [temps, [p.top_p for p in params], rep, freq, pres]
+        ints = to_device(torch.tensor(int_rows, dtype=torch.int64), self.device)
+        floats = to_device(torch.tensor(float_rows, dtype=torch.float32), self.device)
         sampled = [not g for g in greedy]
         return SamplingBatch(
-            slots=tensor(list(slots), torch.int64),
-            seeds=tensor([s & (2**63 - 1) for s in seeds], torch.int64),
-            steps=tensor(list(steps), torch.int64),
-            temperature=tensor(temps, torch.float32)[:, None],
-            greedy=tensor(greedy, torch.bool),
-            top_k=tensor(top_k, torch.int64),
-            top_p=tensor([p.top_p for p in params], torch.float32)[:, None],
-            repetition=tensor(rep, torch.float32)[:, None] if any(r != 1.0 for r in rep) else None,
-            frequency=tensor(freq, torch.float32)[:, None] if any(freq) else None,
-            presence=tensor(pres, torch.float32)[:, None] if any(pres) else None,
+            slots=ints[0],
+            seeds=ints[1],
+            steps=ints[2],
+            temperature=floats[0][:, None],
+            greedy=ints[4].bool(),
+            top_k=ints[3],
+            top_p=floats[1][:, None],
+            repetition=floats[2][:, None] if any(r != 1.0 for r in rep) else None,
+            frequency=floats[3][:, None] if any(freq) else None,
+            presence=floats[4][:, None] if any(pres) else None,
             all_greedy=not any(sampled),
             any_top_k=any(k < self.vocab for k, s in zip(top_k, sampled, strict=True) if s),
             any_top_p=any(p.top_p < 1.0 for p, s in zip(params, sampled, strict=True) if s),
