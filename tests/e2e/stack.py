@@ -95,6 +95,14 @@ class Stack:
         proc.wait()
         return pids
 
+    def kill_horse(self, name: str) -> int:
+        """SIGKILL only the work horse of a live worker: RQ forks it into its own process group."""
+        proc = self.workers[name]
+        horses = [pid for pid in _descendants(proc.pid) if _leads_its_group(pid)]
+        assert len(horses) == 1, f"worker {name} runs no work horse: {horses}"
+        os.kill(horses[0], signal.SIGKILL)
+        return horses[0]
+
     def hooks_for(self, article_id: str) -> list[dict[str, Any]]:
         found = []
         for headers, raw in list(self.deliveries):
@@ -134,6 +142,13 @@ class Stack:
                 if needle in line:
                     found[path.stem] += 1
         return found
+
+
+def _leads_its_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
 
 
 def _descendants(pid: int) -> list[int]:
