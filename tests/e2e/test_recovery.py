@@ -179,7 +179,9 @@ def test_a_text_service_restart_mid_article_is_retried(rec: Stack) -> None:
     while rec.job(f"{article_id}-sections").get("status") != "started":
         assert time.monotonic() < deadline, "sections never started"
         time.sleep(0.02)
+    killed_at = time.monotonic()
     rec.restart_service("text")
+    logger.info("text service ready again %.1f s after its SIGKILL", time.monotonic() - killed_at)
     status = rec.wait_for([article_id], timeout=240)[article_id]
     assert status["status"] == "succeeded", status
     assert len(status["article"]["sections"]) == 2
