@@ -417,6 +417,8 @@ class TextEngine:
                 if seq.phase is Phase.WAITING:
                     self._left_queue(1)
                 self._retire(seq)
+                metrics.RUNNING.set(len(self.scheduler.running))
+                metrics.KV_USAGE.set(self.scheduler.kv.usage)
 
     def _left_queue(self, count: int) -> None:
         with self._lock:

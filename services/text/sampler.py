@@ -87,7 +87,8 @@ class Sampler:
         self.seen[slot].zero_()
         ids = [i for i in prompt_ids if 0 <= i < self.vocab]
         if ids:
-            self.seen[slot, torch.tensor(ids, device=self.device)] = True
+            index = to_device(torch.tensor(ids, dtype=torch.int64), self.device)
+            self.seen[slot].index_fill_(0, index, True)
         return slot
 
     def release(self, slot: int) -> None:
@@ -96,9 +97,10 @@ class Sampler:
 
     def record(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
         """Adds each row's new token to its history (on the device, no sync)."""
-        ones = torch.ones_like(tokens, dtype=torch.int32)
-        self.counts.index_put_((slots, tokens), ones, accumulate=True)
-        self.seen[slots, tokens] = True
+        # Values as device tensors: a Python scalar here would be copied from pageable host
+        # memory, which waits for the stream to drain (one sync per step, measured).
+        self.counts.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.int32), True)
+        self.seen.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.bool))
 
     # --- one step -------------------------------------------------------------------------
 
