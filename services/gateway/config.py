@@ -67,8 +67,9 @@ class GatewaySettings(CommonSettings):
     # Bind address and port of `articleforge serve gateway`.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
-    # Crash recovery (docs/reliability.md): a stage whose worker dies restarts on another worker
-    # within monitoring interval + heartbeat grace + maintenance interval (5 + 15 + 5 = 25 s).
+    # Crash recovery (docs/reliability.md): a stage whose worker dies is abandoned at most
+    # monitoring interval + heartbeat grace (5 + 15 s) after the kill, and queued again by the
+    # next maintenance pass of any worker (measured: running again 20-35 s after the kill).
     # Seconds between a busy worker's heartbeats for its job (RQ's job_monitoring_interval).
     worker_job_monitoring_interval_seconds: int = Field(default=5, ge=1, le=300)
     # Seconds a job outlives a missed heartbeat before it counts as abandoned (RQ fixes 60).

@@ -5,14 +5,17 @@ heartbeat lapses is "abandoned", and the next maintenance pass of any worker re-
 the job carries a ``Retry`` (the stage jobs do, see ``jobs.enqueue_article``). Out of the box
 that takes minutes: RQ adds a fixed 60 s to every heartbeat, runs maintenance every 10 minutes,
 and an idle worker blocks in BLPOP for 405 s before it even checks. ``ArticleWorker`` turns
-those three knobs into settings, so a stage restarts within
+those three knobs into settings: a dead worker's job is abandoned at most
 
-    job_monitoring_interval + heartbeat_grace + maintenance_interval  (5 + 15 + 5 = 25 s)
+    job_monitoring_interval + heartbeat_grace  (5 + 15 = 20 s)
 
-of the kill (a busy worker does not run maintenance, so add the time until one is between
-jobs). ``ArticleQueue`` works around RQ 3.0's ready-registry race (see
-``enqueue_ready_jobs_by_queue``); tests/gateway/test_rq_race.py reproduces it. One gap RQ leaves
-open is closed by the small supervisor ``requeue_lost_jobs``.
+after the kill, and queued again by the next maintenance pass of any worker: every
+maintenance_interval (5 s) on an idle worker, at the end of its job on a busy one (RQ runs
+maintenance between jobs only). Measured: running again 20-35 s after the kill.
+
+``ArticleQueue`` works around RQ 3.0's ready-registry race (see ``enqueue_ready_jobs_by_queue``);
+tests/gateway/test_rq_race.py reproduces it. One gap RQ leaves open is closed by the small
+supervisor ``requeue_lost_jobs``.
 """
 
 from __future__ import annotations
