@@ -2,7 +2,9 @@
 
 It checks Redis first (and says how to start one), starts each child, waits until each answers
 ``/readyz``, prints the URLs, and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, then
-SIGKILL for any child still alive after a grace period.
+SIGKILL for any child still alive after a grace period. A worker that dies is replaced, as an
+orchestrator would (its stage runs again on another worker, see docs/reliability.md); a service
+that dies, or a worker that dies right after its start, stops everything.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
+# A replacement worker that dies sooner than this after its start is broken, not crashed.
+WORKER_MIN_UPTIME_SECONDS = 10.0
+
 REDIS_HINT = (
     "start one with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379` "
     "(or `docker run -d -p 6379:6379 redis:7`), or point ARTICLEFORGE_REDIS_URL at yours"
@@ -32,6 +37,8 @@ class Child:
     args: list[str]
     ready_url: str | None
     process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    proven: bool = False  # it was alive when everything was ready, or ran for a while
 
 
 def children(host: str, ports: dict[str, int], workers: int) -> list[Child]:
@@ -88,11 +95,16 @@ def up(
         stopping = True
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+
+    def spawn(child: Child) -> None:
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *child.args], env=env
+        )
+        child.started, child.proven = time.monotonic(), False
+
     try:
         for child in started:
-            child.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *child.args], env=env
-            )
+            spawn(child)
         deadline = time.monotonic() + ready_timeout
         waiting = [c for c in started if c.ready_url]
         while waiting and not stopping:
@@ -114,6 +126,8 @@ def up(
                 say(f"not ready after {ready_timeout:.0f}s: {[c.name for c in waiting]}")
                 return 1
             time.sleep(0.5)
+        for child in started:
+            child.proven = child.process is not None and child.process.poll() is None
         if not stopping:
             base = f"http://{host}:{ports['gateway']}"
             say(
@@ -125,9 +139,16 @@ def up(
         while not stopping:
             for child in started:
                 assert child.process is not None
-                if child.process.poll() is not None:
-                    say(f"{child.name} exited with {child.process.returncode}; stopping")
-                    return 1
+                code = child.process.poll()
+                if code is None:
+                    continue
+                uptime = time.monotonic() - child.started
+                if child.ready_url is None and (child.proven or uptime > WORKER_MIN_UPTIME_SECONDS):
+                    say(f"{child.name} exited with {code}; starting another in its place")
+                    spawn(child)
+                    continue
+                say(f"{child.name} exited with {code}; stopping")
+                return 1
             time.sleep(0.5)
         return 0
     except KeyboardInterrupt:

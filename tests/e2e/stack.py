@@ -86,7 +86,7 @@ class Stack:
         """SIGKILL the worker and everything under it (work horse, scheduler), as a crashed host
         or an OOM-killed container would lose them; returns the pids killed."""
         proc = self.workers.pop(name)
-        pids = [proc.pid, *_descendants(proc.pid)]
+        pids = [proc.pid, *descendants(proc.pid)]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -98,7 +98,7 @@ class Stack:
     def kill_horse(self, name: str) -> int:
         """SIGKILL only the work horse of a live worker: RQ forks it into its own process group."""
         proc = self.workers[name]
-        horses = [pid for pid in _descendants(proc.pid) if _leads_its_group(pid)]
+        horses = [pid for pid in descendants(proc.pid) if _leads_its_group(pid)]
         assert len(horses) == 1, f"worker {name} runs no work horse: {horses}"
         os.kill(horses[0], signal.SIGKILL)
         return horses[0]
@@ -151,7 +151,7 @@ def _leads_its_group(pid: int) -> bool:
         return False
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     out: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -163,7 +163,7 @@ def _descendants(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
         for child in map(int, children):
-            out += [child, *_descendants(child)]
+            out += [child, *descendants(child)]
     return out
 
 

@@ -1,4 +1,5 @@
-"""`articleforge up`: starts the whole stack, serves an article, and stops cleanly on Ctrl-C."""
+"""`articleforge up`: starts the whole stack, serves an article, replaces a worker that dies,
+and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from tests.e2e.stack import descendants
 from tests.processes import articleforge_command, free_port
 
 pytestmark = pytest.mark.e2e
@@ -71,23 +73,20 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
                 assert proc.poll() is None, "".join(output)
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         assert any(f"{gateway}/docs" in line for line in output)
-        article_id = httpx.post(
-            f"{gateway}/v1/articles",
-            json={
-                "topic": "Bees in the city",
-                "sections": 1,
-                "target_words": 100,
-                "images": {"count": 1, "steps": 2},
-            },
-        ).json()["id"]
-        deadline = time.monotonic() + 120
-        while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())["status"] not in (
-            "succeeded",
-            "failed",
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
-        assert status["status"] == "succeeded", status
+        assert _article(gateway)["status"] == "succeeded"
+
+        # SIGKILL the only worker (and its scheduler): `up` starts another, and work goes on.
+        (worker,) = [pid for pid in descendants(proc.pid) if b"worker" in _cmdline(pid)]
+        for pid in [worker, *descendants(worker)]:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not any("worker-0 exited with -9; starting another" in line for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                assert proc.poll() is None, "".join(output)
+        assert _article(gateway)["status"] == "succeeded"
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -97,3 +96,30 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
     for port in ports.values():  # every child is gone: nothing listens any more
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _article(gateway: str) -> dict[str, object]:
+    article_id = httpx.post(
+        f"{gateway}/v1/articles",
+        json={
+            "topic": "Bees in the city",
+            "sections": 1,
+            "target_words": 100,
+            "images": {"count": 1, "steps": 2},
+        },
+    ).json()["id"]
+    deadline = time.monotonic() + 120
+    while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())["status"] not in (
+        "succeeded",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    return dict(status)
