@@ -74,7 +74,7 @@ def plot(runs: list[tuple[str, dict[str, Any]]], out: Path, title: str | None) -
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("concurrent clients")
         ax.grid(True, which="both", alpha=0.3)
     ax_tok.set_ylabel("aggregate tokens/s (from usage)")
