@@ -95,12 +95,17 @@ class Stack:
         proc.wait()
         return pids
 
-    def kill_horse(self, name: str) -> int:
-        """SIGKILL only the work horse of a live worker: RQ forks it into its own process group."""
+    def kill_horse(self, name: str) -> int | None:
+        """SIGKILL only the work horse of a live worker (RQ forks it into its own process group);
+        None when the worker runs none (its job just ended)."""
         proc = self.workers[name]
         horses = [pid for pid in descendants(proc.pid) if _leads_its_group(pid)]
-        assert len(horses) == 1, f"worker {name} runs no work horse: {horses}"
-        os.kill(horses[0], signal.SIGKILL)
+        if len(horses) != 1:
+            return None
+        try:
+            os.kill(horses[0], signal.SIGKILL)
+        except ProcessLookupError:
+            return None
         return horses[0]
 
     def hooks_for(self, article_id: str) -> list[dict[str, Any]]:
