@@ -3,6 +3,7 @@ supervisor for a job that a dying worker had popped but not yet registered."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 from rq import Queue
+from rq.exceptions import AbandonedJobError
 from rq.job import Job, JobStatus
 
 from services.gateway import jobs
@@ -82,3 +84,43 @@ def test_heartbeats_outlive_a_missed_beat_by_the_grace_not_by_60_s(
     assert worker.get_heartbeat_ttl(job, working_time=config.job_timeout_seconds - 2) == 17
     assert worker.dequeue_timeout == 5  # an idle worker runs maintenance every 5 s
     assert worker.job_monitoring_interval == 5 and worker.maintenance_interval == 5
+
+
+def test_a_stage_fails_the_article_only_when_no_retry_follows(
+    connection: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARTICLEFORGE_DATA_DIR", str(tmp_path))
+    jobs.settings.cache_clear()
+    article_id, ids = _article(connection, tmp_path)
+    store = ArticleStore(connection, tmp_path)
+    image = Job.fetch(ids[3], connection=connection)
+    lost = AbandonedJobError()
+
+    jobs.on_stage_failure(image, connection, AbandonedJobError, lost, None)  # RQ re-runs it
+    jobs.on_horse_killed(image, 0, 9, None)
+    assert store.status(article_id) == "queued"
+
+    image.retries_left = 0  # the last retry died as well
+    jobs.on_horse_killed(image, 0, 9, None)
+    status = store.fields(article_id)
+    assert status["status"] == "failed"
+    error = json.loads(status["error"])
+    assert error["type"] == "worker_lost" and error["stage"] == "images"
+    assert "died 4 times" in error["message"]
+    # What was left of the article is cancelled, not run.
+    assert Job.fetch(ids[-1], connection=connection).get_status() == JobStatus.CANCELED
+    jobs.settings.cache_clear()
+
+
+def test_an_exception_is_final_even_with_retries_left(
+    connection: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARTICLEFORGE_DATA_DIR", str(tmp_path))
+    jobs.settings.cache_clear()
+    article_id, ids = _article(connection, tmp_path)
+    outline = Job.fetch(ids[0], connection=connection)
+    jobs.on_stage_failure(outline, connection, ValueError, ValueError("bad"), None)
+    assert outline.retries_left == 0  # RQ reads it right after the callback: no re-run
+    error = json.loads(ArticleStore(connection, tmp_path).fields(article_id)["error"])
+    assert error == {"type": "internal_error", "message": "bad", "stage": "outline"}
+    jobs.settings.cache_clear()
