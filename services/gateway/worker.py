@@ -135,7 +135,11 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
         if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:
             continue
         queue = ArticleQueue(job.origin, connection=connection)
-        if connection.lpos(queue.key, job.id) is not None or job.enqueued_at is None:
+        if job.enqueued_at is None or any(
+            # on its queue, or in the intermediate one that RQ itself cleans up
+            connection.lpos(key, job.id) is not None
+            for key in (queue.key, queue.intermediate_queue_key)
+        ):
             continue
         mark = f"af:lost:{job.id}:{job.enqueued_at.timestamp()}"
         if connection.set(mark, time.time(), nx=True, ex=3600):
