@@ -99,6 +99,14 @@ class GatewaySettings(CommonSettings):
                 "ARTICLEFORGE_WEBHOOK_SECRET must start with `whsec_` (Standard Webhooks); "
                 "unset it to have one generated"
             )
+        if self.worker_heartbeat_grace_seconds < self.worker_job_monitoring_interval_seconds:
+            raise ValueError(
+                "ARTICLEFORGE_WORKER_HEARTBEAT_GRACE_SECONDS "
+                f"({self.worker_heartbeat_grace_seconds}) must be at least "
+                "ARTICLEFORGE_WORKER_JOB_MONITORING_INTERVAL_SECONDS "
+                f"({self.worker_job_monitoring_interval_seconds}): a worker one heartbeat late "
+                "would count as dead and its stage would run twice"
+            )
         return self
 
     def keys(self) -> list[str]:

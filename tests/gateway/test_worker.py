@@ -124,3 +124,14 @@ def test_an_exception_is_final_even_with_retries_left(
     error = json.loads(ArticleStore(connection, tmp_path).fields(article_id)["error"])
     assert error == {"type": "internal_error", "message": "bad", "stage": "outline"}
     jobs.settings.cache_clear()
+
+
+def test_a_grace_shorter_than_a_heartbeat_is_refused_at_start_up() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="WORKER_HEARTBEAT_GRACE_SECONDS .* at least"):
+        GatewaySettings(
+            _env_file=None,  # type: ignore[call-arg]
+            worker_heartbeat_grace_seconds=5,
+            worker_job_monitoring_interval_seconds=10,
+        )
