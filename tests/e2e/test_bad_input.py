@@ -19,7 +19,7 @@ from services.text.schemas import MAX_PROMPT_CHARS
 from tests.common.test_body_limit import read_response
 from tests.processes import free_port, running
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REDIS_URL = "redis://127.0.0.1:6379/9"
 KEY = "sk-e2e-bad-input"

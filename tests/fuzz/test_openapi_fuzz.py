@@ -40,6 +40,8 @@ from schemathesis.config import SchemathesisConfig
 
 from tests.processes import free_port
 
+pytestmark = pytest.mark.slow
+
 # Examples per operation and generation mode, per service: about a minute in all on a CPU
 # (an image costs about a second on `tiny`, a text request or a gateway call milliseconds).
 TEXT_EXAMPLES = 50
