@@ -217,6 +217,9 @@ class TextEngine:
             self._step()
 
     def start(self) -> None:
+        """Starts the engine thread (warming up first, on this thread, if nobody has)."""
+        if self.runner is None:
+            self.warmup()
         self._thread = threading.Thread(target=self._loop, name="text-engine", daemon=True)
         self._thread.start()
 
@@ -241,9 +244,16 @@ class TextEngine:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         if prompt.text is not None:
             return list(self.tokenizer(prompt.text).input_ids)
-        rendered = self.tokenizer.apply_chat_template(
-            prompt.messages, tokenize=False, add_generation_prompt=True
-        )
+        from jinja2 import TemplateError
+
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                prompt.messages, tokenize=False, add_generation_prompt=True
+            )
+        except TemplateError as exc:  # e.g. Llama-2's template: roles must alternate
+            raise InvalidRequest(
+                f"the model's chat template refuses these messages: {exc}", param=prompt.param
+            ) from exc
         return list(self.tokenizer(rendered, add_special_tokens=False).input_ids)
 
     def prepare(

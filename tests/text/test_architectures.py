@@ -152,3 +152,22 @@ def test_the_hf_runner_gives_the_native_runner_text(cache_dir: Path, tiny_text_p
         prompt = list(engine.tokenizer("Write about solar power.").input_ids)
         outputs.append(_engine_greedy(engine, prompt, 12))
     assert outputs[0] == outputs[1]
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_400(cache_dir: Path) -> None:
+    from services.common.errors import InvalidRequest
+    from services.text.loading import load_text_model
+    from services.text.schemas import Prompt
+
+    settings = make_settings(cache_dir)
+    engine = TextEngine(settings, load_text_model(settings))
+    # Llama-2-chat's own template raises unless user and assistant turns alternate.
+    engine.tokenizer.chat_template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    two_users = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(InvalidRequest, match="roles must alternate") as caught:
+        engine.encode_prompt(Prompt(messages=two_users, param="messages"))
+    assert caught.value.param == "messages"
