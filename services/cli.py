@@ -108,7 +108,7 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: random).")] = None,
 ) -> None:
     """Run an RQ worker for the article pipeline (it never loads a model)."""
-    from services.common.logging import setup_logging
+    from services.common.logging import redact, redact_url, setup_logging
     from services.gateway.jobs import redis_connection, settings
     from services.gateway.worker import article_worker
 
@@ -118,7 +118,8 @@ def worker(
     try:
         connection.ping()
     except Exception as exc:
-        console.print(f"[red]no Redis at {config.redis_url}: {exc}[/red]")
+        # Redacted: the URL may hold Redis's password, and the console bypasses logging.
+        console.print(f"[red]no Redis at {redact_url(config.redis_url)}: {redact(str(exc))}[/red]")
         raise typer.Exit(1) from exc
     config.resolved_webhook_secret()
     names = [q.strip() for q in queues.split(",") if q.strip()]
