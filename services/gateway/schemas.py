@@ -25,6 +25,7 @@ class TextOptions(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     temperature: float = Field(
+        strict=True,
         default=0.7,
         ge=0.0,
         le=2.0,
@@ -32,9 +33,15 @@ class TextOptions(BaseModel):
         examples=[0.7],
     )
     top_p: float = Field(
-        default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.9]
+        strict=True,
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling mass.",
+        examples=[0.9],
     )
     seed: int | None = Field(
+        strict=True,
         default=None,
         ge=0,
         le=2**63 - 1,
@@ -47,6 +54,7 @@ class ImageOptions(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     count: int = Field(
+        strict=True,
         default=1,
         ge=0,
         le=8,
@@ -60,9 +68,16 @@ class ImageOptions(BaseModel):
         "(512x512 for SD 1.5).",
         examples=["512x512"],
     )
-    steps: int = Field(default=25, ge=1, le=150, description="Denoising steps.", examples=[25])
+    steps: int = Field(
+        strict=True, default=25, ge=1, le=150, description="Denoising steps.", examples=[25]
+    )
     guidance_scale: float = Field(
-        default=7.5, ge=0.0, le=30.0, description="Classifier-free guidance.", examples=[7.5]
+        strict=True,
+        default=7.5,
+        ge=0.0,
+        le=30.0,
+        description="Classifier-free guidance.",
+        examples=[7.5],
     )
     style: str | None = Field(
         default=None,
@@ -71,6 +86,7 @@ class ImageOptions(BaseModel):
         examples=["watercolor illustration, soft light"],
     )
     seed: int | None = Field(
+        strict=True,
         default=None,
         ge=0,
         le=2**63 - 1,
@@ -131,13 +147,16 @@ class ArticleRequest(BaseModel):
         examples=["medium"],
     )
     target_words: int | None = Field(
+        strict=True,
         default=None,
         ge=100,
         le=4000,
         description="Target length in words (instead of `length`).",
         examples=[800],
     )
-    sections: int = Field(default=4, ge=1, le=12, description="Body sections.", examples=[4])
+    sections: int = Field(
+        strict=True, default=4, ge=1, le=12, description="Body sections.", examples=[4]
+    )
     keywords: list[str] = Field(
         default_factory=list,
         max_length=20,

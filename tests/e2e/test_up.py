@@ -76,7 +76,12 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
         assert _article(gateway)["status"] == "succeeded"
 
         # SIGKILL the only worker (and its scheduler): `up` starts another, and work goes on.
-        (worker,) = [pid for pid in descendants(proc.pid) if b"worker" in _cmdline(pid)]
+        # The worker itself: `up`'s own child (its work horse, forked for a job, says "worker" too).
+        (worker,) = [
+            pid
+            for pid in descendants(proc.pid)
+            if b"worker" in _cmdline(pid) and _parent(pid) == proc.pid
+        ]
         for pid in [worker, *descendants(worker)]:
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -96,6 +101,14 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
     for port in ports.values():  # every child is gone: nothing listens any more
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent id
 
 
 def _cmdline(pid: int) -> bytes:
