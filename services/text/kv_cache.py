@@ -66,10 +66,6 @@ class KVCacheManager:
         return (self.num_pages - 1) * self.page_size
 
     @property
-    def free_pages(self) -> int:
-        return len(self._free)
-
-    @property
     def used_pages(self) -> int:
         return self.num_pages - 1 - len(self._free)
 

@@ -246,7 +246,6 @@ class HFRunner:
         self.device = device
         self.adapter_names = adapter_names  # index -> peft name; None without unmerged adapters
         self._caches: dict[int, Any] = {}
-        self.graphs: dict[int, Any] = {}
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(id(seq), None)

@@ -56,8 +56,3 @@ class Sequence:
     @property
     def remaining_prompt(self) -> int:
         return self.prompt_len - self.num_cached
-
-    def token_at(self, position: int) -> int:
-        if position < self.prompt_len:
-            return self.prompt_ids[position]
-        return self.output_ids[position - self.prompt_len]
