@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,28 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
+
+
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """The secret in ``path``, made with ``make()`` and written there on first use.
+
+    The gateway and the workers may start together; O_EXCL makes one of them the creator and
+    the others read what it wrote.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            text = path.read_text().strip()
+            if text:
+                return text
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
+    secret = make()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
 
 
 class GatewaySettings(CommonSettings):
@@ -113,25 +136,10 @@ class GatewaySettings(CommonSettings):
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     def resolved_webhook_secret(self) -> str:
-        """The configured secret, or the one kept in DATA_DIR (created on first use).
-
-        Gateway and workers may start together; O_EXCL makes one of them the creator and the
-        others read what it wrote.
-        """
+        """The configured secret, or the one kept in DATA_DIR (created on first use)."""
         if self.webhook_secret:
             return self.webhook_secret
-        path = self.data_dir / "webhook_secret"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            for _ in range(50):
-                text = path.read_text().strip()
-                if text:
-                    return text
-                time.sleep(0.02)
-            raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-        return secret
+        return kept_secret(
+            self.data_dir / "webhook_secret",
+            lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        )

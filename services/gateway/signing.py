@@ -12,39 +12,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
-from pathlib import Path
 
-from services.gateway.config import GatewaySettings
+from services.gateway.config import GatewaySettings, kept_secret
 
 SECRET_FILE = "url_signing_secret"
 
 
 def signing_key(config: GatewaySettings) -> bytes:
-    """The configured secret, or the one kept in DATA_DIR (created on first use).
-
-    The gateway and the workers (which sign when they save an image) may start together;
-    O_EXCL makes one of them the creator and the others read what it wrote.
-    """
+    """The configured secret, or the one kept in DATA_DIR (created on first use; the workers
+    sign too, when they save an image)."""
     if config.url_signing_secret:
         return config.url_signing_secret.encode()
-    path: Path = config.data_dir / SECRET_FILE
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):
-            text = path.read_text().strip()
-            if text:
-                return text.encode()
-            time.sleep(0.02)
-        raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
-    secret = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    return secret.encode()
+    return kept_secret(config.data_dir / SECRET_FILE, lambda: secrets.token_urlsafe(32)).encode()
 
 
 def signature(key: bytes, image_id: str, expires: int) -> str:
