@@ -191,6 +191,47 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+class _TorchGlue:
+    """``kernels.py``'s three operations in plain torch, with the same signatures and in-place
+    effects, in transformers' arithmetic (rotary embedding in the weights' dtype)."""
+
+    @staticmethod
+    def add_rms_norm(
+        h: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        if y is not None:
+            h.add_(y)
+        return _rms_norm(h, weight, eps)
+
+    @staticmethod
+    def rope_store(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor | None,
+        k_cache: torch.Tensor | None,
+        v_cache: torch.Tensor | None,
+        heads: int,
+        kv_heads: int,
+        dim: int,
+    ) -> None:
+        c = cos[positions].to(qkv.dtype)[:, None, :]
+        s = sin[positions].to(qkv.dtype)[:, None, :]
+        rotated = qkv[:, : (heads + kv_heads) * dim].view(-1, heads + kv_heads, dim)
+        rotated.copy_(rotated * c + _rotate_half(rotated) * s)
+        if slots is not None and k_cache is not None and v_cache is not None:
+            k = rotated[:, heads:]
+            v = qkv[:, (heads + kv_heads) * dim :].view(-1, kv_heads, dim)
+            k_cache.view(-1, kv_heads, dim).index_copy_(0, slots, k)
+            v_cache.view(-1, kv_heads, dim).index_copy_(0, slots, v)
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
@@ -243,14 +284,13 @@ class LeanLlama:
         probe = torch.zeros((1, 1, self.head_dim), dtype=torch.float32, device=self.device)
         cos, sin = body.rotary_emb(probe, positions)
         self.cos, self.sin = cos[0].float(), sin[0].float()  # [context, head_dim]
-        # The Triton glue kernels (CUDA) assume Llama's rotary layout and no projection bias.
+        # The Triton rope kernel reads one half of the table: Llama's layout, both halves equal.
         self.fused = (
             self.device.type == "cuda"
             and triton_available()
             and bool(
                 torch.equal(self.cos[:, : self.head_dim // 2], self.cos[:, self.head_dim // 2 :])
             )
-            and all(layer.qkv.bias is None for layer in self.layers)
         )
 
     @torch.inference_mode()
@@ -263,57 +303,24 @@ class LeanLlama:
         values: list[torch.Tensor] | None,
         logit_rows: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Token ids ``[T]`` at ``positions`` -> logits ``[rows, vocab]`` for ``logit_rows``."""
+        """Token ids ``[T]`` at ``positions`` -> logits ``[rows, vocab]`` for ``logit_rows``.
+
+        One loop for every device; only the glue between the matmuls differs: fused Triton
+        kernels on CUDA (``kernels.py``), plain torch ops elsewhere (``_TorchGlue``).
+        """
         if self.fused:
-            return self._forward_fused(ids, positions, inputs, keys, values, logit_rows)
-        h = F.embedding(ids, self.embed)
-        cos = self.cos[positions].to(self.dtype)[:, None, :]
-        sin = self.sin[positions].to(self.dtype)[:, None, :]
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.input_norm, self.eps)
-            qkv = layer.qkv(x, inputs)
-            q = qkv[:, :q_size].view(-1, self.heads, self.head_dim)
-            k = qkv[:, q_size : q_size + kv_size].view(-1, self.kv_heads, self.head_dim)
-            v = qkv[:, q_size + kv_size :].view(-1, self.kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            k_cache = keys[i] if keys is not None else None
-            v_cache = values[i] if values is not None else None
-            if inputs.slots is not None and k_cache is not None and v_cache is not None:
-                flat = (-1, self.kv_heads, self.head_dim)
-                k_cache.view(flat).index_copy_(0, inputs.slots, k)
-                v_cache.view(flat).index_copy_(0, inputs.slots, v)
-            attn = self._attention(q, k, v, inputs, k_cache, v_cache)
-            h = h + layer.o(attn.reshape(-1, q_size), inputs)
-            x = _rms_norm(h, layer.post_norm, self.eps)
-            gate, up = layer.gate_up(x, inputs).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up, inputs)
-        if logit_rows is not None:
-            h = h[logit_rows]
-        return F.linear(_rms_norm(h, self.norm, self.eps), self.lm_head)
-
-    def _forward_fused(
-        self,
-        ids: torch.Tensor,
-        positions: torch.Tensor,
-        inputs: StepInputs,
-        keys: list[torch.Tensor] | None,
-        values: list[torch.Tensor] | None,
-        logit_rows: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The same forward with the glue in Triton kernels (``kernels.py``): on CUDA."""
-        from services.text import kernels
-
+            from services.text import kernels as glue
+        else:
+            glue = _TorchGlue  # type: ignore[assignment]
         h = F.embedding(ids, self.embed)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         q_size, kv_size = heads * dim, kv_heads * dim
-        x = kernels.add_rms_norm(h, None, self.layers[0].input_norm, self.eps)
+        x = glue.add_rms_norm(h, None, self.layers[0].input_norm, self.eps)
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(x, inputs)
             k_cache = keys[i] if keys is not None else None
             v_cache = values[i] if values is not None else None
-            kernels.rope_store(
+            glue.rope_store(
                 qkv, self.cos, self.sin, positions, inputs.slots, k_cache, v_cache,
                 heads, kv_heads, dim,
             )  # fmt: skip
@@ -321,13 +328,12 @@ class LeanLlama:
             k = qkv[:, q_size : q_size + kv_size].view(-1, kv_heads, dim)
             v = qkv[:, q_size + kv_size :].view(-1, kv_heads, dim)
             attn = self._attention(q, k, v, inputs, k_cache, v_cache)
-            x = kernels.add_rms_norm(
-                h, layer.o(attn.reshape(-1, q_size), inputs), layer.post_norm, self.eps
-            )
-            y = layer.down(kernels.silu_mul(layer.gate_up(x, inputs)), inputs)
+            y = layer.o(attn.reshape(-1, q_size), inputs)
+            x = glue.add_rms_norm(h, y, layer.post_norm, self.eps)
+            y = layer.down(glue.silu_mul(layer.gate_up(x, inputs)), inputs)
             last = i + 1 == len(self.layers)
             norm = self.norm if last else self.layers[i + 1].input_norm
-            x = kernels.add_rms_norm(h, y, norm, self.eps)
+            x = glue.add_rms_norm(h, y, norm, self.eps)
         if logit_rows is not None:
             x = x[logit_rows]
         return F.linear(x, self.lm_head)
