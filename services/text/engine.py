@@ -486,15 +486,15 @@ class TextEngine:
                 self._fail(plan, exc)
             self.scheduler.advance(plan)
             metrics.PREFILL_CHUNKS.inc(len(plan.prefill))
-            metrics.STEPS.labels("mixed" if plan.prefill else "decode").inc()
         pending, self._pending = self._pending, launched
         if pending is not None:
             self._hand_out(*pending)
         elif plan.empty:
             time.sleep(0.001)  # the head of the queue waits for KV pages to free up
             return
-        kind = "mixed" if plan.prefill else "decode"
-        metrics.STEP_SECONDS.labels(kind).observe(time.monotonic() - step_start)
+        if not plan.empty:  # a hand-out alone (the last step's tokens) is no step
+            kind = "mixed" if plan.prefill else "decode"
+            metrics.STEP_SECONDS.labels(kind).observe(time.monotonic() - step_start)
         metrics.RUNNING.set(len(self.scheduler.running))
         metrics.KV_USAGE.set(self.scheduler.kv.usage)
 

@@ -33,12 +33,9 @@ PREFILL_CHUNKS = Counter(
 )
 STEP_SECONDS = Histogram(
     "articleforge_text_step_seconds",
-    "Wall time of one engine step (schedule, forward, sample, hand out), by kind.",
+    "Wall time of one engine step (schedule, forward, sample, hand out), by kind: `decode` "
+    "(decode rows only; CUDA-graph replays on a GPU) or `mixed` (with prompt chunks). Its "
+    "count is the number of steps.",
     ["kind"],
     buckets=(0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-)
-STEPS = Counter(
-    "articleforge_text_engine_steps_total",
-    "Engine steps: `decode` (decode rows only) or `mixed` (with prompt chunks).",
-    ["kind"],
 )

@@ -54,17 +54,10 @@ class NativeRunner:
         )
         self.graphs: dict[int, Any] = {}
         self._outputs: dict[int, torch.Tensor] = {}
-        self._tables: dict[int, torch.Tensor] = {}  # id(seq) -> its page list as a tensor
-        self._rows: dict[int, torch.Tensor] = {}  # id(seq) -> its padded graph table row
+        self._rows: dict[int, torch.Tensor] = {}  # id(seq) -> its pages, padded to full width
         self._bucket_for: dict[int, int] = {}  # decode rows -> the graph that holds them
 
     # --- building a step's inputs -------------------------------------------------------
-
-    def _pages(self, seq: Sequence) -> torch.Tensor:
-        table = self._tables.get(id(seq))
-        if table is None:
-            table = self._tables[id(seq)] = torch.tensor(seq.pages, dtype=torch.int64)
-        return table
 
     def _table_row(self, seq: Sequence) -> torch.Tensor:
         """The sequence's pages padded to the graphs' full table width (cached)."""
@@ -75,13 +68,12 @@ class NativeRunner:
         return row
 
     def release(self, seq: Sequence) -> None:
-        self._tables.pop(id(seq), None)
         self._rows.pop(id(seq), None)
 
     def _slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
         positions = torch.arange(start, stop)
         size = self.kv.page_size
-        return self._pages(seq)[positions // size] * size + positions % size
+        return self._table_row(seq)[positions // size].long() * size + positions % size
 
     def _splits(self, rows: int) -> int:
         return splits_for(rows, self.model.heads, self.sms) if self.triton else 0
@@ -127,10 +119,7 @@ class NativeRunner:
         )
         if n:
             width = max(self.kv.pages_for(s.num_cached + 1) for s in plan.decode)
-            table = torch.zeros((n, width), dtype=torch.int32)
-            for i, seq in enumerate(plan.decode):
-                pages = self._pages(seq)[:width]
-                table[i, : len(pages)] = pages
+            table = torch.stack([self._table_row(s)[:width] for s in plan.decode])
             inputs.block_tables = to_device(table, self.device)
             lengths = [s.num_cached + 1 for s in plan.decode]
             inputs.lengths = to_device(torch.tensor(lengths, dtype=torch.int32), self.device)
@@ -201,14 +190,12 @@ class NativeRunner:
     def _replay(self, decode: list[Sequence], last: torch.Tensor) -> torch.Tensor:
         n = len(decode)
         size = self._bucket_for[n]
-        page = self.kv.page_size
         pad = size - n  # padded rows attend to one scratch token on page 0
         host = torch.tensor(
             [
                 [s.slot for s in decode] + [0] * pad,
                 [s.num_cached for s in decode] + [0] * pad,
-                [s.pages[s.num_cached // page] * page + s.num_cached % page for s in decode]
-                + [0] * pad,
+                [self.kv.slot(s.pages, s.num_cached) for s in decode] + [0] * pad,
                 [s.num_cached + 1 for s in decode] + [1] * pad,
                 [s.adapter_index for s in decode] + [0] * pad,
             ]
