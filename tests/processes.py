@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,3 +66,23 @@ def running(
             proc.wait()
         if log_path:
             log.close()  # type: ignore[union-attr]
+
+
+def serve_all(
+    stack: ExitStack,
+    names: tuple[str, ...],
+    ports: Mapping[str, int],
+    env: Mapping[str, str],
+    logs: Path,
+) -> None:
+    """Starts `articleforge serve NAME --port PORT` for each name, each ready before the next
+    starts, each logging to ``logs/NAME.log``, all stopped when ``stack`` closes."""
+    for name in names:
+        stack.enter_context(
+            running(
+                ["serve", name, "--port", str(ports[name])],
+                env=env,
+                ready_url=f"http://127.0.0.1:{ports[name]}/readyz",
+                log_path=logs / f"{name}.log",
+            )
+        )

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from standardwebhooks import Webhook
 
-from tests.processes import free_port, running
+from tests.processes import free_port, running, serve_all
 
 pytestmark = pytest.mark.e2e
 
@@ -77,15 +77,7 @@ def stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     with ExitStack() as stack:
-        for name in ("text", "image", "gateway"):
-            stack.enter_context(
-                running(
-                    ["serve", name, "--port", str(ports[name])],
-                    env=env,
-                    ready_url=f"http://127.0.0.1:{ports[name]}/readyz",
-                    log_path=logs / f"{name}.log",
-                )
-            )
+        serve_all(stack, ("text", "image", "gateway"), ports, env, logs)
         for n in range(2):
             stack.enter_context(
                 running(["worker", "--name", f"e2e-{n}"], env=env, log_path=logs / f"worker{n}.log")

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import free_port, running
+from tests.processes import free_port, running, serve_all
 from tests.redis_server import OwnRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -92,15 +92,7 @@ def stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     env["ARTICLEFORGE_PUBLIC_URL"] = result.url
     with ExitStack() as processes:
         processes.callback(own.stop)
-        for name in ("text", "image"):
-            processes.enter_context(
-                running(
-                    ["serve", name, "--port", str(ports[name])],
-                    env=env,
-                    ready_url=f"http://127.0.0.1:{ports[name]}/readyz",
-                    log_path=logs / f"{name}.log",
-                )
-            )
+        serve_all(processes, ("text", "image"), ports, env, logs)
         processes.enter_context(
             running(["worker", "--name", "outage-0"], env=env, log_path=logs / "worker.log")
         )

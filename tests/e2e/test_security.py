@@ -19,7 +19,7 @@ import pytest
 import redis
 from markdown_it import MarkdownIt
 
-from tests.processes import free_port, running
+from tests.processes import free_port, running, serve_all
 from tests.redis_server import OwnRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -85,15 +85,7 @@ def test_security_through_a_whole_article(
     with ExitStack() as processes:
         own.start()
         processes.callback(own.stop)
-        for name in ("text", "image", "gateway"):
-            processes.enter_context(
-                running(
-                    ["serve", name, "--port", str(ports[name])],
-                    env=env,
-                    ready_url=f"http://127.0.0.1:{ports[name]}/readyz",
-                    log_path=logs / f"{name}.log",
-                )
-            )
+        serve_all(processes, ("text", "image", "gateway"), ports, env, logs)
         processes.enter_context(
             running(["worker", "--name", "security-0"], env=env, log_path=logs / "worker.log")
         )
