@@ -21,7 +21,7 @@ import torch
 from services.text.attention import splits_for, triton_available
 from services.text.kv_cache import KVCacheManager
 from services.text.llama import LeanLlama, Segment, StepInputs
-from services.text.perplexity import mean_nll
+from services.text.perplexity import mean_nll, nll_of
 from services.text.sampler import to_device
 from services.text.scheduler import StepPlan
 from services.text.sequence import Sequence
@@ -220,9 +220,7 @@ class NativeRunner:
         positions = torch.arange(len(ids), device=self.device)
         rows = torch.full((len(ids),), adapter_index, device=self.device) if self.lora else None
         inputs = StepInputs(slots=None, lora_rows=rows)
-        logits = self.model.forward(tensor, positions, inputs, None, None, None)[:-1].float()
-        nll = torch.nn.functional.cross_entropy(logits[lead - 1 :], tensor[lead:])
-        return float(nll)
+        return nll_of(self.model.forward(tensor, positions, inputs, None, None, None), tensor, lead)
 
 
 class HFRunner:

@@ -24,11 +24,15 @@ def encode_scored(tokenizer: Any, text: str, context: str | None) -> tuple[list[
     return ids, 1
 
 
+def nll_of(logits: torch.Tensor, ids: torch.Tensor, lead: int) -> float:
+    """Mean negative log-likelihood (nats) of ``ids[lead:]``, from the ``[len(ids), vocab]``
+    logits of a forward over all of ``ids`` (row t predicts token t + 1)."""
+    nll = torch.nn.functional.cross_entropy(logits[lead - 1 : -1].float(), ids[lead:])
+    return float(nll)
+
+
 @torch.inference_mode()
 def mean_nll(model: Any, ids: list[int], lead: int, device: torch.device, **extra: Any) -> float:
     """Mean negative log-likelihood (nats) of ``ids[lead:]`` given everything before it."""
     tensor = torch.tensor([ids], device=device)
-    logits = model(input_ids=tensor, **extra).logits[0, :-1].float()
-    targets = tensor[0, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[lead - 1 :], targets[lead - 1 :])
-    return float(nll)
+    return nll_of(model(input_ids=tensor, **extra).logits[0], tensor[0], lead)
