@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from services.common.errors import ArticleforgeError, InvalidRequest, NotFound, Overloaded
 from services.common.handles import EngineHandle
@@ -244,8 +245,6 @@ class TextEngine:
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         if prompt.text is not None:
             return list(self.tokenizer(prompt.text).input_ids)
-        from jinja2 import TemplateError
-
         try:
             rendered = self.tokenizer.apply_chat_template(
                 prompt.messages, tokenize=False, add_generation_prompt=True
