@@ -138,9 +138,6 @@ class ArticleStore:
         self.redis.hsetnx(self.key(article_id), "started", str(time.time()))
         return self.transition(article_id, status, stage=stage)
 
-    def add_tokens(self, article_id: str, count: int) -> None:
-        self.redis.hincrby(self.key(article_id), "tokens", count)
-
     def image_step(self, article_id: str, index: int, step: int, steps: int) -> None:
         self.redis.hset(self.key(article_id), f"image_step:{index}", f"{step}/{steps}")
 
