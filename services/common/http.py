@@ -58,7 +58,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Bad input (the message names the limit).",
         404: "Not found: an unknown model, article or image.",
-        409: "Idempotency conflict (gateway): the Idempotency-Key came with another body.",
         413: "The request body is larger than ARTICLEFORGE_MAX_BODY_BYTES.",
         422: "A field broke its bounds.",
         429: "Queue full or rate-limited; see Retry-After.",

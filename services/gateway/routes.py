@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     401: ERROR_RESPONSES[400] | {"description": "Missing or invalid API key."},
+    409: ERROR_RESPONSES[400]
+    | {"description": "Idempotency conflict: the Idempotency-Key came with another body."},
 }
 router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
 ArticleId = Annotated[
