@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -210,12 +212,69 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    """Query parameters a route declares, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def _known_names(request: Request, loc: tuple[Any, ...]) -> list[str]:
+    """The names allowed beside ``loc[-1]``: the route's query parameters, or the fields of the
+    body model (nested ones walked down ``loc``)."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return []
+    if loc[:1] == ("query",):
+        return sorted(_query_names(route.dependant))
+    body = getattr(route, "body_field", None)
+    model: Any = getattr(getattr(body, "field_info", None), "annotation", None)
+    for name in loc[1:-1]:
+        fields = getattr(model, "model_fields", {})
+        if name not in fields:
+            return []
+        annotation = fields[name].annotation
+        model = next(
+            (a for a in (annotation, *get_args(annotation)) if hasattr(a, "model_fields")), None
+        )
+    return list(getattr(model, "model_fields", {}))
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """A route dependency: a query parameter the route does not declare is a 422 naming it
+    (a misspelt filter such as `?stauts=failed` would otherwise silently list everything)."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    known = _query_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ("query", name),
+                        "msg": "Extra inputs are not permitted",
+                        "input": request.query_params[name],
+                    }
+                ]
+            )
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     param = _loc_to_param(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
-    if "input" in first and first.get("type") != "missing":
+    if first.get("type") == "extra_forbidden":
+        # An unknown field or query parameter: name it and, for a typo, the one it resembles.
+        loc = tuple(first.get("loc", ()))
+        message = f"unknown {'query parameter' if loc[:1] == ('query',) else 'field'}"
+        close = difflib.get_close_matches(str(loc[-1]), _known_names(request, loc), n=1)
+        if close:
+            message += f"; did you mean `{close[0]}`?"
+    elif "input" in first and first.get("type") != "missing":
         shown = repr(first["input"])
         if len(shown) > 80:
             shown = shown[:77] + "..."

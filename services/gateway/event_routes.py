@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
 from services.common.errors import error_body
-from services.common.http import request_id_of
+from services.common.http import refuse_unknown_query, request_id_of
 from services.gateway.auth import KeyDep
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.routes import RESPONSES, ArticleId, from_disk, load, redis_down
@@ -21,7 +21,12 @@ from services.gateway.schemas import TERMINAL
 from services.gateway.store import ArticleStore
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["articles"],
+    responses=RESPONSES,
+    dependencies=[Depends(refuse_unknown_query)],
+)
 
 
 @router.get(

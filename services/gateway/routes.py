@@ -9,12 +9,12 @@ import logging
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from services.common.errors import Conflict, NotFound, Overloaded
-from services.common.http import ERROR_RESPONSES, request_id_of
+from services.common.http import ERROR_RESPONSES, refuse_unknown_query, request_id_of
 from services.gateway import jobs, metrics
 from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.deps import SettingsDep, StoreDep
@@ -26,6 +26,7 @@ from services.gateway.schemas import (
     ArticleRequest,
     ArticleStatus,
     ErrorInfo,
+    Status,
 )
 from services.gateway.store import ARTICLE_ID, ArticleStore
 from services.gateway.views import status_view
@@ -39,7 +40,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     409: ERROR_RESPONSES[400]
     | {"description": "Idempotency conflict: the Idempotency-Key came with another body."},
 }
-router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
+router = APIRouter(
+    prefix="/v1",
+    tags=["articles"],
+    responses=RESPONSES,
+    dependencies=[Depends(refuse_unknown_query)],
+)
 ArticleId = Annotated[
     str, Path(description="Article id.", examples=["art_3f2a9c1d0e4b5a6978a1b2c3"])
 ]
@@ -231,11 +237,25 @@ def list_articles(
         float | None,
         Query(allow_inf_nan=False, description="`next_cursor` of the previous page."),
     ] = None,
+    status: Annotated[
+        Status | None,
+        Query(description="Only articles with this status.", examples=["cancelled"]),
+    ] = None,
 ) -> ArticleList:
-    ids, next_cursor = store.page(limit, cursor)
-    data = []
-    for article_id in ids:
-        fields = _owned(store, article_id, scope)
-        if fields:
+    # Reads the index in batches until the page is full, so that articles of other keys or
+    # of another status never make a page short while older matches exist.
+    data: list[ArticleStatus] = []
+    batch, scanned, last = max(limit, 50), cursor, cursor
+    while True:
+        rows = store.rows(batch, scanned)
+        for article_id, score in rows:
+            fields = _owned(store, article_id, scope)
+            if not fields or (status is not None and fields.get("status") != status):
+                continue
+            if len(data) == limit:  # one more match exists: the page ends at the last one taken
+                return ArticleList(data=data, next_cursor=str(last))
             data.append(status_view(article_id, fields, include_article=False))
-    return ArticleList(data=data, next_cursor=None if next_cursor is None else str(next_cursor))
+            last = score
+        if len(rows) < batch:
+            return ArticleList(data=data, next_cursor=None)
+        scanned = rows[-1][1]

@@ -18,11 +18,15 @@ Stage = Literal[
 
 LENGTH_WORDS = {"short": 400, "medium": 800, "long": 1500}
 _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+# Body sections when a request names none: the API's and `articleforge generate`'s one default.
+DEFAULT_SECTIONS = 4
+# Every request body of the gateway, nested objects too: an unknown field (`image` for `images`)
+# is a 422 naming it, never dropped; NaN and infinities are refused by name, never passed on.
+REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextOptions(BaseModel):
-    # NaN and infinities are refused by name (422), never passed on to a model.
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = REQUEST_CONFIG
 
     temperature: float = Field(
         strict=True,
@@ -51,7 +55,7 @@ class TextOptions(BaseModel):
 
 
 class ImageOptions(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = REQUEST_CONFIG
 
     count: int = Field(
         strict=True,
@@ -119,6 +123,8 @@ class ImageOptions(BaseModel):
 
 
 class WebhookTarget(BaseModel):
+    model_config = REQUEST_CONFIG
+
     url: AnyHttpUrl = Field(
         description="Receives `article.succeeded` / `article.failed`, signed "
         "per Standard Webhooks.",
@@ -127,7 +133,7 @@ class WebhookTarget(BaseModel):
 
 
 class ArticleRequest(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = REQUEST_CONFIG
 
     topic: str = Field(
         min_length=3,
@@ -155,7 +161,12 @@ class ArticleRequest(BaseModel):
         examples=[800],
     )
     sections: int = Field(
-        strict=True, default=4, ge=1, le=12, description="Body sections.", examples=[4]
+        strict=True,
+        default=DEFAULT_SECTIONS,
+        ge=1,
+        le=12,
+        description="Body sections.",
+        examples=[DEFAULT_SECTIONS],
     )
     keywords: list[str] = Field(
         default_factory=list,

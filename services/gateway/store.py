@@ -213,14 +213,13 @@ class ArticleStore:
 
     # --- listing, idempotency, rate limits ---
 
-    def page(self, limit: int, before: float | None) -> tuple[list[str], float | None]:
+    def rows(self, count: int, before: float | None) -> list[tuple[str, float]]:
+        """Up to ``count`` (id, created time) of the index, newest first, older than ``before``."""
         high = f"({before}" if before is not None else "+inf"
         rows = self.redis.zrevrangebyscore(
-            self.INDEX, high, "-inf", start=0, num=limit + 1, withscores=True
+            self.INDEX, high, "-inf", start=0, num=count, withscores=True
         )
-        ids = [row[0].decode() for row in rows[:limit]]
-        cursor = rows[limit - 1][1] if len(rows) > limit else None
-        return ids, cursor
+        return [(row[0].decode(), float(row[1])) for row in rows]
 
     def claim_idempotency(
         self, scope: str, key: str, fingerprint: str, article_id: str, ttl: int = 24 * 3600
