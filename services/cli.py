@@ -133,10 +133,16 @@ def generate(
     topic: Annotated[str, typer.Argument(help="What the article is about.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("article"),
     images: Annotated[int, typer.Option(help="Images (first is featured).", min=0, max=8)] = 1,
-    sections: Annotated[int, typer.Option(help="Body sections.", min=1, max=12)] = 3,
+    sections: Annotated[
+        int | None,
+        typer.Option(help="Body sections (default: the API's default).", min=1, max=12),
+    ] = None,
     words: Annotated[int, typer.Option(help="Target length in words.", min=100, max=4000)] = 400,
     audience: Annotated[str | None, typer.Option(help="Who reads it.")] = None,
     tone: Annotated[str | None, typer.Option(help="How it sounds.")] = None,
+    language: Annotated[
+        str | None, typer.Option(help="Language tag to write in, such as de (default: en).")
+    ] = None,
     style: Annotated[str | None, typer.Option(help="Image style, appended to prompts.")] = None,
     size: Annotated[
         str | None, typer.Option(help="Image size, WIDTHxHEIGHT (default: the model's own).")
@@ -168,7 +174,9 @@ def generate(
                 "topic": topic,
                 "audience": audience,
                 "tone": tone,
-                "sections": sections,
+                # Absent, the request's own default applies: one default for CLI and API.
+                **({} if sections is None else {"sections": sections}),
+                **({} if language is None else {"language": language}),
                 "target_words": words,
                 "text": {"seed": seed},
                 "images": {

@@ -13,24 +13,74 @@ import html
 import math
 import re
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from typing import Any
 
 import nh3
 from markdown_it import MarkdownIt
 from slugify import slugify
 
+from services.gateway import languages, pipeline
 from services.gateway.pipeline import Outline
 from services.gateway.schemas import Article, ArticleRequest, ImageRef, Provenance, Section
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from how in into is it of on or the to what why with your "
-    "you about".split()
+# Characters outside XML 1.0's `Char` production (C0 controls but tab, LF and CR; lone
+# surrogates; U+FFFE, U+FFFF), plus those HTML calls parse errors: DEL, the C1 controls and the
+# noncharacters.
+_NOT_XML = re.compile(
+    "[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufdcf\ufdf0-\ufffd\U00010000-\U0010ffff]"
+    "|[\U0001fffe-\U0001ffff\U0002fffe-\U0002ffff\U0003fffe-\U0003ffff\U0004fffe-\U0004ffff"
+    "\U0005fffe-\U0005ffff\U0006fffe-\U0006ffff\U0007fffe-\U0007ffff\U0008fffe-\U0008ffff"
+    "\U0009fffe-\U0009ffff\U000afffe-\U000affff\U000bfffe-\U000bffff\U000cfffe-\U000cffff"
+    "\U000dfffe-\U000dffff\U000efffe-\U000effff\U000ffffe-\U000fffff\U0010fffe-\U0010ffff]"
 )
+_VOID = frozenset("area base br col embed hr img input link meta source track wbr".split())
+
+
+def xml_safe(text: str) -> str:
+    """Model (and request) text with every character XML 1.0 and HTML refuse removed."""
+    return _NOT_XML.sub("", text)
+
+
+class _Xhtml(HTMLParser):
+    """Re-serializes sanitized HTML so that it is also well-formed XML: void elements closed
+    (`<img ... />`), every attribute quoted and escaped, text escaped, no invalid character.
+    A feed, an XHTML template or an XML parser reads it as it is; browsers read it unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+
+    def _open(self, tag: str, attrs: list[tuple[str, str | None]], close: bool) -> None:
+        quoted = "".join(
+            f' {name}="{html.escape(xml_safe(value or ""), quote=True)}"' for name, value in attrs
+        )
+        self.out.append(f"<{tag}{quoted}{' /' if close else ''}>")
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._open(tag, attrs, tag in _VOID)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._open(tag, attrs, True)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID:
+            self.out.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(html.escape(xml_safe(data), quote=False))
+
+
+def xhtml(sanitized: str) -> str:
+    parser = _Xhtml()
+    parser.feed(sanitized)
+    parser.close()
+    return "".join(parser.out)
 
 
 def render(markdown: str) -> str:
-    return nh3.clean(_MARKDOWN.render(markdown))
+    return xhtml(nh3.clean(_MARKDOWN.render(markdown)))
 
 
 def md_escape(text: str) -> str:
@@ -64,12 +114,25 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _tags(request: ArticleRequest) -> list[str]:
+    """The keywords, then words of the topic: its language's stopwords left out, or, in a
+    language without a list, every word shorter than four letters."""
+    words = languages.fallbacks(request.language)
+    stopwords = words.stopwords if words else frozenset()
+    shortest = 3 if words else 4
     tags: list[str] = []
-    for word in request.keywords + re.findall(r"[A-Za-z][A-Za-z-]{2,}", request.topic):
-        tag = word.strip().lower()
-        if tag and tag not in _STOPWORDS and tag not in tags:
+    topic_words = re.findall(r"[^\W\d_][\w-]*", xml_safe(request.topic))
+    candidates = request.keywords + [w for w in topic_words if len(w) >= shortest]
+    for word in candidates:
+        tag = xml_safe(word).strip().lower()
+        if tag and tag not in stopwords and tag not in tags:
             tags.append(tag)
     return tags[:10]
+
+
+def _caption(body: str) -> str:
+    """A section image's caption: the section's first sentence (its heading is right above)."""
+    first = re.split(r"(?<=[.!?])\s+", _plain(body))[0]
+    return _cut(first, 160)
 
 
 def now_iso() -> str:
@@ -85,7 +148,28 @@ def assemble(
     provenance: Provenance,
     created_at: str,
 ) -> Article:
-    """Image 0 is featured; image k (k >= 1) illustrates section k-1."""
+    """Image 0 is featured; image k (k >= 1) illustrates section k-1.
+
+    Model text is cleaned to characters valid in XML 1.0 before any Markdown or HTML is built.
+    The featured image's caption is the title; a section image's caption is its section's
+    first sentence (the alt text, set from the prompt, describes the picture)."""
+    outline = Outline(  # a title and a heading are one line each
+        title=" ".join(xml_safe(outline.title).split()),
+        headings=[" ".join(xml_safe(h).split()) for h in outline.headings],
+        fallback=outline.fallback,
+    )
+    bodies = [xml_safe(b) for b in bodies]
+    captions = [outline.title, *(_caption(b) for b in bodies)]
+    images = [
+        image.model_copy(
+            update={
+                "alt": " ".join(xml_safe(image.alt).split()),
+                "caption": captions[k] if k < len(captions) else outline.title,
+                "prompt": xml_safe(image.prompt),
+            }
+        )
+        for k, image in enumerate(images)
+    ]
     sections = [
         Section(
             heading=heading,
@@ -126,7 +210,7 @@ def assemble(
         featured_image=featured,
         images=images,
         markdown="\n\n".join(md_parts) + "\n",
-        html=nh3.clean("\n".join(html_parts)),
+        html=xhtml(nh3.clean("\n".join(html_parts))),
         word_count=words,
         reading_time_minutes=max(1, math.ceil(words / 200)),
         language=request.language,
@@ -144,11 +228,14 @@ def image_ref(
     width: int,
     height: int,
     caption: str,
+    style: str | None = None,
+    language: str = "en",
 ) -> ImageRef:
+    """``caption`` is provisional: ``assemble`` sets the final one from the article."""
     return ImageRef(
         id=image_id,
         url=url,
-        alt=_cut(caption, 120),
+        alt=_cut(" ".join(xml_safe(pipeline.alt_text(prompt, style, language)).split()), 125),
         caption=caption,
         width=width,
         height=height,

@@ -101,6 +101,8 @@ async def run_pipeline(
                     int(drawn["width"]),
                     int(drawn["height"]),
                     subjects[k],
+                    style=request.images.style,
+                    language=request.language,
                 )
             )
 

@@ -385,6 +385,8 @@ def image_job(article_id: str, index: int) -> None:
         int(image["width"]),
         int(image["height"]),
         caption,
+        style=request.images.style,
+        language=request.language,
     )
     store.image_done(article_id, index, {**ref.model_dump(), "model": reply.get("model")})
     _timed(store, article_id, f"image_{index}", started)

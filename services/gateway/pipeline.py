@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.gateway import languages
 from services.gateway.schemas import ArticleRequest
 
 SYSTEM = (
@@ -62,13 +63,18 @@ class TextResult:
 
 
 def instruction(request: ArticleRequest) -> str:
-    """The seed paper's prompt shape: topic, audience and tone in one instruction."""
+    """The seed paper's prompt shape: topic, audience and tone in one instruction, and the
+    language the article is written in (every prompt of the pipeline names it)."""
     parts = [f"an article about {request.topic}"]
     if request.audience:
         parts.append(f"for {request.audience}")
     if request.tone:
         parts.append(f"in a {request.tone} tone")
-    return "Write " + " ".join(parts) + "."
+    return "Write " + " ".join(parts) + ". " + in_language(request)
+
+
+def in_language(request: ArticleRequest) -> str:
+    return f"Write it in {languages.name(request.language)}."
 
 
 def text_body(
@@ -90,27 +96,21 @@ def text_body(
 
 # --- 1. outline ---------------------------------------------------------------------------------
 
-_FALLBACK_HEADINGS = [
-    "What {topic} is",
-    "Why {topic} matters",
-    "How {topic} works",
-    "The benefits",
-    "The challenges",
-    "Getting started",
-    "Real-world examples",
-    "Common mistakes",
-    "Costs and trade-offs",
-    "What experts say",
-    "Looking ahead",
-    "Key takeaways",
-]
 _CLEAN_LINE = re.compile(r"^\s*(?:#+|[-*•]|\d+[.)]|title\s*:|section\s*\d*\s*:)\s*", re.I)
 
 
 def fallback_outline(request: ArticleRequest) -> Outline:
+    """Headings in the article's language; in one without fallback words, the title numbered
+    (never English headings under another language's tag)."""
     topic = request.topic.strip().rstrip(".")
     title = topic[:1].upper() + topic[1:]
-    headings = [h.format(topic=topic.lower()) for h in _FALLBACK_HEADINGS[: request.sections]]
+    words = languages.fallbacks(request.language)
+    if words is None:
+        headings = [f"{title} ({k})" for k in range(1, request.sections + 1)]
+    else:
+        # English lower-cases the topic inside a heading; German capitalizes its nouns.
+        inner = topic.lower() if languages.base(request.language) == "en" else topic
+        headings = [h.format(topic=inner) for h in words.headings[: request.sections]]
     return Outline(title=title, headings=[h[:1].upper() + h[1:] for h in headings], fallback=True)
 
 
@@ -153,7 +153,8 @@ def parse_outline(raw: str, sections: int) -> Outline | None:
 
 async def write_outline(text: TextBackend, request: ArticleRequest, seed: int) -> Outline:
     prompt = (
-        f"{instruction(request)} First plan it. Answer with JSON only, in the form "
+        f"{instruction(request)} First plan it: the title and the headings in that language. "
+        "Answer with JSON only, in the form "
         f'{{"title": "...", "sections": ["...", ...]}} with exactly {request.sections} '
         "section headings."
     )
@@ -176,7 +177,12 @@ def clean_section(raw: str, heading: str) -> str:
 
 
 def fallback_section(heading: str, request: ArticleRequest) -> str:
-    return f"This section, {heading.lower()}, covers one part of {request.topic}."
+    words = languages.fallbacks(request.language)
+    if words is None:
+        return f"{heading}: {request.topic}."
+    if languages.base(request.language) == "en":
+        heading = heading.lower()
+    return words.section.format(heading=heading, topic=request.topic)
 
 
 async def write_sections(
@@ -227,6 +233,32 @@ def image_subjects(outline: Outline, count: int) -> list[str]:
     return subjects[:count]
 
 
+FALLBACK_IMAGE_STYLE = "editorial illustration, detailed"
+
+
+def fallback_image_prompt(subject: str, topic: str) -> str:
+    """The subject, the topic where the subject does not already say it (the featured image's
+    subject is the title, which a fallback outline takes from the topic), and a plain style."""
+    topic = topic.strip().rstrip(".")
+    parts = [subject.strip()]
+    if topic.lower() not in subject.lower() and subject.lower() not in topic.lower():
+        parts.append(topic)
+    return ", ".join([*parts, FALLBACK_IMAGE_STYLE])
+
+
+def alt_text(prompt: str, style: str | None, language: str) -> str:
+    """What the picture shows, for a reader who cannot see it: its prompt without the style
+    words appended to every image; a fallback prompt reads as "Illustration: <subject>"."""
+    text = prompt.strip()
+    if style and text.endswith(style.strip()):
+        text = text[: -len(style.strip())].rstrip(" ,")
+    if text.endswith(FALLBACK_IMAGE_STYLE):
+        subject = text[: -len(FALLBACK_IMAGE_STYLE)].rstrip(" ,")
+        words = languages.fallbacks(language)
+        text = words.illustration.format(subject=subject) if words else subject
+    return text[:1].upper() + text[1:]
+
+
 def with_style(prompt: str, style: str | None) -> str:
     prompt = prompt.strip()
     if style:
@@ -258,12 +290,14 @@ async def write_image_prompts(
         prompt = (
             f'Describe one illustration for "{subject}" (from an article about '
             f"{request.topic}) as a Stable Diffusion prompt: a single line of comma-separated "
-            f"visual details, under 40 words, no text in the image. Context: {context}"
+            f"visual details, under 40 words, no text in the image, written in "
+            f"{languages.name(request.language)} (it is also the image's alt text). "
+            f"Context: {context}"
         )
         reply = await text.generate(text_body(prompt, request, seed + 100 + k, 64))
         cleaned = clean_image_prompt(reply["text"])
         if cleaned is None:
-            return f"{subject}, {request.topic}, editorial illustration, detailed", True
+            return fallback_image_prompt(subject, request.topic), True
         return cleaned, False
 
     results = await asyncio.gather(*(one(k, s) for k, s in enumerate(subjects)))

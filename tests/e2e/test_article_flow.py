@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 from standardwebhooks import Webhook
 
+from services.gateway.assemble import xhtml
 from tests.processes import free_port, running, serve_all
 
 pytestmark = pytest.mark.e2e
@@ -175,7 +176,8 @@ def test_an_article_with_two_images_end_to_end(stack: Stack) -> None:
     assert article["sections"][0]["image"]["id"] == article["images"][1]["id"]
     assert article["featured_image"]["prompt"].endswith("watercolor")
     assert "photovoltaics" in article["tags"]
-    assert nh3.clean(article["html"]) == article["html"]  # sanitized: nothing left to cut
+    # Sanitized (nothing left for a sanitizer to cut) and serialized as well-formed XML.
+    assert xhtml(nh3.clean(article["html"])) == article["html"]
     provenance = article["provenance"]
     assert provenance["text_model"] == "tiny" and provenance["image_model"] == "tiny"
     assert provenance["seeds"]["images"][1] == provenance["seeds"]["images"][0] + 1

@@ -12,6 +12,7 @@ import nh3
 import pytest
 from PIL import Image
 
+from services.gateway.assemble import xhtml
 from tests.processes import articleforge_command
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +46,8 @@ def test_generate_writes_all_four_outputs(cache_dir: Path, tmp_path: Path) -> No
     assert (out / "article.md").read_text() == article["markdown"]
     page = (out / "article.html").read_text()
     assert page.startswith("<!doctype html>") and article["html"] in page
-    assert nh3.clean(article["html"]) == article["html"]  # nothing left for a sanitizer to cut
+    # Sanitized (nothing left for a sanitizer to cut) and serialized as well-formed XML.
+    assert xhtml(nh3.clean(article["html"])) == article["html"]
     for ref in article["images"]:
         png = Image.open(io.BytesIO((out / ref["url"]).read_bytes()))
         assert png.format == "PNG"

@@ -149,7 +149,9 @@ def test_model_html_is_sanitized() -> None:
 def test_article_fields_are_derived_from_the_text() -> None:
     outline = pipeline.Outline("Solar Power at Home!", ["Why", "How"])
     bodies = ["Panels are cheap now. They pay back fast. More text here.", "Call an installer."]
-    image = assemble.image_ref("img_1", "http://x/v1/images/img_1", "p", 5, 64, 64, "Solar")
+    image = assemble.image_ref(
+        "img_1", "http://x/v1/images/img_1", "solar panels on a roof", 5, 64, 64, "Solar"
+    )
     article = assemble.assemble(
         "art_1",
         REQUEST.model_copy(update={"sections": 2}),
@@ -163,8 +165,13 @@ def test_article_fields_are_derived_from_the_text() -> None:
     assert article.excerpt == "Panels are cheap now. They pay back fast."
     assert article.word_count == 14 and article.reading_time_minutes == 1
     assert article.tags[0] == "photovoltaics" and "solar" in article.tags
-    assert article.featured_image == image and article.sections[0].image is None
-    assert article.markdown.startswith("# Solar Power at Home!\n\n![Solar](http://x/v1/images")
+    # The alt text describes the picture (its prompt); the featured caption is the title.
+    assert article.featured_image == image.model_copy(update={"caption": "Solar Power at Home!"})
+    assert article.featured_image.alt == "Solar panels on a roof"
+    assert article.sections[0].image is None
+    assert article.markdown.startswith(
+        "# Solar Power at Home!\n\n![Solar panels on a roof](http://x/v1/images"
+    )
     assert len(article.meta_description) <= 160
 
 

@@ -5,6 +5,8 @@ document. The ASGI app, the real pipeline code and the real Redis (database 5)."
 
 from __future__ import annotations
 
+import asyncio
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from services.gateway import jobs
+from services.gateway import assemble, jobs, pipeline
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
+from services.gateway.schemas import DEFAULT_SECTIONS, ArticleRequest, ImageRef
 
 REDIS_URL = "redis://127.0.0.1:6379/5"
 KEY = "sk-promises"
@@ -145,3 +148,206 @@ def test_the_list_filters_by_status_and_refuses_unknown_parameters(client: TestC
     assert error["message"] == "stauts: unknown query parameter; did you mean `status`?"
     on_one = client.get(f"/v1/articles/{ids[0]}", params={"verbose": "1"})
     assert on_one.status_code == 422 and on_one.json()["error"]["param"] == "verbose"
+
+
+# --- the requested language in every prompt ------------------------------------------------------
+
+
+class RecordingText:
+    """The real tiny text engine, with every body the pipeline sends it kept for reading."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prompts: list[str] = []
+
+    async def generate(self, body: dict[str, Any], on_delta: Any = None) -> dict[str, Any]:
+        self.prompts.append(body["prompt"])
+        reply: dict[str, Any] = await self.inner.generate(body, on_delta)
+        return reply
+
+
+@pytest.fixture(scope="module")
+def tiny_text(cache_dir: Path) -> Iterator[Any]:
+    from services.gateway.local import LocalText
+    from services.text.config import TextSettings
+    from services.text.engine import TextEngine
+    from services.text.loading import load_text_model
+
+    settings = TextSettings(_env_file=None, text_model="tiny", text_device="cpu")  # type: ignore[call-arg]
+    engine = TextEngine(settings, load_text_model(settings))
+    engine.start()
+    yield LocalText(engine)
+    engine.shutdown()
+
+
+async def _write(text: RecordingText, request: ArticleRequest) -> tuple[Any, list[str], list[str]]:
+    outline = await pipeline.write_outline(text, request, 7)
+    bodies, _ = await pipeline.write_sections(text, request, outline, 7)
+    prompts, _ = await pipeline.write_image_prompts(text, request, outline, bodies, 7)
+    return outline, bodies, prompts
+
+
+@pytest.mark.parametrize(
+    ("language", "name"), [("de", "German"), ("pt-BR", "Portuguese (pt-BR)"), ("en", "English")]
+)
+def test_every_prompt_asks_for_the_requested_language(
+    tiny_text: Any, language: str, name: str
+) -> None:
+    request = ArticleRequest(
+        topic="Solarenergie auf dem Dach",
+        language=language,
+        sections=3,
+        target_words=100,
+        images={"count": 3},  # type: ignore[arg-type]
+        text={"seed": 3, "temperature": 0.0},  # type: ignore[arg-type]
+    )
+    recording = RecordingText(tiny_text)
+    asyncio.run(_write(recording, request))
+    # 1 outline + 3 sections + 3 image prompts, each naming the language.
+    assert len(recording.prompts) == 7
+    for prompt in recording.prompts:
+        assert f"Write it in {name}." in prompt or f"written in {name}" in prompt, prompt
+
+
+def test_fallbacks_speak_the_language_or_none() -> None:
+    german = ArticleRequest(topic="Solarenergie auf dem Dach", language="de", sections=3)
+    outline = pipeline.fallback_outline(german)
+    assert outline.headings == [
+        "Worum es bei Solarenergie auf dem Dach geht",
+        "Warum Solarenergie auf dem Dach wichtig ist",
+        "Wie Solarenergie auf dem Dach funktioniert",
+    ]
+    assert pipeline.fallback_section("Die Vorteile", german).startswith("Dieser Abschnitt")
+    # A language without fallback words gets no English ones: the request's own words only.
+    japanese = ArticleRequest(topic="太陽光発電の未来", language="ja", sections=2)
+    outline = pipeline.fallback_outline(japanese)
+    assert outline.headings == ["太陽光発電の未来 (1)", "太陽光発電の未来 (2)"]
+    english_words = {"what", "why", "how", "the", "this", "section", "covers"}
+    section = pipeline.fallback_section(outline.headings[0], japanese)
+    assert not english_words & set(section.lower().replace(".", " ").split()), section
+    alt = pipeline.alt_text(
+        pipeline.fallback_image_prompt(outline.title, japanese.topic), None, "ja"
+    )
+    assert alt == "太陽光発電の未来"
+
+
+def test_tags_follow_the_language() -> None:
+    request = ArticleRequest(
+        topic="Die Zukunft der Solarenergie in Österreich",
+        language="de",
+        keywords=["Photovoltaik"],
+        sections=1,
+    )
+    article = _assembled(request, pipeline.fallback_outline(request), ["Text."], [])
+    assert article.tags == ["photovoltaik", "zukunft", "solarenergie", "österreich"]
+
+
+# --- XML-valid text, alt text and captions -------------------------------------------------------
+
+C0 = "".join(chr(c) for c in range(32))
+PROVENANCE = {
+    "text_model": "tiny",
+    "adapter": None,
+    "image_model": "tiny",
+    "parameters": {},
+    "seeds": {},
+    "timings": {},
+}
+
+
+def _assembled(
+    request: ArticleRequest, outline: pipeline.Outline, bodies: list[str], images: list[ImageRef]
+) -> Any:
+    from services.gateway.schemas import Provenance
+
+    return assemble.assemble(
+        "art_1",
+        request,
+        outline,
+        bodies,
+        images,
+        Provenance.model_validate(PROVENANCE),
+        "2026-12-01T00:00:00Z",
+    )
+
+
+def _image(k: int, prompt: str, caption: str, style: str | None = None) -> ImageRef:
+    return assemble.image_ref(
+        f"img_{k}", f"http://x/v1/images/img_{k}?a=1&b=2", prompt, k, 64, 64, caption, style=style
+    )
+
+
+def test_every_c0_control_character_is_cleaned_before_markdown_and_html() -> None:
+    request = ArticleRequest(topic="control characters", sections=2)
+    outline = pipeline.Outline(f"Ti{C0}tle", [f"Fir{C0}st", "Second\x00\x1b"])
+    bodies = [f"Body{C0} one.\n\nMore\x07 \x08text\x1b.", f"Two\ud800\ufffe\x7f\x85 {C0}end."]
+    images = [_image(0, f"a roof{C0}", f"cap{C0}"), _image(1, f"panels\x05{C0}", "c\x00")]
+    article = _assembled(request, outline, bodies, images)
+    invalid = set(C0) - {"\t", "\n", "\r"} | {"\ud800", "\ufffe", "\x7f", "\x85"}
+    texts = [article.markdown, article.html, article.title, article.excerpt]
+    texts += [article.meta_description, *article.tags]
+    for section in article.sections:
+        texts += [section.heading, section.markdown, section.html]
+    for image in article.images:
+        texts += [image.alt, image.caption, image.prompt]
+    for text in texts:
+        assert not invalid & set(text), repr(text)
+    # An XML parser reads the whole HTML (void elements closed, attributes escaped) ...
+    root = ET.fromstring(f"<root>{article.html}</root>")
+    assert root.find("h1") is not None and root.find("h1").text == "Ti tle"  # type: ignore[union-attr]
+    assert [img.get("alt") for img in root.iter("img")] == ["A roof", "Panels"]
+    assert [img.get("src") for img in root.iter("img")][0] == "http://x/v1/images/img_0?a=1&b=2"
+    for section in article.sections:
+        ET.fromstring(f"<root>{section.html}</root>")
+    # ... and the text itself survived.
+    assert "Body one." in article.html and "More text." in article.html
+    assert [s.heading for s in article.sections] == ["Fir st", "Second"]
+
+
+def test_alt_text_describes_the_picture_and_the_caption_belongs_to_the_section() -> None:
+    request = ArticleRequest(topic="solar power", sections=2, images={"count": 3})  # type: ignore[arg-type]
+    outline = pipeline.Outline("Solar Power Today", ["How panels work", "What they cost"])
+    bodies = ["Panels turn light into current. Then more.", "Prices fell. A lot."]
+    style = "watercolor, soft light"
+    images = [
+        _image(0, pipeline.with_style("a sunny roof with panels", style), "x", style),
+        _image(1, pipeline.with_style("silicon cells in close-up", style), "x", style),
+        _image(2, pipeline.with_style("a price chart falling", style), "x", style),
+    ]
+    article = _assembled(request, outline, bodies, images)
+    featured, first, second = article.images
+    assert featured.alt == "A sunny roof with panels" and featured.caption == "Solar Power Today"
+    assert first.alt == "Silicon cells in close-up"
+    assert first.caption == "Panels turn light into current."
+    assert second.caption == "Prices fell."
+    for section in article.sections:
+        assert section.image is not None
+        assert len({section.heading, section.image.alt, section.image.caption}) == 3
+    assert article.sections[0].image == first
+    assert "<figcaption>Panels turn light into current.</figcaption>" in article.html
+    assert "![Silicon cells in close-up](http://x/v1/images/img_1" in article.markdown
+
+
+def test_the_fallback_image_prompt_names_the_title_once() -> None:
+    request = ArticleRequest(topic="solar power", sections=2, images={"count": 2})  # type: ignore[arg-type]
+    outline = pipeline.fallback_outline(request)  # its title is the topic
+    subjects = pipeline.image_subjects(outline, 2)
+    featured = pipeline.fallback_image_prompt(subjects[0], request.topic)
+    assert featured == "Solar power, editorial illustration, detailed"
+    section = pipeline.fallback_image_prompt(subjects[1], request.topic)
+    assert section.lower().count("solar power") == 1
+    assert pipeline.fallback_image_prompt("Rooftop panels", "solar power") == (
+        "Rooftop panels, solar power, editorial illustration, detailed"
+    )
+    image = _image(0, featured, "x")
+    assert image.alt == "Illustration: Solar power"
+    article = _assembled(request, outline, ["One. Two.", "Three."], [image])
+    assert article.featured_image is not None
+    assert article.featured_image.alt != article.featured_image.caption
+
+
+def test_one_default_for_sections() -> None:
+    assert ArticleRequest(topic="solar power").sections == DEFAULT_SECTIONS
+    spec = create_app(GatewaySettings(_env_file=None)).openapi()  # type: ignore[call-arg]
+    field = spec["components"]["schemas"]["ArticleRequest"]["properties"]["sections"]
+    assert field["default"] == DEFAULT_SECTIONS

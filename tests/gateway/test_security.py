@@ -173,8 +173,9 @@ def test_the_signing_secret_is_the_servers_own(settings: GatewaySettings) -> Non
 def test_markdown_escapes_html_and_links_from_model_and_user_text() -> None:
     request = ArticleRequest.model_validate({"topic": HOSTILE, "sections": 1})
     outline = pipeline.fallback_outline(request)  # the title is the topic, verbatim
+    # The alt text comes from the prompt: here the hostile title, as a model might echo it.
     image = assemble.image_ref(
-        "img_1", "http://x/v1/images/img_1?signature=abc", "p", 5, 64, 64, outline.title
+        "img_1", "http://x/v1/images/img_1?signature=abc", outline.title, 5, 64, 64, "c"
     )
     article = assemble.assemble(
         "art_1",
