@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
@@ -36,12 +36,26 @@ router = APIRouter(
         200: {
             "content": {"text/event-stream": {}},
             "description": "`progress` events, then one event named after the final status "
-            "(`succeeded`, `failed` or `cancelled`) carrying the full status.",
+            "(`succeeded`, `failed` or `cancelled`) carrying the full status. Every event has "
+            "an `id:`; a reconnect with `Last-Event-ID` continues after that event.",
         }
     },
 )
 async def article_events(
-    article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep, settings: SettingsDep
+    article_id: ArticleId,
+    request: Request,
+    scope: KeyDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            pattern=r"^\d{1,20}-\d{1,20}$",
+            description="The `id:` of the last event received: the stream continues after it "
+            "(browsers' EventSource sends it on reconnecting).",
+            examples=["1764140000123-0"],
+        ),
+    ] = None,
 ) -> Any:
     # 404 before streaming; while Redis is down, a finished article ends at once from disk.
     first = await anyio.to_thread.run_sync(load, store, article_id, scope, redis_down(request))
@@ -51,13 +65,19 @@ async def article_events(
     # Each poll blocks in Redis; keep it well inside the socket timeout, or a quiet article
     # would look like a frozen Redis.
     block_ms = int(min(1.0, settings.redis_socket_timeout_seconds / 2) * 1000)
-    return EventSourceResponse(_events(store, article_id, scope, block_ms, request_id_of(request)))
+    events = _events(store, article_id, scope, block_ms, request_id_of(request), last_event_id)
+    return EventSourceResponse(events)
 
 
 async def _events(
-    store: ArticleStore, article_id: str, scope: str, block_ms: int, request_id: str
+    store: ArticleStore,
+    article_id: str,
+    scope: str,
+    block_ms: int,
+    request_id: str,
+    last_event_id: str | None,
 ) -> AsyncIterator[dict[str, str]]:
-    after = "0-0"
+    after = last_event_id or "0-0"
     while True:
         try:
             events = await anyio.to_thread.run_sync(store.read_events, article_id, after, block_ms)
@@ -83,5 +103,8 @@ async def _events(
             yield {"event": "error", "data": json.dumps(body)}
             return
         if status.status in TERMINAL:
-            yield {"event": status.status, "data": status.model_dump_json()}
+            # It carries the id of the event it follows: a reconnect after it gets it again
+            # (and so learns the end), never the progress before it.
+            final = {"event": status.status, "data": status.model_dump_json()}
+            yield final if after == "0-0" else {**final, "id": after}
             return

@@ -6,6 +6,7 @@ document. The ASGI app, the real pipeline code and the real Redis (database 5)."
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -351,3 +352,46 @@ def test_one_default_for_sections() -> None:
     spec = create_app(GatewaySettings(_env_file=None)).openapi()  # type: ignore[call-arg]
     field = spec["components"]["schemas"]["ArticleRequest"]["properties"]["sections"]
     assert field["default"] == DEFAULT_SECTIONS
+
+
+# --- resumable events ----------------------------------------------------------------------------
+
+
+def _sse(text: str) -> list[dict[str, str]]:
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if fields:
+            events.append(fields)
+    return events
+
+
+def test_events_have_ids_and_a_reconnect_resumes_after_last_event_id(client: TestClient) -> None:
+    article_id = client.post("/v1/articles", json={"topic": "solar power"}).json()["id"]
+    assert client.delete(f"/v1/articles/{article_id}").status_code == 200
+    url = f"/v1/articles/{article_id}/events"
+    events = _sse(client.get(url).text)
+    assert [(e["event"], json.loads(e["data"])["status"]) for e in events] == [
+        ("progress", "queued"),
+        ("progress", "cancelled"),
+        ("cancelled", "cancelled"),
+    ]
+    assert all(e.get("id") for e in events)
+    queued, cancelled, final = (e["id"] for e in events)
+    assert queued != cancelled and final == cancelled
+
+    resumed = _sse(client.get(url, headers={"Last-Event-ID": queued}).text)
+    assert [(e["event"], e["id"]) for e in resumed] == [
+        ("progress", cancelled),
+        ("cancelled", cancelled),
+    ]
+    # After the last event only the end is told again, so a client that lost it learns it.
+    at_end = _sse(client.get(url, headers={"Last-Event-ID": cancelled}).text)
+    assert [(e["event"], e["id"]) for e in at_end] == [("cancelled", cancelled)]
+
+    bad = client.get(url, headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "last-event-id"
