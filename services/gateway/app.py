@@ -18,7 +18,16 @@ from redis.retry import Retry
 from services.common.errors import error_body
 from services.common.http import install_common, request_id_of
 from services.common.logging import redact_url, redact_values
-from services.gateway import event_routes, image_routes, jobs, metrics, routes, signing
+from services.gateway import (
+    editorial_routes,
+    event_routes,
+    export_routes,
+    image_routes,
+    jobs,
+    metrics,
+    routes,
+    signing,
+)
 from services.gateway.config import GatewaySettings
 from services.gateway.store import ArticleStore
 
@@ -132,4 +141,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(event_routes.router)
     app.include_router(image_routes.router)
+    app.include_router(editorial_routes.router)
+    app.include_router(export_routes.router)
     return app

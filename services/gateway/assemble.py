@@ -20,7 +20,7 @@ import nh3
 from markdown_it import MarkdownIt
 from slugify import slugify
 
-from services.gateway import languages, pipeline
+from services.gateway import languages, pipeline, seo
 from services.gateway.pipeline import Outline
 from services.gateway.schemas import Article, ArticleRequest, ImageRef, Provenance, Section
 
@@ -199,7 +199,7 @@ def assemble(
     words = len(body_text.split())
     first = _plain(bodies[0]) if bodies else outline.title
     sentences = re.split(r"(?<=[.!?])\s+", first)
-    return Article(
+    article = Article(
         id=article_id,
         title=outline.title,
         slug=slugify(outline.title, max_length=80, word_boundary=True) or article_id,
@@ -218,6 +218,7 @@ def assemble(
         created_at=created_at,
         metadata=request.metadata,
     )
+    return seo.fill(article)
 
 
 def image_ref(

@@ -104,6 +104,10 @@ class GatewaySettings(CommonSettings):
     # Re-runs of a stage whose worker died (RQ Retry); a stage that raises is not re-run, since
     # its service calls were already retried (SERVICE_ATTEMPTS).
     stage_retries: int = Field(default=3, ge=1, le=20)
+    # Seconds an article with `"review": "outline"` waits in `awaiting_review` for an approval
+    # or an edited outline; then it is `cancelled` (checked by the workers' maintenance pass,
+    # every ARTICLEFORGE_WORKER_MAINTENANCE_INTERVAL_SECONDS).
+    review_timeout_seconds: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
 
     @field_validator("webhook_retry_intervals", mode="before")
     @classmethod

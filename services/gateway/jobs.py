@@ -90,6 +90,29 @@ def image_backend(config: GatewaySettings) -> HttpImage:
 # --- submission and cancellation ---
 
 
+def stage_options(
+    config: GatewaySettings,
+    article_id: str,
+    request_id: str,
+    stage: str,
+    index: int | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"article_id": article_id, "request_id": request_id, "stage": stage}
+    if index is not None:
+        meta["index"] = index
+    return {
+        "job_id": f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}",
+        "job_timeout": config.job_timeout_seconds,
+        "result_ttl": 3600,
+        "failure_ttl": config.result_ttl_seconds,
+        # Re-runs the stage when its worker dies (see on_stage_failure), at the queue's front
+        # so that a recovered article does not wait behind newer ones.
+        "retry": Retry(max=config.stage_retries, enqueue_at_front=True),
+        "on_failure": Callback(on_stage_failure),
+        "meta": meta,
+    }
+
+
 def enqueue_article(
     store: ArticleStore,
     config: GatewaySettings,
@@ -97,27 +120,32 @@ def enqueue_article(
     request: ArticleRequest,
     request_id: str,
 ) -> list[str]:
+    articles = Queue(ARTICLES_QUEUE, connection=store.redis)
+    outline = articles.enqueue(
+        outline_job, article_id, **stage_options(config, article_id, request_id, "outline")
+    )
+    if request.review == "outline":  # the rest waits for the review (services.gateway.editorial)
+        store.put(article_id, jobs=[outline.id])
+        return [outline.id]
+    return enqueue_after_outline(store, config, article_id, request, request_id, outline)
+
+
+def enqueue_after_outline(
+    store: ArticleStore,
+    config: GatewaySettings,
+    article_id: str,
+    request: ArticleRequest,
+    request_id: str,
+    outline: Job | None = None,
+) -> list[str]:
+    """Sections -> image prompts -> images -> assemble, after ``outline`` (or at once)."""
     connection = store.redis
     articles = Queue(ARTICLES_QUEUE, connection=connection)
     images = Queue(IMAGES_QUEUE, connection=connection)
 
     def options(stage: str, index: int | None = None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"article_id": article_id, "request_id": request_id, "stage": stage}
-        if index is not None:
-            meta["index"] = index
-        return {
-            "job_id": f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}",
-            "job_timeout": config.job_timeout_seconds,
-            "result_ttl": 3600,
-            "failure_ttl": config.result_ttl_seconds,
-            # Re-runs the stage when its worker dies (see on_stage_failure), at the queue's front
-            # so that a recovered article does not wait behind newer ones.
-            "retry": Retry(max=config.stage_retries, enqueue_at_front=True),
-            "on_failure": Callback(on_stage_failure),
-            "meta": meta,
-        }
+        return stage_options(config, article_id, request_id, stage, index)
 
-    outline = articles.enqueue(outline_job, article_id, **options("outline"))
     sections = articles.enqueue(sections_job, article_id, depends_on=outline, **options("sections"))
     prompts = articles.enqueue(
         image_prompts_job, article_id, depends_on=sections, **options("image_prompts")
@@ -129,7 +157,7 @@ def enqueue_article(
     final = articles.enqueue(
         assemble_job, article_id, depends_on=image_jobs or prompts, **options("assemble")
     )
-    ids = [outline.id, sections.id, prompts.id, *(j.id for j in image_jobs), final.id]
+    ids = [f"{article_id}-outline", sections.id, prompts.id, *(j.id for j in image_jobs), final.id]
     store.put(article_id, jobs=ids)
     return ids
 
@@ -276,6 +304,10 @@ def outline_job(article_id: str) -> None:
     logger.info(
         "article %s: outline %r, %d sections", article_id, outline.title, len(outline.headings)
     )
+    if request.review == "outline":
+        from services.gateway.editorial import pause_for_review
+
+        pause_for_review(store, config, article_id)
 
 
 def sections_job(article_id: str) -> None:

@@ -306,15 +306,18 @@ async def write_image_prompts(
 
 
 def image_body(request: ArticleRequest, prompt: str, seed: int) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "prompt": prompt,
-        "negative_prompt": NEGATIVE_PROMPT,
+        "negative_prompt": request.images.negative_prompt or NEGATIVE_PROMPT,
         **request.images.dimensions(),
         "steps": request.images.steps,
         "guidance_scale": request.images.guidance_scale,
         "seed": seed,
         "n": 1,
     }
+    if request.images.scheduler is not None:  # else the image service's default
+        body["scheduler"] = request.images.scheduler
+    return body
 
 
 def estimate_tokens(request: ArticleRequest) -> int:

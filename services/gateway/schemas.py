@@ -6,10 +6,27 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from services.image.config import SchedulerName
 
 Status = Literal[
-    "queued", "writing", "illustrating", "assembling", "succeeded", "failed", "cancelled"
+    "queued",
+    "writing",
+    "awaiting_review",
+    "illustrating",
+    "assembling",
+    "succeeded",
+    "failed",
+    "cancelled",
 ]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Stage = Literal[
@@ -52,6 +69,17 @@ class TextOptions(BaseModel):
         description="Fixes the text sampling; random when absent.",
         examples=[7],
     )
+
+
+# The image service's own limit for `lcm` (services/image); refused here before any work is queued.
+LCM_MAX_STEPS = 50
+
+
+def check_scheduler_steps(scheduler: str | None, steps: int | None) -> None:
+    if scheduler == "lcm" and steps is not None and steps > LCM_MAX_STEPS:
+        raise ValueError(
+            f"the `lcm` scheduler runs at most {LCM_MAX_STEPS} steps, got steps={steps}"
+        )
 
 
 class ImageOptions(BaseModel):
@@ -97,6 +125,25 @@ class ImageOptions(BaseModel):
         description="Image k uses seed+k; random when absent.",
         examples=[1234],
     )
+    negative_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="What to steer away from, for every image; replaces the default "
+        "(`text, watermark, logo, signature, blurry, low quality, deformed`).",
+        examples=["text, watermark, people"],
+    )
+    scheduler: SchedulerName | None = Field(
+        default=None,
+        description="Sampler the image service uses; its default (`dpmpp_2m`) when absent.",
+        examples=["euler_a"],
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
+        check_scheduler_steps(value, info.data.get("steps"))
+        return value
 
     @field_validator("size")
     @classmethod
@@ -190,6 +237,13 @@ class ArticleRequest(BaseModel):
         examples=[["a rooftop covered in solar panels at sunrise"]],
     )
     webhook: WebhookTarget | None = Field(default=None, description="Where to announce the end.")
+    review: Literal["outline"] | None = Field(
+        default=None,
+        description="`outline` stops the article at `awaiting_review` once its outline is "
+        "written: PUT /v1/articles/{id}/outline or POST /v1/articles/{id}/approve continues it; "
+        "left unanswered for ARTICLEFORGE_REVIEW_TIMEOUT_SECONDS it is `cancelled`.",
+        examples=["outline"],
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
         description="Echoed back untouched (up to 4 KB as JSON).",
@@ -322,6 +376,57 @@ class Article(BaseModel):
     meta_description: str = Field(
         description="At most 160 characters, for search engines.", examples=["..."]
     )
+    # SEO fields (services/gateway/seo.py), all derived from the article itself. Defaults keep
+    # disk copies written before they existed readable.
+    seo_title: str = Field(
+        default="",
+        max_length=60,
+        description="The title for search results and `<title>`: at most 60 characters.",
+        examples=["The Future of Solar Power"],
+    )
+    open_graph: dict[str, str] = Field(
+        default_factory=dict,
+        description="Open Graph `<meta property>` values by property name.",
+        examples=[
+            {
+                "og:type": "article",
+                "og:title": "The Future of Solar Power",
+                "og:description": "Panels are cheaper than ever...",
+                "og:image": "https://articles.example.com/v1/images/img_9b1e...?signature=...",
+                "og:locale": "en",
+            }
+        ],
+    )
+    twitter: dict[str, str] = Field(
+        default_factory=dict,
+        description="Twitter (X) card `<meta name>` values by name.",
+        examples=[
+            {
+                "twitter:card": "summary_large_image",
+                "twitter:title": "The Future of Solar Power",
+                "twitter:description": "Panels are cheaper than ever...",
+                "twitter:image": "https://articles.example.com/v1/images/img_9b1e...",
+            }
+        ],
+    )
+    json_ld: dict[str, Any] = Field(
+        default_factory=dict,
+        description='A schema.org `Article` object for `<script type="application/ld+json">`.',
+        examples=[
+            {
+                "@context": "https://schema.org",
+                "@type": "Article",
+                "headline": "The Future of Solar Power",
+                "description": "Panels are cheaper than ever...",
+                "image": ["https://articles.example.com/v1/images/img_9b1e..."],
+                "datePublished": "2026-11-26T06:30:00Z",
+                "dateModified": "2026-11-26T07:10:00Z",
+                "inLanguage": "en",
+                "keywords": "solar, energy",
+                "wordCount": 812,
+            }
+        ],
+    )
     tags: list[str] = Field(description="Tags (keywords first).", examples=[["solar", "energy"]])
     sections: list[Section] = Field(description="Body sections in order.")
     featured_image: ImageRef | None = Field(description="The lead image, if any.")
@@ -338,6 +443,40 @@ class Article(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Echo of the request's.", examples=[{"cms_post_id": 42}]
     )
+    revision: int = Field(
+        default=1,
+        ge=1,
+        description="1 as first assembled; each regenerated section or image adds one.",
+        examples=[1],
+    )
+    updated_at: str | None = Field(
+        default=None,
+        description="ISO 8601 UTC time of this revision (absent on revision 1).",
+        examples=["2026-11-26T07:10:00Z"],
+    )
+
+
+class OutlineView(BaseModel):
+    title: str = Field(description="Title.", examples=["The Future of Solar Power"])
+    headings: list[str] = Field(
+        description="Section headings, in order.", examples=[["Why now", "How panels work"]]
+    )
+
+
+class EditInfo(BaseModel):
+    kind: Literal["section", "image"] = Field(
+        description="What is regenerated.", examples=["section"]
+    )
+    index: int = Field(
+        description="0-based index in `sections`, or image slot (0 is featured).", examples=[2]
+    )
+    revision: int = Field(description="The revision it makes.", examples=[2])
+    status: Literal["queued", "running", "succeeded", "failed"] = Field(
+        description="Where it stands; the article keeps its last revision meanwhile.",
+        examples=["queued"],
+    )
+    error: ErrorInfo | None = Field(default=None, description="Present once `failed`.")
+    requested_at: str = Field(description="ISO 8601 UTC.", examples=["2026-11-26T07:09:00Z"])
 
 
 class ArticleStatus(BaseModel):
@@ -345,9 +484,24 @@ class ArticleStatus(BaseModel):
     status: Status = Field(description="Where it stands.", examples=["writing"])
     progress: Progress = Field(description="Progress.")
     article: Article | None = Field(default=None, description="Present once `succeeded`.")
+    revision: int | None = Field(
+        default=None,
+        description="The article's latest revision (present once `succeeded`); "
+        "`?revision=N` reads an older one.",
+        examples=[1],
+    )
+    outline: OutlineView | None = Field(
+        default=None,
+        description="Present once the outline is written; during `awaiting_review` it is the "
+        "outline to approve or edit.",
+    )
+    edit: EditInfo | None = Field(
+        default=None, description="The latest section or image regeneration, if any."
+    )
     error: ErrorInfo | None = Field(default=None, description="Present once `failed`.")
     timestamps: dict[str, str] = Field(
-        description="ISO times: created, started, finished.",
+        description="ISO times: created, started, finished; `review_expires` while "
+        "`awaiting_review`.",
         examples=[{"created": "2026-11-26T06:30:00Z"}],
     )
     metadata: dict[str, Any] = Field(

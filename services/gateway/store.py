@@ -39,6 +39,16 @@ return 1
 """
 
 
+# Sets the status only if it is still ARGV[1] (an outline review ending in an approval or an
+# expiry, whichever comes first); returns 1 when it changed.
+_SWAP_STATUS = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 # Stores image ARGV[1] and sets images_done to the number of image:k fields present.
 _IMAGE_DONE = """
 redis.call('HSET', KEYS[1], 'image:' .. ARGV[1], ARGV[2])
@@ -68,6 +78,7 @@ class ArticleStore:
         self.ttl = ttl_seconds
         self._set_status = redis.register_script(_SET_STATUS)
         self._image_done = redis.register_script(_IMAGE_DONE)
+        self._swap_status = redis.register_script(_SWAP_STATUS)
 
     # --- keys ---
 
@@ -125,14 +136,33 @@ class ArticleStore:
             args += ["finished", str(time.time())]
         changed = bool(self._set_status(keys=[self.key(article_id)], args=args))
         if changed:
-            if status in TERMINAL:
-                pipe = self.redis.pipeline()
-                pipe.srem(self.ACTIVE, article_id)
-                pipe.expire(self.key(article_id), self.ttl)
-                pipe.expire(self.events_key(article_id), self.ttl)
-                pipe.execute()
-            self.publish(article_id)
+            self._changed(article_id, status)
         return changed
+
+    def swap(self, article_id: str, expected: str, status: str, **extra: str) -> bool:
+        """Moves from ``expected`` to ``status``, or does nothing when the status is another."""
+        args: list[str] = [expected, status]
+        for k, v in extra.items():
+            args += [k, v]
+        if status in TERMINAL:
+            args += ["finished", str(time.time())]
+        changed = bool(self._swap_status(keys=[self.key(article_id)], args=args))
+        if changed:
+            self._changed(article_id, status)
+        return changed
+
+    def _changed(self, article_id: str, status: str) -> None:
+        if status in TERMINAL:
+            self.refresh_ttl(article_id)
+        self.publish(article_id)
+
+    def refresh_ttl(self, article_id: str) -> None:
+        """A finished record lives ``ttl`` more seconds from now (edits renew it)."""
+        pipe = self.redis.pipeline()
+        pipe.srem(self.ACTIVE, article_id)
+        pipe.expire(self.key(article_id), self.ttl)
+        pipe.expire(self.events_key(article_id), self.ttl)
+        pipe.execute()
 
     def stage(self, article_id: str, stage: str, status: str) -> bool:
         self.redis.hsetnx(self.key(article_id), "started", str(time.time()))

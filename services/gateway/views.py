@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from services.gateway.schemas import Article, ArticleStatus, ErrorInfo, Progress
+from services.gateway.schemas import (
+    Article,
+    ArticleStatus,
+    EditInfo,
+    ErrorInfo,
+    OutlineView,
+    Progress,
+)
 
 
 def _iso(value: str | None) -> str | None:
@@ -59,9 +66,16 @@ def status_view(
     error = ErrorInfo.model_validate_json(fields["error"]) if "error" in fields else None
     timestamps = {
         name: iso
-        for name in ("created", "started", "finished")
+        for name in ("created", "started", "finished", "review_expires")
         if (iso := _iso(fields.get(name))) is not None
     }
+    outline = None
+    if "outline" in fields:
+        written = json.loads(fields["outline"])
+        outline = OutlineView(title=written["title"], headings=written["headings"])
+    edit = EditInfo.model_validate_json(fields["edit"]) if "edit" in fields else None
+    # Revision 1 is the assembled article; editorial jobs count up from there.
+    revision = int(fields.get("revision", "1")) if "article" in fields else None
     return ArticleStatus(
         id=article_id,
         status=fields.get("status", "queued"),
@@ -73,6 +87,9 @@ def status_view(
             images_total=int(fields.get("images_total", "0")),
         ),
         article=article,
+        revision=revision,
+        outline=outline,
+        edit=edit,
         error=error,
         timestamps=timestamps,
         metadata=request.get("metadata", {}),

@@ -67,12 +67,19 @@ def sign(secret: str, message_id: str, timestamp: datetime, body: str) -> dict[s
 
 
 def deliver(
-    config: GatewaySettings, url: str, event: str, article_id: str, data: dict[str, Any]
+    config: GatewaySettings,
+    url: str,
+    event: str,
+    article_id: str,
+    data: dict[str, Any],
+    message_id: str | None = None,
 ) -> None:
+    """``message_id`` defaults to one per article and event; an event that can happen more than
+    once (`article.updated`, per revision) passes its own."""
     check_url(url, config.webhook_allow_private)
     now = datetime.now(UTC)
     body = json.dumps({"type": event, "timestamp": now.isoformat(), "data": data})
-    message_id = f"msg_{article_id}_{event.rsplit('.', 1)[-1]}"
+    message_id = message_id or f"msg_{article_id}_{event.rsplit('.', 1)[-1]}"
     headers = sign(config.resolved_webhook_secret(), message_id, now, body)
     response = httpx.post(
         url,

@@ -1,0 +1,163 @@
+"""The editorial loop's protocol: an edited outline, section and image regeneration requests,
+and what a regeneration answers (see ``services.gateway.editorial``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from services.gateway.schemas import REQUEST_CONFIG, EditInfo, check_scheduler_steps
+from services.image.config import SchedulerName
+
+MAX_HEADINGS = 12
+IMAGE_MAX_SEED = 2**32 - 1  # the image service's seed range
+
+
+def _one_line(value: str, name: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{name} must be one line without control characters")
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{name} must not be blank")
+    return value
+
+
+class OutlineEdit(BaseModel):
+    """`PUT /v1/articles/{id}/outline`: the outline to write, replacing the proposed one."""
+
+    model_config = REQUEST_CONFIG
+
+    title: str = Field(
+        min_length=1,
+        max_length=150,
+        description="The article's title.",
+        examples=["Solar Power at Home: What It Costs and What It Saves"],
+    )
+    headings: list[str] = Field(
+        min_length=1,
+        max_length=MAX_HEADINGS,
+        description="Section headings in order (1..12, each 1..100 characters); one section "
+        "is written per heading, so their number may differ from the request's `sections`.",
+        examples=[["Why now", "What panels cost", "Net metering explained"]],
+    )
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        return _one_line(value, "title")
+
+    @field_validator("headings")
+    @classmethod
+    def _headings(cls, value: list[str]) -> list[str]:
+        cleaned = []
+        for k, heading in enumerate(value):
+            if len(heading) > 100:
+                raise ValueError(
+                    f"headings[{k}] must be at most 100 characters, got {len(heading)}"
+                )
+            cleaned.append(_one_line(heading, f"headings[{k}]"))
+        return cleaned
+
+
+class SectionRegenerate(BaseModel):
+    """`POST /v1/articles/{id}/sections/{k}/regenerate`: every field is optional."""
+
+    model_config = REQUEST_CONFIG
+
+    instructions: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="What to change, in the editor's words; added to the prompt.",
+        examples=["shorter, with an example"],
+    )
+    seed: int | None = Field(
+        strict=True,
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Fixes the sampling; random when absent (so each call gives a new text).",
+        examples=[11],
+    )
+    temperature: float | None = Field(
+        strict=True,
+        default=None,
+        ge=0.0,
+        le=2.0,
+        description="Sampling temperature; the article's `text.temperature` when absent.",
+        examples=[0.9],
+    )
+
+
+class ImageRegenerate(BaseModel):
+    """`POST /v1/articles/{id}/images/{k}/regenerate`: every field is optional; absent ones
+    keep the image's prompt and the article's image options."""
+
+    model_config = REQUEST_CONFIG
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="The prompt, used as given (no `images.style` added); the image's "
+        "current prompt when absent.",
+        examples=["a rooftop covered in solar panels at sunrise, watercolor"],
+    )
+    negative_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="What to steer away from; the article's `images.negative_prompt` (or the "
+        "default) when absent.",
+        examples=["text, watermark, people"],
+    )
+    seed: int | None = Field(
+        strict=True,
+        default=None,
+        ge=0,
+        le=IMAGE_MAX_SEED,
+        description="Seed of the new image; random when absent (so each call draws anew).",
+        examples=[4321],
+    )
+    steps: int | None = Field(
+        strict=True,
+        default=None,
+        ge=1,
+        le=150,
+        description="Denoising steps; the article's `images.steps` when absent.",
+        examples=[30],
+    )
+    guidance_scale: float | None = Field(
+        strict=True,
+        default=None,
+        ge=0.0,
+        le=30.0,
+        description="Classifier-free guidance; the article's when absent.",
+        examples=[7.0],
+    )
+    scheduler: SchedulerName | None = Field(
+        default=None,
+        description="Sampler; the article's `images.scheduler` (or the service's default) "
+        "when absent.",
+        examples=["euler_a"],
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
+        check_scheduler_steps(value, info.data.get("steps"))
+        return value
+
+
+class EditLinks(BaseModel):
+    self: str = Field(description="The article's status URL.", examples=["/v1/articles/art_1"])
+    revision: str = Field(
+        description="Where the new revision will be readable.",
+        examples=["/v1/articles/art_1?revision=2"],
+    )
+
+
+class EditAccepted(BaseModel):
+    id: str = Field(description="Article id.", examples=["art_3f2a9c1d"])
+    revision: int = Field(description="The revision this regeneration makes.", examples=[2])
+    edit: EditInfo = Field(description="The regeneration, `queued`.")
+    links: EditLinks = Field(description="Where to follow it.")
