@@ -26,6 +26,12 @@ QUEUE_LENGTH = Gauge(
 FAILED_JOBS = Gauge(
     "articleforge_gateway_failed_jobs", "Jobs in each RQ queue's failed registry.", ["queue"]
 )
+CANCELLED_JOBS = Gauge(
+    "articleforge_gateway_cancelled_jobs",
+    "Jobs in each RQ queue's cancelled registry: dropped or stopped by a cancel (never counted "
+    "as failed).",
+    ["queue"],
+)
 WORKERS = Gauge("articleforge_gateway_workers", "RQ workers registered in Redis.")
 
 
@@ -35,4 +41,5 @@ def refresh(store: ArticleStore, queues: tuple[str, ...]) -> None:
         queue = Queue(name, connection=store.redis)
         QUEUE_LENGTH.labels(name).set(queue.count)
         FAILED_JOBS.labels(name).set(queue.failed_job_registry.count)
+        CANCELLED_JOBS.labels(name).set(queue.canceled_job_registry.count)
     WORKERS.set(Worker.count(connection=store.redis))

@@ -217,14 +217,17 @@ def redis_down(request: Request) -> bool:
     response_model=ArticleStatus,
     summary="Cancel: queued jobs are dropped and running ones stopped.",
 )
-def cancel_article(article_id: ArticleId, scope: KeyDep, store: StoreDep) -> ArticleStatus:
+def cancel_article(
+    article_id: ArticleId, scope: KeyDep, store: StoreDep, settings: SettingsDep
+) -> ArticleStatus:
     current = load(store, article_id, scope)
     if current.status in TERMINAL:
         raise Conflict(
             f"article {article_id} already {current.status}; nothing to cancel", param="id"
         )
-    store.transition(article_id, "cancelled")
-    jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
+    if store.transition(article_id, "cancelled"):  # else it ended meanwhile, and said so
+        jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
+        jobs.enqueue_webhook(store, settings, article_id, "article.cancelled")
     return load(store, article_id, scope)
 
 

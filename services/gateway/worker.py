@@ -27,6 +27,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import ReadyJobRegistry
 
@@ -99,6 +100,26 @@ class ArticleWorker(Worker):
         if job.timeout and job.timeout > 0:
             interval = int(min(job.timeout - working_time, interval))
         return max(1, interval) + self.heartbeat_grace
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Any = None,
+    ) -> None:
+        # RQ files a job stopped on request (`stop_jobs`: a cancel, or the rest of an article
+        # whose stage failed) as failed. It failed at nothing: keep it with the cancelled jobs,
+        # so the failed registry and `articleforge_gateway_failed_jobs` hold real failures only.
+        stopped = self._stopped_job_id == job.id
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        if stopped:
+            try:
+                job.cancel()  # leaves the failed registry for the cancelled one
+            except InvalidJobOperation:
+                pass
+            logger.info("job %s: stopped on request, filed as cancelled", job.id)
 
     @property
     def dequeue_timeout(self) -> int:
