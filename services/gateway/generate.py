@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from services.gateway import assemble, pipeline
+from services.gateway import assemble, export, pipeline
 from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
 
@@ -124,18 +123,6 @@ async def run_pipeline(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "article.json").write_text(article.model_dump_json(indent=2))
     (out_dir / "article.md").write_text(article.markdown)
-    (out_dir / "article.html").write_text(html_page(article))
+    (out_dir / "article.html").write_text(export.html_page(article))
     progress("assemble", 1, 1)
     return article
-
-
-def html_page(article: Article) -> str:
-    """A standalone page around the article's (already sanitized) HTML."""
-    lang = html.escape(article.language)
-    title = html.escape(article.title)
-    description = html.escape(article.meta_description)
-    return (
-        f'<!doctype html>\n<html lang="{lang}"><head><meta charset="utf-8">'
-        f'<title>{title}</title><meta name="description" content="{description}"></head>'
-        f"<body><article>\n{article.html}\n</article></body></html>\n"
-    )

@@ -212,6 +212,11 @@ def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
             ret_val,
         )
         return
+    if job.meta.get("stage") == "edit":  # a regeneration fails alone; the article stays
+        from services.gateway.editorial import on_edit_failure
+
+        on_edit_failure(job, job.connection, AbandonedJobError, AbandonedJobError(), None)
+        return
     _fail_article(job, job.connection, AbandonedJobError, AbandonedJobError())
 
 

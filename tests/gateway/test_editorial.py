@@ -585,3 +585,64 @@ def test_the_new_routes_are_documented(client: TestClient) -> None:
             assert prop.get("description"), (name, field)
     parameters = paths["/v1/articles/{article_id}"]["get"]["parameters"]
     assert any(p["name"] == "revision" for p in parameters)
+
+
+# --- a regeneration that fails, or is lost, leaves the article as it was --------------------------
+
+
+def test_a_failed_regeneration_changes_nothing_and_frees_the_article(
+    client: TestClient,
+    redis_db: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    services: Services,
+) -> None:
+    original = succeeded(client, redis_db)["article"]
+    article_id = original["id"]
+    monkeypatch.setenv("ARTICLEFORGE_TEXT_URL", "http://127.0.0.1:9")  # the text service is gone
+    jobs.settings.cache_clear()
+    client.post(f"/v1/articles/{article_id}/sections/0/regenerate")
+    drain(redis_db)
+    status = client.get(f"/v1/articles/{article_id}").json()
+    assert status["status"] == "succeeded" and status["revision"] == 1
+    assert status["article"] == original
+    assert status["edit"]["status"] == "failed" and status["edit"]["revision"] == 2
+    assert status["edit"]["error"]["type"] == "service_unavailable"
+    assert "did not answer after 2 attempts" in status["edit"]["error"]["message"]
+    assert client.get(f"/v1/articles/{article_id}?revision=2").status_code == 404
+    # Free for the next try, which makes revision 2 once the service is back.
+    monkeypatch.setenv("ARTICLEFORGE_TEXT_URL", services.text_url)
+    jobs.settings.cache_clear()
+    retry = client.post(f"/v1/articles/{article_id}/sections/0/regenerate")
+    assert retry.status_code == 202 and retry.json()["revision"] == 2
+    drain(redis_db)
+    assert client.get(f"/v1/articles/{article_id}").json()["revision"] == 2
+
+
+def test_a_claim_whose_job_never_came_is_released(
+    client: TestClient, redis_db: redis.Redis
+) -> None:
+    article_id = succeeded(client, redis_db)["id"]
+    key = f"af:article:{article_id}"
+    # A gateway that died between claiming revision 2 and queueing its job, long ago ...
+    redis_db.hset(key, "edit_busy", f"2:{time.time() - 120}")
+    accepted = client.post(f"/v1/articles/{article_id}/images/0/regenerate", json={"seed": 3})
+    assert accepted.status_code == 202 and accepted.json()["revision"] == 2
+    # ... and one that did so a moment ago still holds the article.
+    redis_db.hset(key, "edit_busy", f"3:{time.time()}")
+    assert client.post(f"/v1/articles/{article_id}/images/0/regenerate").status_code == 409
+
+
+def test_a_regeneration_popped_by_a_dead_worker_is_queued_again(
+    client: TestClient, redis_db: redis.Redis
+) -> None:
+    from services.gateway.worker import requeue_lost_jobs
+
+    article_id = succeeded(client, redis_db)["id"]
+    client.post(f"/v1/articles/{article_id}/sections/1/regenerate")
+    job_id = f"{article_id}-edit-2"
+    # A worker popped it (BLPOP) and died before registering it: on no queue, still `queued`.
+    assert redis_db.lrem("rq:queue:articles", 0, job_id) == 1
+    assert requeue_lost_jobs(redis_db, lost_after=0) == []  # first seen: it may be registering
+    assert requeue_lost_jobs(redis_db, lost_after=0) == [job_id]
+    drain(redis_db)
+    assert client.get(f"/v1/articles/{article_id}").json()["revision"] == 2
