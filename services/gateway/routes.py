@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import Conflict, NotFound, Overloaded
 from services.common.http import ERROR_RESPONSES, refuse_unknown_query, request_id_of
-from services.gateway import jobs, metrics
+from services.gateway import editorial, jobs, metrics
 from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.pipeline import estimate_tokens
@@ -203,9 +203,24 @@ def load(
     summary="Status, progress, and the article once it succeeded.",
 )
 def get_article(
-    article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep
+    article_id: ArticleId,
+    request: Request,
+    scope: KeyDep,
+    store: StoreDep,
+    revision: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="Return this revision of the article (the latest when absent); "
+            "`revision` says which is the latest.",
+            examples=[1],
+        ),
+    ] = None,
 ) -> ArticleStatus:
-    return load(store, article_id, scope, redis_down(request))
+    status = load(store, article_id, scope, redis_down(request))
+    if revision is None:
+        return status
+    return editorial.at_revision(store, status, revision)
 
 
 def redis_down(request: Request) -> bool:

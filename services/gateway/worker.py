@@ -40,6 +40,7 @@ REDRIVE_ATTEMPTS = 20
 # long was popped by a worker that died.
 LOST_AFTER_SECONDS = 10.0
 ACTIVE_ARTICLES = "af:active"  # ArticleStore.ACTIVE
+EDITING_ARTICLES = "af:editing"  # editorial.EDITING
 SUPERVISOR_LOCK = "af:supervisor:lock"
 # A worker holds a queue's maintenance lock while it cleans (milliseconds). RQ keeps it 899 s,
 # so a worker killed while cleaning would stop abandoned-job detection for 15 minutes.
@@ -131,6 +132,21 @@ class ArticleWorker(Worker):
         lock = max(1, int(self.maintenance_interval) - 1)
         if self.connection.set(SUPERVISOR_LOCK, self.name, nx=True, ex=lock):
             requeue_lost_jobs(self.connection)
+            from services.gateway.editorial import expire_reviews
+
+            expire_reviews(self.connection)
+
+
+def editing_job_ids(connection: Redis) -> list[str]:
+    """The regeneration jobs under way (``services.gateway.editorial``): finished articles are
+    no longer in ACTIVE_ARTICLES, yet theirs can be lost the same way."""
+    redis: Any = connection
+    editing = [a.decode() for a in redis.smembers(EDITING_ARTICLES)]
+    pipe = connection.pipeline(transaction=False)
+    for article_id in editing:
+        pipe.hget(f"af:article:{article_id}", "edit_busy")
+    claims = zip(editing, pipe.execute(), strict=True)
+    return [f"{a}-edit-{raw.decode().split(':')[0]}" for a, raw in claims if raw]
 
 
 def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS) -> list[str]:
@@ -151,6 +167,7 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
     for article_id in active:
         pipe.hget(f"af:article:{article_id}", "jobs")
     job_ids = [j for raw in pipe.execute() if raw for j in json.loads(raw)]
+    job_ids += editing_job_ids(connection)
     requeued = []
     for job in Job.fetch_many(job_ids, connection=connection):
         if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:
