@@ -58,6 +58,21 @@ ImageIndex = Annotated[
     ),
 ]
 IDEMPOTENCY_TTL = 24 * 3600
+REVIEW_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: RESPONSES[409]
+    | {
+        "description": "The article is not awaiting review (not created for review, approved "
+        "already, expired, cancelled), or the Idempotency-Key came with another request."
+    }
+}
+EDIT_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: RESPONSES[409]
+    | {
+        "description": "The article has not succeeded (it is still being written, awaiting "
+        "review, failed or cancelled), is already making a revision, or its working record "
+        "expired; or the Idempotency-Key came with another request."
+    }
+}
 
 
 def _idempotent(
@@ -118,6 +133,7 @@ def _continue(
     "/articles/{article_id}/outline",
     status_code=202,
     response_model=ArticleStatus,
+    responses=REVIEW_CONFLICT,
     summary="Replace the outline of an article awaiting review, and continue writing.",
     description='For an article created with `"review": "outline"` and now '
     "`awaiting_review`: the sections are written from this title and these headings. "
@@ -146,6 +162,7 @@ def put_outline(
     "/articles/{article_id}/approve",
     status_code=202,
     response_model=ArticleStatus,
+    responses=REVIEW_CONFLICT,
     summary="Approve the outline of an article awaiting review, and continue writing.",
     description="409 when the article is not awaiting review.",
 )
@@ -204,6 +221,7 @@ def _edit(
     "/articles/{article_id}/sections/{k}/regenerate",
     status_code=202,
     response_model=EditAccepted,
+    responses=EDIT_CONFLICT,
     summary="Rewrite one section, in the context of the outline and its neighbours.",
     description="Runs as a job and makes a new revision (`revision` + 1) once done, announced "
     "by `article.updated`; the other sections, the images and earlier revisions stay as they "
@@ -239,6 +257,7 @@ def regenerate_section(
     "/articles/{article_id}/images/{k}/regenerate",
     status_code=202,
     response_model=EditAccepted,
+    responses=EDIT_CONFLICT,
     summary="Redraw one image; the earlier one stays served.",
     description="Runs as a job and makes a new revision (`revision` + 1) once done, announced "
     "by `article.updated`. The new image gets a new id; the old PNG and the revisions that "
