@@ -271,7 +271,9 @@ def up(
     def say(message: str) -> None:
         console.print(message, soft_wrap=True, highlight=False, markup=False)
 
-    raise typer.Exit(launch(host, ports, workers, redis_ok, say))
+    # A URL the user set wins; only when none is set does `up` derive one.
+    public_url = gateway.public_url if "public_url" in gateway.model_fields_set else None
+    raise typer.Exit(launch(host, ports, workers, redis_ok, say, public_url=public_url))
 
 
 @models_app.command("tiny")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,12 +42,39 @@ class Child:
     proven: bool = False  # it was alive when everything was ready, or ran for a while
 
 
+WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+
+
+def reachable(host: str) -> str:
+    """Where a process on this machine reaches a service bound to ``host``: a wildcard bind
+    address (0.0.0.0, ::) is no address to connect to, so its loopback stands in."""
+    if host in WILDCARDS:
+        return "[::1]" if ":" in host else "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def child_env(host: str, ports: dict[str, int], public_url: str | None) -> dict[str, str]:
+    """What the children are told beyond the environment: where the services are and, unless
+    the user set one, the public URL that image links start with. That one is derived from
+    the bind address, or for a wildcard (which clients cannot connect to) from this machine's
+    host name."""
+    local = reachable(host)
+    env = {
+        "ARTICLEFORGE_TEXT_URL": f"http://{local}:{ports['text']}",
+        "ARTICLEFORGE_IMAGE_URL": f"http://{local}:{ports['image']}",
+    }
+    if public_url is None:
+        public = socket.gethostname() if host in WILDCARDS else local
+        env["ARTICLEFORGE_PUBLIC_URL"] = f"http://{public}:{ports['gateway']}"
+    return env
+
+
 def children(host: str, ports: dict[str, int], workers: int) -> list[Child]:
     out = [
         Child(
             name,
             ["serve", name, "--host", host, "--port", str(ports[name])],
-            f"http://{host}:{ports[name]}/readyz",
+            f"http://{reachable(host)}:{ports[name]}/readyz",
         )
         for name in ("text", "image", "gateway")
     ]
@@ -76,17 +104,16 @@ def up(
     redis_ok: Callable[[], str | None],
     say: Callable[[str], None],
     ready_timeout: float = 900.0,
+    public_url: str | None = None,
 ) -> int:
+    """``public_url``: ARTICLEFORGE_PUBLIC_URL when the user set it (it is kept), else None."""
     problem = redis_ok()
     if problem is not None:
         say(f"no Redis: {problem}\n{REDIS_HINT}")
         return 1
-    env = {
-        **os.environ,
-        "ARTICLEFORGE_TEXT_URL": f"http://{host}:{ports['text']}",
-        "ARTICLEFORGE_IMAGE_URL": f"http://{host}:{ports['image']}",
-        "ARTICLEFORGE_PUBLIC_URL": f"http://{host}:{ports['gateway']}",
-    }
+    extra = child_env(host, ports, public_url)
+    env = {**os.environ, **extra}
+    public = public_url or extra["ARTICLEFORGE_PUBLIC_URL"]
     started = children(host, ports, workers)
     stopping = False
 
@@ -129,11 +156,12 @@ def up(
         for child in started:
             child.proven = child.process is not None and child.process.poll() is None
         if not stopping:
-            base = f"http://{host}:{ports['gateway']}"
+            base = f"http://{reachable(host)}:{ports['gateway']}"
             say(
                 f"articleforge is up.\n  API:       {base}  (docs: {base}/docs)\n"
-                f"  text:      http://{host}:{ports['text']}/docs\n"
-                f"  image:     http://{host}:{ports['image']}/docs\n"
+                f"  public:    {public}  (image URLs start here; ARTICLEFORGE_PUBLIC_URL)\n"
+                f"  text:      {extra['ARTICLEFORGE_TEXT_URL']}/docs\n"
+                f"  image:     {extra['ARTICLEFORGE_IMAGE_URL']}/docs\n"
                 f"  workers:   {workers}\nPress Ctrl-C to stop."
             )
         while not stopping:

@@ -1,0 +1,104 @@
+"""`articleforge up` keeps the ARTICLEFORGE_PUBLIC_URL a user set, and never derives one from a
+wildcard bind address (issue 11). Redis database 5, like the other promise tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from services.launcher import child_env
+from tests.processes import articleforge_command, free_port
+
+PORTS = {"text": 8001, "image": 8002, "gateway": 8000}
+
+
+def test_a_public_url_the_user_set_is_kept() -> None:
+    env = child_env("127.0.0.1", PORTS, "https://articles.example.com")
+    assert "ARTICLEFORGE_PUBLIC_URL" not in env  # the user's, from the environment, stays
+    assert env["ARTICLEFORGE_TEXT_URL"] == "http://127.0.0.1:8001"
+
+
+def test_a_derived_public_url_is_never_a_wildcard_address() -> None:
+    assert child_env("127.0.0.1", PORTS, None)["ARTICLEFORGE_PUBLIC_URL"] == (
+        "http://127.0.0.1:8000"
+    )
+    for wildcard in ("0.0.0.0", "::"):
+        env = child_env(wildcard, PORTS, None)
+        assert env["ARTICLEFORGE_PUBLIC_URL"] == f"http://{socket.gethostname()}:8000"
+        for url in env.values():
+            assert "0.0.0.0" not in url and "[::]" not in url, url
+        assert env["ARTICLEFORGE_TEXT_URL"] in ("http://127.0.0.1:8001", "http://[::1]:8001")
+
+
+@pytest.mark.e2e
+def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+    ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
+    env = {
+        **os.environ,
+        "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
+        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/5",
+        "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
+        "ARTICLEFORGE_API_KEYS": "",
+        "ARTICLEFORGE_PUBLIC_URL": "https://articles.example.com",
+        **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    proc = subprocess.Popen(
+        [*articleforge_command(), "up", "--host", "0.0.0.0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any("Press Ctrl-C" in line for line in output):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(output)
+            try:
+                output.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        summary = "".join(output).split("articleforge is up.")[1]  # what `up` tells the user
+        assert "0.0.0.0" not in summary, summary
+        assert "public:    https://articles.example.com" in summary
+        gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
+        body = {"topic": "Bees in the city", "sections": 1, "target_words": 100}
+        body["images"] = {"count": 1, "steps": 2}  # type: ignore[assignment]
+        article_id = httpx.post(f"{gateway}/v1/articles", json=body).json()["id"]
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(f"{gateway}/v1/articles/{article_id}").json())["status"] not in (
+            "succeeded",
+            "failed",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert status["status"] == "succeeded", status
+        url = status["article"]["featured_image"]["url"]
+        assert url.startswith("https://articles.example.com/v1/images/img_"), url
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
