@@ -399,9 +399,13 @@ def rewrite_prompt(
         prompt += f' The section after, "{outline.headings[index + 1]}", begins: "{after}"'
     prompt += (
         f' Rewrite only the section "{heading}" (section {index + 1}), about {words} words, '
-        "as Markdown paragraphs without a heading, so that it follows on from the section before "
-        "and leads into the one after."
+        "as Markdown paragraphs without a heading"
     )
+    links = [
+        *(["follows on from the section before"] if index > 0 else []),
+        *(["leads into the one after"] if index + 1 < len(bodies) else []),
+    ]
+    prompt += (", so that it " + " and ".join(links) + ".") if links else "."
     if request.keywords:
         prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
     if instructions:

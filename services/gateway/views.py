@@ -37,6 +37,8 @@ def percent(fields: dict[str, str]) -> float:
     status, stage = fields.get("status", "queued"), fields.get("stage", "queued")
     if status == "succeeded":
         return 100.0
+    if status == "awaiting_review":  # the outline is done; the rest waits for the editor
+        return float(STAGE_SPAN["outline"][1])
     start, end = STAGE_SPAN.get(stage, (0, 0))
     fraction = 0.0
     if stage == "sections":

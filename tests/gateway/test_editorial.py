@@ -165,6 +165,7 @@ def test_review_stops_at_awaiting_review_and_approve_continues(
     status = client.get(f"/v1/articles/{article_id}").json()
     assert status["status"] == "awaiting_review"
     assert status["article"] is None and status["progress"]["stage"] == "outline"
+    assert status["progress"]["percent"] == 10.0  # the outline is done, nothing after it
     assert len(status["outline"]["headings"]) == 3 and status["outline"]["title"]
     expires = datetime.fromisoformat(status["timestamps"]["review_expires"].replace("Z", "+00:00"))
     assert 23 * 3600 < expires.timestamp() - time.time() <= 24 * 3600
@@ -646,3 +647,30 @@ def test_a_regeneration_popped_by_a_dead_worker_is_queued_again(
     assert requeue_lost_jobs(redis_db, lost_after=0) == [job_id]
     drain(redis_db)
     assert client.get(f"/v1/articles/{article_id}").json()["revision"] == 2
+
+
+def test_the_rewrite_prompt_carries_the_outline_the_neighbours_and_the_language() -> None:
+    from services.gateway.editorial import rewrite_prompt
+    from services.gateway.pipeline import Outline
+    from services.gateway.schemas import ArticleRequest
+
+    request = ArticleRequest(topic="Solarenergie", language="de", keywords=["Netzeinspeisung"])
+    outline = Outline("Sonne auf dem Dach", ["Kosten", "Ersparnis", "Erste Schritte"])
+    bodies = ["Was es kostet. " * 40 + "ENDE-EINS", "alt", "START-DREI " + "Wie man anfängt. " * 40]
+    prompt = rewrite_prompt(request, outline, bodies, 1, "kürzer, mit einem Beispiel")
+    for part in (
+        '"Sonne auf dem Dach"',
+        "1. Kosten; 2. Ersparnis; 3. Erste Schritte",
+        'Rewrite only the section "Ersparnis" (section 2)',
+        "ENDE-EINS",  # the end of the section before ...
+        "START-DREI",  # ... and the start of the one after
+        "Netzeinspeisung",
+        "The editor asks: kürzer, mit einem Beispiel",
+        "German",  # the article's language, as in every prompt of the pipeline
+    ):
+        assert part in prompt, part
+    assert "follows on from the section before and leads into the one after" in prompt
+    first = rewrite_prompt(request, outline, bodies, 0, None)
+    assert "section before" not in first and "The editor asks" not in first
+    assert first.endswith("so that it leads into the one after. Work in these terms where they "
+                          "fit: Netzeinspeisung.")  # fmt: skip
