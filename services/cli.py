@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,9 +45,25 @@ def load_settings(cls: Callable[[], S]) -> S:
         raise typer.Exit(2) from exc
 
 
+def load_model(kind: Literal["text", "image"], name: str, load: Callable[[], S]) -> S:
+    """Runs ``load``; a model that cannot be loaded exits with one sentence that says why and
+    what to do (services.common.model_source), not a library's traceback."""
+    from services.common.model_source import load_problem
+
+    try:
+        return load()
+    except Exception as exc:
+        problem = load_problem(kind, name, exc)
+        if problem is None:
+            raise
+        console.print(f"error: {problem}", markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
 def quiet_libraries() -> None:
     """Keeps library progress bars and notices off a CLI user's terminal."""
     import logging
+    import warnings
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as hf_logging
@@ -55,6 +71,8 @@ def quiet_libraries() -> None:
     from services.common.logging import setup_logging
 
     setup_logging("WARNING")
+    # diffusers passes huggingface_hub an argument it deprecated; the user can do nothing about it.
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     for lib in (hf_logging, diffusers_logging):
         lib.disable_progress_bar()
         lib.set_verbosity_error()
@@ -197,11 +215,18 @@ def generate(
 
     text_settings, image_settings = load_settings(TextSettings), load_settings(ImageSettings)
     with console.status(f"loading {text_settings.text_model} and {image_settings.image_model}"):
-        text_engine = TextEngine(text_settings, load_text_model(text_settings))
-        text_engine.start()
+        loaded = load_model(
+            "text", text_settings.text_model, lambda: load_text_model(text_settings)
+        )
         image_engine = None
         if images:
-            image_engine = ImageEngine(image_settings, load_image_pipeline(image_settings))
+            pipe = load_model(
+                "image", image_settings.image_model, lambda: load_image_pipeline(image_settings)
+            )
+        text_engine = TextEngine(text_settings, loaded)
+        text_engine.start()
+        if images:
+            image_engine = ImageEngine(image_settings, pipe)
             image_engine.start()
 
     columns = (
@@ -310,7 +335,8 @@ def generate_text(
     quiet_libraries()
     settings = load_settings(TextSettings)
     with console.status(f"loading {settings.text_model} ..."):
-        engine = TextEngine(settings, load_text_model(settings))
+        loaded = load_model("text", settings.text_model, lambda: load_text_model(settings))
+        engine = TextEngine(settings, loaded)
         engine.start()
     request = GenerateRequest(
         system="You are a skilled writer. Write clear, well-structured articles with a title "

@@ -82,6 +82,17 @@ def children(host: str, ports: dict[str, int], workers: int) -> list[Child]:
     return out
 
 
+def load_failure(answer: httpx.Response) -> str | None:
+    """The reason a service's /readyz gives when its model failed to load (it never will be
+    ready, so waiting on is pointless); None while it is still loading."""
+    try:
+        message = str(answer.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    failed = "could not be loaded" in message or "failed to load" in message
+    return message if answer.status_code == 503 and failed else None
+
+
 def stop_all(running: list[Child], grace: float = 15.0) -> None:
     for child in running:
         if child.process and child.process.poll() is None:
@@ -144,11 +155,15 @@ def up(
                     )
                     return 1
                 try:
-                    if httpx.get(child.ready_url, timeout=2).status_code == 200:
-                        say(f"{child.name} ready")
-                        waiting.remove(child)
+                    answer = httpx.get(child.ready_url, timeout=2)
                 except httpx.HTTPError:
-                    pass
+                    continue
+                if answer.status_code == 200:
+                    say(f"{child.name} ready")
+                    waiting.remove(child)
+                elif (failed := load_failure(answer)) is not None:
+                    say(f"{child.name}: {failed}; stopping everything")
+                    return 1
             if time.monotonic() > deadline:
                 say(f"not ready after {ready_timeout:.0f}s: {[c.name for c in waiting]}")
                 return 1

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 
 from services.common.errors import NotReady
+from services.common.model_source import Kind, load_problem
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class Engine(Protocol):
 
 
 def engine_lifespan(
-    kind: str, model: str, start: Callable[[], Awaitable[Engine]]
+    kind: Kind, model: str, start: Callable[[], Awaitable[Engine]]
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """A lifespan that runs ``start()`` (load + warm-up) in the background."""
 
@@ -34,8 +35,13 @@ def engine_lifespan(
             app.state.engine = await start()
             logger.info("%s model %s: ready", kind, model)
         except Exception as exc:
-            logger.exception("%s model %s: failed to load", kind, model)
-            app.state.load_error = f"the {kind} model failed to load: {exc}"
+            problem = load_problem(kind, model, exc)
+            if problem is None:  # no known cause: the traceback is worth reading
+                logger.exception("%s model %s: failed to load", kind, model)
+                problem = f"the {kind} model failed to load: {exc}"
+            else:
+                logger.error("%s", problem)
+            app.state.load_error = problem
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

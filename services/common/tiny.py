@@ -136,7 +136,11 @@ def build_tiny_image(cache_dir: Path) -> Path:
 
 
 def resolve_model(name: str, kind: Literal["text", "image"], cache_dir: Path) -> str:
-    """Maps a model setting to what ``from_pretrained`` takes: `tiny` becomes its folder."""
+    """Maps a model setting to what ``from_pretrained`` takes: `tiny` becomes its folder. A path
+    that holds no model is refused here, in one sentence (``ModelLoadError``)."""
     if name != TINY:
+        from services.common.model_source import check_local
+
+        check_local(name, kind)
         return name
     return str(build_tiny_text(cache_dir) if kind == "text" else build_tiny_image(cache_dir))

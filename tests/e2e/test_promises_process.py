@@ -5,6 +5,8 @@ is announced by webhook; a model that cannot load says so in one sentence (gener
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +15,10 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from services.gateway.schemas import DEFAULT_SECTIONS
 from tests.e2e.stack import SECRET, Stack, stack
 from tests.metrics import sample
+from tests.processes import articleforge_command, free_port, running
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +92,109 @@ def test_a_cancel_is_no_failure_in_any_metric_and_sends_article_cancelled(
         (h, r) for h, r in s.deliveries if json.loads(r)["data"]["id"] == article_id
     )
     assert Webhook(SECRET).verify(raw, headers)["type"] == "article.cancelled"
+
+
+# --- a model that cannot load says why, in one sentence ------------------------------------------
+
+
+def _offline_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """No Hub: an empty Hugging Face cache and HF_HUB_OFFLINE, as on a machine without network."""
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        **{f"ARTICLEFORGE_{k.upper()}": v for k, v in settings.items()},
+    }
+
+
+CASES = [
+    ("text_model", "/nonexistent", "text model '/nonexistent' could not be loaded: the folder "),
+    ("text_model", "gpt2", "text model 'gpt2' could not be loaded: it is not in the Hugging Face"),
+    ("image_model", "/nonexistent", "image model '/nonexistent' could not be loaded: the folder"),
+    (
+        "image_model",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "image model 'stable-diffusion-v1-5/stable-diffusion-v1-5' could not be loaded: it is "
+        "not in the Hugging Face cache",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setting", "value", "sentence"), CASES)
+def test_generate_says_in_one_sentence_why_a_model_did_not_load(
+    cache_dir: Path, tmp_path: Path, setting: str, value: str, sentence: str
+) -> None:
+    result = subprocess.run(
+        [*articleforge_command(), "generate", "solar power", "--out", str(tmp_path / "out")],
+        env=_offline_env(tmp_path, **{setting: value}),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 1
+    output = (result.stdout + result.stderr).strip()
+    assert "Traceback" not in output, output
+    assert output.startswith(f"error: {sentence}"), output
+    assert len(output.splitlines()) <= 3, output  # one sentence (wrapped at most)
+    assert f"ARTICLEFORGE_{setting.upper()}" in output  # ... that says what to change
+    if not value.startswith("/"):
+        assert f"huggingface-cli download {value}" in output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("service", "setting", "value", "sentence"),
+    [("text", *CASES[1]), ("image", *CASES[2])],
+)
+def test_serve_readyz_and_logs_say_it_in_one_sentence(
+    cache_dir: Path, tmp_path: Path, service: str, setting: str, value: str, sentence: str
+) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = _offline_env(tmp_path, **{setting: value}, log_level="INFO")
+    with running(["serve", service, "--port", str(port)], env=env, log_path=log):
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+                continue
+            if "still loading" not in ready.text:
+                break
+            time.sleep(0.2)
+        assert ready.status_code == 503
+        message = ready.json()["error"]["message"]
+        assert message.startswith(sentence) and f"ARTICLEFORGE_{setting.upper()}" in message
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        time.sleep(0.5)
+        logged = log.read_text()
+    assert "Traceback" not in logged, logged
+    assert logged.count(message) == 1, logged
+    (line,) = [ln for ln in logged.splitlines() if message in ln]
+    assert " ERROR " in line
+
+
+# --- one default for sections --------------------------------------------------------------------
+
+
+def test_generate_writes_the_apis_default_sections_in_the_language_asked(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*articleforge_command(), "generate", "Solarenergie", "--out", str(out), "--seed", "3"]
+        + ["--images", "0", "--language", "de"],
+        env={**os.environ, "ARTICLEFORGE_CACHE_DIR": str(cache_dir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    article = json.loads((out / "article.json").read_text())
+    assert len(article["sections"]) == DEFAULT_SECTIONS
+    assert article["provenance"]["parameters"]["sections"] == DEFAULT_SECTIONS
+    assert article["language"] == "de"
+    if "outline" in article["provenance"]["fallbacks"]:  # the tiny model writes no outline
+        assert article["sections"][0]["heading"] == "Worum es bei Solarenergie geht"

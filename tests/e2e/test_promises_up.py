@@ -102,3 +102,33 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         if proc.poll() is None:
             proc.kill()
         redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+
+
+@pytest.mark.e2e
+def test_up_stops_at_once_with_the_sentence_when_a_model_cannot_load(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
+    env = {
+        **os.environ,
+        "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
+        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/5",
+        "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
+        "ARTICLEFORGE_TEXT_MODEL": "/nonexistent",
+        **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [*articleforge_command(), "up"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert (
+        "text: text model '/nonexistent' could not be loaded: the folder /nonexistent does not "
+        "exist; set ARTICLEFORGE_TEXT_MODEL to a model folder" in output
+    ), output
+    assert "Traceback" not in output, output
+    assert time.monotonic() - started < 60  # not the 15 minutes of waiting for /readyz
+    for port in ports.values():  # everything it started is gone
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -136,11 +136,16 @@ def test_readyz_is_503_until_loaded_and_names_a_failed_load(tmp_path: Path) -> N
     settings = ImageSettings(image_model=str(tmp_path / "no-such-model"))
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 60
-        while "failed" not in client.get("/readyz").json()["error"]["message"]:
+        while "still loading" in client.get("/readyz").json()["error"]["message"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert client.get("/readyz").status_code == 503
-        assert "the image model failed to load" in client.get("/readyz").json()["error"]["message"]
+        # One sentence: what was tried, what is missing, what to do.
+        assert client.get("/readyz").json()["error"]["message"] == (
+            f"image model {settings.image_model!r} could not be loaded: the folder "
+            f"{settings.image_model} does not exist; set ARTICLEFORGE_IMAGE_MODEL to a model "
+            "folder, a Hugging Face id or `tiny`"
+        )
         response = client.post("/v1/images", json={"prompt": "a"})
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "5"
