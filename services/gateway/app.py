@@ -25,6 +25,7 @@ from services.gateway import (
     image_routes,
     jobs,
     metrics,
+    openapi,
     routes,
     signing,
 )
@@ -138,9 +139,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 
     app.add_exception_handler(RedisError, redis_down)
-    app.include_router(routes.router)
-    app.include_router(event_routes.router)
-    app.include_router(image_routes.router)
-    app.include_router(editorial_routes.router)
-    app.include_router(export_routes.router)
+    for router in (
+        routes.router,
+        event_routes.router,
+        image_routes.router,
+        editorial_routes.router,
+        export_routes.router,
+    ):
+        openapi.document_errors(router, routes.RESPONSES)
+        app.include_router(router)
     return app

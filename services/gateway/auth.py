@@ -8,6 +8,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.errors import Overloaded, Unauthorized
 from services.gateway import signing
@@ -16,6 +17,15 @@ from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.metrics import REJECTED
 
 ANONYMOUS = "anonymous"
+# Declares the scheme in the OpenAPI document (components.securitySchemes, and `security` on
+# every route that needs a key); `authenticate` reads the header itself, for its own messages.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    bearerFormat="API key",
+    description="`Authorization: Bearer <key>` with a key from ARTICLEFORGE_API_KEYS (auth is "
+    "off when none is set). Image URLs in articles are signed and need no key.",
+)
 
 
 def key_scope(key: str) -> str:
@@ -23,7 +33,11 @@ def key_scope(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def authenticate(request: Request, settings: SettingsDep) -> str:
+def authenticate(
+    request: Request,
+    settings: SettingsDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> str:
     keys = settings.keys()
     if not keys:
         return ANONYMOUS

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from services.common.errors import NotFound
-from services.gateway.auth import authorize_image
+from services.gateway.auth import BEARER, authorize_image
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.routes import RESPONSES
 from services.gateway.store import IMAGE_ID
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
     summary="An article image (PNG, with its parameters chunk).",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "The PNG."}},
+    dependencies=[Depends(BEARER)],  # a key, or a signed URL (see authorize_image)
 )
 def get_image(
     image_id: Annotated[

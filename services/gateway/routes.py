@@ -231,6 +231,10 @@ def redis_down(request: Request) -> bool:
     "/articles/{article_id}",
     response_model=ArticleStatus,
     summary="Cancel: queued jobs are dropped and running ones stopped.",
+    responses={
+        409: RESPONSES[409]
+        | {"description": "The article already ended (succeeded, failed or cancelled)."}
+    },
 )
 def cancel_article(
     article_id: ArticleId, scope: KeyDep, store: StoreDep, settings: SettingsDep

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from services.launcher import child_env
+from tests.e2e.stack import descendants
 from tests.processes import articleforge_command, free_port
 
 PORTS = {"text": 8001, "image": 8002, "gateway": 8000}
@@ -99,9 +100,25 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
         redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C, as a user would; if `up` does not end, SIGKILL it and every child it started
+    (a SIGKILL of `up` alone would leave its services and worker running)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
 
 
 @pytest.mark.e2e

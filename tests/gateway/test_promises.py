@@ -395,3 +395,46 @@ def test_events_have_ids_and_a_reconnect_resumes_after_last_event_id(client: Tes
 
     bad = client.get(url, headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "last-event-id"
+
+
+# --- the OpenAPI document ------------------------------------------------------------------------
+
+
+def test_openapi_declares_bearer_and_the_errors_each_route_can_give() -> None:
+    spec = create_app(GatewaySettings(_env_file=None)).openapi()  # type: ignore[call-arg]
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes == {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "API key",
+            "description": schemes["bearerAuth"]["description"],
+        }
+    }
+    operations = {
+        (method.upper(), path): op
+        for path, ops in spec["paths"].items()
+        if path.startswith("/v1/")
+        for method, op in ops.items()
+    }
+    assert len(operations) >= 6
+    for (method, path), op in operations.items():
+        codes = set(op["responses"])
+        where = f"{method} {path}: {sorted(codes)}"
+        assert op.get("security") == [{"bearerAuth": []}], where
+        assert "401" in codes and "503" in codes, where
+        assert ("404" in codes) == ("{" in path), where
+        assert ("413" in codes) == (method in ("POST", "PUT", "PATCH")), where
+    create, listing = operations[("POST", "/v1/articles")], operations[("GET", "/v1/articles")]
+    assert {"401", "409", "413", "429"} <= set(create["responses"])
+    assert not {"404", "409", "413", "429"} & set(listing["responses"])
+    cancel = operations[("DELETE", "/v1/articles/{article_id}")]["responses"]
+    assert "409" in cancel and "already ended" in cancel["409"]["description"]
+    for read in ("/v1/articles/{article_id}", "/v1/articles/{article_id}/events"):
+        assert not {"409", "413", "429"} & set(operations[("GET", read)]["responses"]), read
+    assert not {"409", "413", "429"} & set(
+        operations[("GET", "/v1/images/{image_id}")]["responses"]
+    )
+    # The error replies carry the error shape.
+    shape = create["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert shape.endswith("/ErrorResponse")
