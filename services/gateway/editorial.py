@@ -163,19 +163,18 @@ def continue_after_review(
             + (" (the review expired)" if status == "cancelled" and expires else ""),
             param="id",
         )
-    if outline is not None:
-        store.redis.hdel(key, "fallback:outline")  # the editor's outline is nobody's fallback
-    store.redis.hdel(key, "review_expires")
-    store.redis.zrem(REVIEWS, article_id)
     request = ArticleRequest.model_validate(store.get(article_id, "request"))
     request_id = str(store.get(article_id, "request_id") or "")
     try:
         jobs.enqueue_after_outline(store, config, article_id, request, request_id)
     except RedisError:
-        # Not queued: back under review, so that a retry of the approval can succeed.
-        if store.swap(article_id, "writing", "awaiting_review"):
-            store.redis.hset(key, "review_expires", str(expires.decode() if expires else ""))
+        # Not queued: back under review (its deadline kept), so that a retry can succeed.
+        store.swap(article_id, "writing", "awaiting_review")
         raise
+    if outline is not None:
+        store.redis.hdel(key, "fallback:outline")  # the editor's outline is nobody's fallback
+    store.redis.hdel(key, "review_expires")
+    store.redis.zrem(REVIEWS, article_id)
     logger.info("article %s: outline %s; writing", article_id, "edited" if outline else "approved")
 
 

@@ -71,6 +71,8 @@ def status_view(
         for name in ("created", "started", "finished", "review_expires")
         if (iso := _iso(fields.get(name))) is not None
     }
+    if fields.get("status") != "awaiting_review":  # a deadline only while it applies
+        timestamps.pop("review_expires", None)
     outline = None
     if "outline" in fields:
         written = json.loads(fields["outline"])
