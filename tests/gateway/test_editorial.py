@@ -324,6 +324,9 @@ def test_regenerating_a_section_makes_revision_2_and_keeps_revision_1(
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "revision"
     assert "revisions 1..2" in missing.json()["error"]["message"]
     assert client.get(f"/v1/articles/{article_id}?revision=0").status_code == 422
+    other = {"Authorization": f"Bearer {OTHER_KEY}"}  # another key sees no revision, no export
+    for path in ("?revision=1", "/export.md?revision=1", "/export.html"):
+        assert client.get(f"/v1/articles/{article_id}{path}", headers=other).status_code == 404
 
     # The prompt carried the outline, the neighbours and the editor's words (read back from the
     # job the worker ran).
