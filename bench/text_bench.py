@@ -339,13 +339,14 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """`python -m services.cli serve text` with the given ARTICLEFORGE_* environment."""
+    """`python -m services.cli serve SERVICE` with the given ARTICLEFORGE_* environment."""
 
     name: str
     env: dict[str, str]
     log_path: Path
     ready_timeout: float
     port: int = field(default_factory=free_port)
+    service: str = "text"
     ready_s: float | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -362,7 +363,7 @@ class Server:
 
         import httpx
 
-        command = [sys.executable, "-m", "services.cli", "serve", "text"]
+        command = [sys.executable, "-m", "services.cli", "serve", self.service]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         full_env = {**os.environ, **self.env}
         with open(self.log_path, "wb") as log:
@@ -404,7 +405,8 @@ class Server:
             text = httpx.get(f"{self.url}/metrics", timeout=10).text
         except httpx.HTTPError as exc:
             return [f"# unavailable: {exc!r}"]
-        lines = [ln for ln in text.splitlines() if ln.startswith("articleforge_text")]
+        prefix = f"articleforge_{self.service}"
+        lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
         return lines[:400]
 
 

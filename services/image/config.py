@@ -49,15 +49,38 @@ class ImageSettings(CommonSettings):
     # CLIPImageProcessor. Default: the model's own `safety_checker/` when it has one (SD 1.5,
     # `tiny`), else CompVis/stable-diffusion-safety-checker.
     image_safety_checker_model: str | None = None
-    # torch.compile the UNet at start-up; the lifespan's warm-up pays the compile time so the
-    # first request does not. CUDA only in practice (on the CPU it needs a C++ toolchain).
-    image_compile: bool = False
-    # torch.compile mode used when `image_compile` is on. `reduce-overhead` and `max-autotune`
-    # record CUDA graphs and `max-autotune*` benchmarks kernels, per input shape: each new batch
-    # size or image size pays that again on its first request (minutes with max-autotune).
+    # torch.compile the denoiser (UNet) and the VAE decoder. Unset: on with CUDA, off on the CPU
+    # (where inductor needs a C++ toolchain and gains little). The start-up warm-up pays the
+    # compile time for the sizes and batch buckets below, so the first request does not; /readyz
+    # answers 503 until it is done.
+    image_compile: bool | None = None
+    # torch.compile mode. `reduce-overhead` also records CUDA graphs (one per shape), which takes
+    # the per-step launch overhead away: the fastest on an H200 at every batch size measured
+    # (docs/benchmarks.md). `max-autotune*` benchmarks kernels as well: minutes per shape.
     image_compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = "default"
+    ] = "reduce-overhead"
+    # Fuse each attention block's Q, K and V projections into one matmul (diffusers'
+    # `fuse_qkv_projections`, UNet and VAE). Unset: on with CUDA, off on the CPU.
+    image_fuse_qkv: bool | None = None
+    # Batch sizes compiled at start-up, comma-separated. With compile on, a batch is padded up to
+    # the next bucket so that it reuses a compiled shape. Unset: powers of two up to
+    # `image_max_batch_size`, and that size itself.
+    image_batch_buckets: str | None = None
+    # Image sizes compiled at start-up, WIDTHxHEIGHT, comma-separated; unset: the model's native
+    # size. Another size still works: its first request compiles it (the log says so).
+    image_warmup_sizes: str | None = None
+    # zlib level of the PNGs (0-9). Encoding runs in a thread pool beside the pipeline; level 1
+    # was measured as the best trade (docs/benchmarks.md): near level 6's size at a fraction of
+    # its time.
+    image_png_compress_level: int = Field(default=1, ge=0, le=9)
+    # Threads that encode PNGs while the pipeline draws the next batch.
+    image_encode_threads: int = Field(default=4, ge=1, le=64)
+    # --- Options that change the images: off by default. ---
+    # Previews through a tiny VAE (TAESD, diffusers' AutoencoderTiny: HF id or folder, e.g.
+    # madebyollin/taesd) instead of the linear latent-to-RGB map: sharper previews at full size,
+    # for a few milliseconds per preview. Unset: the linear map.
+    image_preview_vae: str | None = None
     # With `stream: true`, send a cheap latent-to-RGB preview every K steps; 0 turns them off.
     image_preview_every: int = Field(default=5, ge=0, le=150)
     # Name written as `Model:` into each PNG's parameters; defaults to the model setting.
@@ -79,7 +102,53 @@ class ImageSettings(CommonSettings):
                 "ARTICLEFORGE_IMAGE_DTYPE=float16 does not run on the CPU "
                 "(ARTICLEFORGE_IMAGE_DEVICE=cpu); use float32 or auto"
             )
+        buckets = self.batch_buckets()
+        if buckets[-1] < self.image_max_batch_size:
+            raise ValueError(
+                f"ARTICLEFORGE_IMAGE_BATCH_BUCKETS ({self.image_batch_buckets}) must reach "
+                f"ARTICLEFORGE_IMAGE_MAX_BATCH_SIZE ({self.image_max_batch_size})"
+            )
+        self.warmup_sizes()  # raises on a malformed entry
         return self
+
+    def batch_buckets(self) -> list[int]:
+        """The compiled batch sizes, ascending."""
+        if self.image_batch_buckets is None:
+            sizes = {self.image_max_batch_size}
+            sizes.update(1 << k for k in range(7) if 1 << k < self.image_max_batch_size)
+            return sorted(sizes)
+        try:
+            sizes = {int(part) for part in self.image_batch_buckets.split(",") if part.strip()}
+        except ValueError:
+            raise ValueError(
+                f"ARTICLEFORGE_IMAGE_BATCH_BUCKETS must be comma-separated integers, got "
+                f"{self.image_batch_buckets!r}"
+            ) from None
+        if not sizes or min(sizes) < 1:
+            raise ValueError(
+                "ARTICLEFORGE_IMAGE_BATCH_BUCKETS must name batch sizes of at least 1, got "
+                f"{self.image_batch_buckets!r}"
+            )
+        return sorted(sizes)
+
+    def warmup_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) pairs to compile at start-up; empty means the native size."""
+        sizes = []
+        for part in (self.image_warmup_sizes or "").split(","):
+            if not part.strip():
+                continue
+            width, sep, height = part.strip().lower().partition("x")
+            if not (sep and width.isdigit() and height.isdigit()):
+                raise ValueError(
+                    "ARTICLEFORGE_IMAGE_WARMUP_SIZES must be WIDTHxHEIGHT entries, "
+                    f"comma-separated; got {part.strip()!r}"
+                )
+            if int(width) % 8 or int(height) % 8:
+                raise ValueError(
+                    f"ARTICLEFORGE_IMAGE_WARMUP_SIZES: {part.strip()} is not a multiple of 8"
+                )
+            sizes.append((int(width), int(height)))
+        return sizes
 
     @property
     def model_name(self) -> str:

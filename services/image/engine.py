@@ -9,8 +9,11 @@ generator, so image k of a request with seed s is the image a lone request with 
 draws, batched or not. Every call gets a fresh scheduler (diffusers schedulers hold state).
 
 Progress flows back per step through ``callback_on_step_end``; when every request of a call has
-been cancelled (its client left) the callback interrupts the pipeline. PNG encoding and the
-safety checker run on this thread too; ``_call_pipeline`` is the only code that runs the model.
+been cancelled (its client left) the callback interrupts the pipeline. ``_call_pipeline`` is the
+only code that runs the model: it decodes to uint8 on the device and, with compile on, pads the
+batch to a compiled bucket. The safety checker runs batched on the device too. The PNGs are
+encoded in a thread pool while this thread starts the next batch; a request is answered when its
+last PNG is done.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +116,10 @@ class ImageEngine:
         self._admitted = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # Pillow releases the GIL while it compresses, so these encode in parallel.
+        self._encoder = ThreadPoolExecutor(
+            settings.image_encode_threads, thread_name_prefix="image-png"
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -136,38 +143,44 @@ class ImageEngine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self._encoder.shutdown(wait=True)  # the PNGs under way are still answered
 
     def warmup(self) -> None:
-        """2-step images at the default size (the engine thread runs this first).
+        """Short (2-step) calls at the sizes and batch buckets that the settings name.
 
-        With ``image_compile`` on, this is where torch.compile pays its compile time: once for
-        one image, and once more for a full batch, after which dynamo treats the batch size as
-        dynamic and later batch sizes do not recompile. (A new image size still does once.)
+        Without compile: one image at the native size. With compile, this is where
+        torch.compile pays its compile time, once per (size, bucket); each shape runs twice, the
+        second time to record its CUDA graphs (`reduce-overhead`), so that the first request of
+        that shape is fast. A shape not warmed up still works; its first request compiles it.
         """
         loaded, settings = self.loaded, self.settings
-        sizes = [1]
-        if settings.image_compile and settings.image_max_batch_size > 1:
-            sizes.append(settings.image_max_batch_size)
-        for size in sizes:
-            job = ImageJob(
-                request_id="warmup",
-                prompt="warm up",
-                negative_prompt="",
-                width=loaded.default_width,
-                height=loaded.default_height,
-                steps=2,
-                guidance_scale=settings.image_default_guidance_scale,
-                scheduler=settings.image_default_scheduler,
-                seeds=tuple(range(size)),
-            )
-            started = time.monotonic()
-            self._call_pipeline(job, [job.prompt] * size, [""] * size, list(job.seeds), None)
-            logger.info(
-                "image model %s: warm-up with %d image(s) took %.2fs",
-                loaded.model_name,
-                size,
-                time.monotonic() - started,
-            )
+        accel = loaded.acceleration
+        sizes = settings.warmup_sizes() or [(loaded.default_width, loaded.default_height)]
+        buckets = accel.buckets if accel.compiled else [1]
+        for width, height in sizes:
+            for size in buckets:
+                job = ImageJob(
+                    request_id="warmup",
+                    prompt="warm up",
+                    negative_prompt="",
+                    width=width,
+                    height=height,
+                    steps=2,
+                    guidance_scale=settings.image_default_guidance_scale,
+                    scheduler=settings.image_default_scheduler,
+                    seeds=tuple(range(size)),
+                )
+                for _ in range(2 if accel.compiled else 1):
+                    started = time.monotonic()
+                    self._call_pipeline(job, ["warm up"] * size, [""] * size, list(job.seeds), None)
+                    logger.info(
+                        "image model %s: warm-up %dx%d, batch of %d: %.2fs",
+                        loaded.model_name,
+                        width,
+                        height,
+                        size,
+                        time.monotonic() - started,
+                    )
 
     # --- the caller's side -------------------------------------------------------------------
 
@@ -351,7 +364,7 @@ class ImageEngine:
             return tensors
 
         try:
-            pixels = self._call_pipeline(job, prompts, negatives, seeds, on_step)
+            images = self._call_pipeline(job, prompts, negatives, seeds, on_step)
             live = [h for h in handles if not h.cancelled.is_set()]
             if not live:
                 logger.info(
@@ -362,8 +375,9 @@ class ImageEngine:
                 )
                 return
             flags = (
-                self.loaded.safety.flags(pixels) if self.loaded.safety else [False] * len(prompts)
+                self.loaded.safety.flags(images) if self.loaded.safety else [False] * len(prompts)
             )
+            pixels = to_uint8(images)
         except Exception as exc:  # a failed batch fails its requests, not the engine
             logger.exception("image batch of %d failed", len(prompts))
             for handle in handles:
@@ -379,34 +393,70 @@ class ImageEngine:
             if handle.cancelled.is_set():
                 continue
             rows = range(offset, offset + len(handle.job.seeds))
-            images = [self._output(handle.job, pixels[row], seeds[row], flags[row]) for row in rows]
-            end = time.monotonic()
-            result = ImageResult(
-                images=images,
-                model=self.loaded.model_name,
-                scheduler=job.scheduler,
-                steps=job.steps,
-                guidance_scale=job.guidance_scale,
-                queue_seconds=started - handle.job.arrival,
-                inference_seconds=elapsed,
-                total_seconds=end - handle.job.arrival,
-                seconds_per_image=per_image,
-                batch_size=len(prompts),
-            )
-            metrics.IMAGES.inc(len(images))
-            handle.push("done", result)
-            self.release(handle, "success")
-            logger.info(
-                "request %s: %d image(s) %dx%d, %d steps %s, batch of %d, %.2fs",
-                handle.job.request_id,
-                len(images),
-                job.width,
-                job.height,
-                job.steps,
-                job.scheduler,
-                len(prompts),
-                result.total_seconds,
-            )
+            batch = BatchFacts(job, started, elapsed, per_image, len(prompts))
+            self._encode(handle, batch, [(pixels[r], seeds[r], flags[r]) for r in rows])
+
+    def _encode(
+        self, handle: ImageHandle, batch: BatchFacts, rows: list[tuple[np.ndarray, int, bool]]
+    ) -> None:
+        """Encodes a request's images in the pool; the last one to finish answers it."""
+        futures = [
+            self._encoder.submit(self._output, handle.job, pixels, seed, nsfw)
+            for pixels, seed, nsfw in rows
+        ]
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def finished(_: Future[OutputImage]) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            self._answer(handle, batch, futures)
+
+        for future in futures:
+            future.add_done_callback(finished)
+
+    def _answer(
+        self, handle: ImageHandle, batch: BatchFacts, futures: list[Future[OutputImage]]
+    ) -> None:
+        if handle.cancelled.is_set():
+            return
+        job = batch.job
+        try:
+            images = [future.result() for future in futures]
+        except Exception as exc:
+            logger.exception("request %s: PNG encoding failed", handle.job.request_id)
+            handle.push("error", ArticleforgeError(f"image encoding failed: {exc}"))
+            self.release(handle, "error")
+            return
+        end = time.monotonic()
+        result = ImageResult(
+            images=images,
+            model=self.loaded.model_name,
+            scheduler=job.scheduler,
+            steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            queue_seconds=batch.started - handle.job.arrival,
+            inference_seconds=batch.elapsed,
+            total_seconds=end - handle.job.arrival,
+            seconds_per_image=batch.per_image,
+            batch_size=batch.size,
+        )
+        metrics.IMAGES.inc(len(images))
+        handle.push("done", result)
+        self.release(handle, "success")
+        logger.info(
+            "request %s: %d image(s) %dx%d, %d steps %s, batch of %d, %.2fs",
+            handle.job.request_id,
+            len(images),
+            job.width,
+            job.height,
+            job.steps,
+            job.scheduler,
+            batch.size,
+            result.total_seconds,
+        )
 
     def _output(self, job: ImageJob, pixels: np.ndarray, seed: int, nsfw: bool) -> OutputImage:
         if nsfw:
@@ -424,8 +474,10 @@ class ImageEngine:
             height=job.height,
             model=self.loaded.model_name,
         )
-        as_bytes = (pixels * 255).round().clip(0, 255).astype(np.uint8)
-        return OutputImage(encode_png(as_bytes, params), seed, job.width, job.height, False)
+        started = time.monotonic()
+        png = encode_png(pixels, params, compress_level=self.settings.image_png_compress_level)
+        metrics.ENCODE_SECONDS.observe(time.monotonic() - started)
+        return OutputImage(png, seed, job.width, job.height, False)
 
     def _call_pipeline(
         self,
@@ -434,10 +486,32 @@ class ImageEngine:
         negatives: list[str],
         seeds: list[int],
         on_step: Any,
-    ) -> np.ndarray:
-        """One pipeline call; NHWC float images in [0, 1]."""
-        pipe = self.loaded.pipe
-        pipe.scheduler = make_scheduler(job.scheduler, self.loaded.scheduler_config)
+    ) -> torch.Tensor:
+        """One pipeline call: NCHW images in [0, 1] on the device, one per prompt.
+
+        With compile on, the batch is padded up to its bucket (the padded rows repeat the last
+        prompt with seed 0 and are dropped); a shape never run before compiles now, and says so.
+        """
+        loaded = self.loaded
+        pipe = loaded.pipe
+        pipe.scheduler = make_scheduler(job.scheduler, loaded.scheduler_config)
+        count = len(prompts)
+        size = loaded.acceleration.bucket(count)
+        if size > count:
+            prompts = prompts + [prompts[-1]] * (size - count)
+            negatives = negatives + [negatives[-1]] * (size - count)
+            seeds = seeds + [0] * (size - count)
+        key = (job.width, job.height, size, job.guidance_scale > 1)
+        if loaded.acceleration.note_shape(key) and job.request_id != "warmup":
+            logger.warning(
+                "image model %s: compiling for %dx%d, batch of %d%s (a shape the warm-up did "
+                "not cover; ARTICLEFORGE_IMAGE_WARMUP_SIZES adds it): this request waits",
+                loaded.model_name,
+                job.width,
+                job.height,
+                size,
+                "" if job.guidance_scale > 1 else ", no guidance",
+            )
         # CPU generators: the same seed gives the same starting noise on any device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         with torch.inference_mode():
@@ -449,7 +523,26 @@ class ImageEngine:
                 num_inference_steps=job.steps,
                 guidance_scale=job.guidance_scale,
                 generator=generators,
-                output_type="np",
+                output_type="pt",
                 callback_on_step_end=on_step,
             )
-        return np.asarray(out.images, dtype=np.float32)
+        return out.images[:count]
+
+
+@dataclass
+class BatchFacts:
+    """What a request's answer reports about the pipeline call it was drawn in."""
+
+    job: ImageJob
+    started: float
+    elapsed: float
+    per_image: float
+    size: int
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """NCHW floats in [0, 1] on any device to NHWC uint8 on the CPU (rounded as diffusers' PIL
+    output is); the conversion runs on the device, so only bytes cross to the host."""
+    with torch.inference_mode():
+        scaled = images.float().mul(255).round().clamp(0, 255).to(torch.uint8)
+        return scaled.permute(0, 2, 3, 1).contiguous().cpu().numpy()

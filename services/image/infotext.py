@@ -123,15 +123,18 @@ def parse_parameters(text: str) -> ImageParameters:
     )
 
 
-def encode_png(pixels: Any, p: ImageParameters) -> bytes:
-    """A PNG of an HxWx3 uint8 array, with the parameters in a `parameters` text chunk."""
+def encode_png(pixels: Any, p: ImageParameters, compress_level: int = 6) -> bytes:
+    """A PNG of an HxWx3 uint8 array, with the parameters in a `parameters` text chunk.
+
+    ``compress_level`` is zlib's 0-9 (Pillow's default is 6). Pillow releases the GIL while it
+    compresses, so several threads encode in parallel."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     # tEXt when the text is Latin-1, else PIL writes an iTXt chunk (UTF-8), as AUTOMATIC1111 does.
     info.add_text(PNG_KEY, format_infotext(p))
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG", pnginfo=info)
+    Image.fromarray(pixels).save(out, format="PNG", pnginfo=info, compress_level=compress_level)
     return out.getvalue()
 
 

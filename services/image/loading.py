@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from services.common.devices import resolve_device, resolve_dtype
 from services.common.tiny import resolve_model
+from services.image.acceleration import Acceleration, accelerate
 from services.image.config import ImageSettings
-from services.image.preview import LatentPreviewer
+from services.image.preview import LatentPreviewer, TinyVaePreviewer
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +34,32 @@ class SafetyChecker:
         self.extractor = extractor
         self.device = device
 
-    def flags(self, images: np.ndarray) -> list[bool]:
-        """One flag per image of an NHWC float array in [0, 1]."""
-        from diffusers.image_processor import VaeImageProcessor
+    def flags(self, images: torch.Tensor) -> list[bool]:
+        """One flag per image of a batch of NCHW float images in [0, 1], on their device.
 
-        pil = VaeImageProcessor.numpy_to_pil(images)
-        inputs = self.extractor(pil, return_tensors="pt").pixel_values
-        inputs = inputs.to(self.device, dtype=self.checker.dtype)
-        _, flagged = self.checker(clip_input=inputs, images=images.copy())
-        return [bool(f) for f in flagged]
+        The CLIP preprocessing (shortest side to the extractor's size, centre crop, the CLIP
+        normalisation) runs on the images' device too, batched, instead of through PIL.
+        """
+        import torch.nn.functional as F
+
+        extractor = self.extractor
+        size = extractor.size.get("shortest_edge") or min(extractor.size.values())
+        crop_h, crop_w = extractor.crop_size["height"], extractor.crop_size["width"]
+        x = images.to(self.device, torch.float32)
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        new_h, new_w = max(crop_h, round(h * scale)), max(crop_w, round(w * scale))
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
+        top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+        x = x[..., top : top + crop_h, left : left + crop_w].clamp(0, 1)
+        mean = torch.tensor(extractor.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(extractor.image_std, device=x.device).view(1, 3, 1, 1)
+        clip_input = ((x - mean) / std).to(self.checker.dtype)
+        # The tensor path of the checker (its ONNX export's): no numpy round trip. It blacks out
+        # what it flags in the second argument; we pass a placeholder and keep only the flags.
+        placeholder = torch.zeros(len(x), 1, device=x.device)
+        _, flagged = self.checker.forward_onnx(clip_input, placeholder)
+        return [bool(f) for f in flagged.tolist()]
 
 
 @dataclass
@@ -55,8 +72,9 @@ class LoadedPipeline:
     default_width: int
     default_height: int
     min_side: int  # smallest side the denoiser's down/up-sampling handles
-    previewer: LatentPreviewer | None
+    previewer: LatentPreviewer | TinyVaePreviewer | None
     safety: SafetyChecker | None
+    acceleration: Acceleration = field(default_factory=Acceleration)
 
 
 def _has_component(path: str, index: dict[str, Any], name: str) -> bool:
@@ -86,6 +104,18 @@ def load_safety_checker(
     return SafetyChecker(checker, extractor, device)
 
 
+def load_previewer(
+    settings: ImageSettings, pipe: Any, device: torch.device, dtype: torch.dtype
+) -> LatentPreviewer | TinyVaePreviewer | None:
+    if settings.image_preview_vae is None:
+        return LatentPreviewer.for_pipeline(pipe)
+    from diffusers import AutoencoderTiny
+
+    logger.info("image previews: tiny VAE from %s", settings.image_preview_vae)
+    taesd: Any = AutoencoderTiny.from_pretrained(settings.image_preview_vae, torch_dtype=dtype)
+    return TinyVaePreviewer(taesd.to(device).eval())
+
+
 def _denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
@@ -110,19 +140,7 @@ def load_image_pipeline(settings: ImageSettings) -> LoadedPipeline:
     denoiser = _denoiser(pipe)
     if denoiser is None:
         raise ValueError(f"{settings.image_model} has neither a UNet nor a transformer")
-    if device.type == "cuda":
-        # diffusers already uses PyTorch SDPA attention (AttnProcessor2_0) on torch >= 2.
-        denoiser.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if settings.image_compile:
-        logger.info(
-            "image model %s: torch.compile (%s)", settings.image_model, settings.image_compile_mode
-        )
-        compiled = torch.compile(denoiser, mode=settings.image_compile_mode)
-        if getattr(pipe, "unet", None) is not None:
-            pipe.unet = compiled
-        else:
-            pipe.transformer = compiled
+    acceleration = accelerate(pipe, settings, device)
 
     sample = denoiser.config.sample_size
     sample_h, sample_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
@@ -142,6 +160,7 @@ def load_image_pipeline(settings: ImageSettings) -> LoadedPipeline:
         default_width=sample_w * scale,
         default_height=sample_h * scale,
         min_side=max(8, scale * 2**downsamples),
-        previewer=LatentPreviewer.for_pipeline(pipe),
+        previewer=load_previewer(settings, pipe, device, dtype),
         safety=safety,
+        acceleration=acceleration,
     )

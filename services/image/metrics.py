@@ -20,6 +20,11 @@ SECONDS_PER_IMAGE = Histogram(
     "Pipeline time of a batch divided by the images in it.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+ENCODE_SECONDS = Histogram(
+    "articleforge_image_encode_seconds",
+    "Time to encode one PNG (in the encoder pool, beside the pipeline).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 BATCH_SIZE = Histogram(
     "articleforge_image_batch_size",
     "Images generated together in one pipeline call (its count is the number of calls).",

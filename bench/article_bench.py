@@ -1,0 +1,423 @@
+"""Whole articles per hour on one GPU host: the product, measured through its public API.
+
+Starts the whole stack as real processes on one GPU:
+* Redis (Debian's redis-server; on the GPU machine it travels as a .deb, see
+  ../shared/device/README.md);
+* the text service on a Llama-2-7B-shaped model and the image service on an SD-1.5-shaped
+  pipeline (random weights, bench/text_bench.py and bench/image_models.py), sharing the GPU;
+* the gateway and N RQ workers.
+
+Then, through `POST /v1/articles` with an outside client: one article alone (its stage times),
+then M articles submitted at once (800 words in 5 sections, 3 images each), each followed to
+`succeeded`. Reports p50/p95 latency, articles per hour, GPU utilization (nvidia-smi, sampled),
+and the time per stage from each article's `provenance.timings`. Optionally the image service's
+own HTTP scenarios (bench/image_bench.py) run first, against the same warm service.
+
+The baseline, in the same call once the stack is down, is the seed paper's sequential flow:
+HF `generate` on the nf4 base + LoRA r=64 of about 1,100 tokens, then 3 images with PNDM at 50
+steps, one after another.
+
+    python -m bench.article_bench --out bench/results/article_bench_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench.image_models import build as build_image_folder
+from bench.text_bench import (
+    ROOT,
+    build_adapter,
+    build_model_folder,
+    card_name,
+    folder_is_current,
+    free_port,
+    git_commit,
+    load_nf4_lora,
+    percentile,
+    versions,
+)
+
+API_KEY = "bench-key-0123456789"
+TOPICS = [
+    "solar panels for apartment balconies",
+    "the history of the bicycle",
+    "urban beekeeping",
+    "how heat pumps work",
+    "sourdough bread at home",
+    "the science of sleep",
+    "electric ferries in Norway",
+    "repairing old furniture",
+    "tide pools and their creatures",
+    "learning a second language as an adult",
+    "rainwater harvesting",
+    "the physics of skateboarding",
+    "community gardens",
+    "how vaccines are tested",
+    "night photography",
+    "composting in small spaces",
+]
+
+
+class Stack:
+    """Processes started together and stopped together; readiness polled for all at once."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._files: list[Any] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
+        self._files.append(log)
+        self.procs[name] = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, urls: dict[str, str], timeout: float) -> dict[str, float]:
+        import httpx
+
+        t0 = time.perf_counter()
+        ready: dict[str, float] = {}
+        while len(ready) < len(urls):
+            for name, url in urls.items():
+                if name in ready:
+                    continue
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        ready[name] = round(time.perf_counter() - t0, 1)
+                        print(f"{name} ready after {ready[name]} s", flush=True)
+            if time.perf_counter() - t0 > timeout:
+                missing = sorted(set(urls) - set(ready))
+                raise TimeoutError(f"not ready after {timeout:.0f} s: {missing}")
+            time.sleep(0.5)
+        return ready
+
+    def tail(self, name: str, chars: int = 3000) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self._files:
+            f.close()
+
+
+class GpuSampler:
+    """nvidia-smi's utilization.gpu every 250 ms, while a block runs."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.split()[0]))
+            self._stop.wait(0.25)
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[GpuSampler]:
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+
+    def summary(self) -> dict[str, Any]:
+        if not self.samples:
+            return {"available": False}
+        return {
+            "mean_percent": round(statistics.mean(self.samples), 1),
+            "p50_percent": statistics.median(self.samples),
+            "samples": len(self.samples),
+        }
+
+
+def article_body(topic: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "target_words": args.words,
+        "sections": args.sections,
+        "images": {"count": args.images, "steps": args.steps},
+    }
+
+
+async def run_articles(gateway: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Submits every body at once and follows each to a terminal status."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=60) as client:
+
+        async def one(body: dict[str, Any]) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            reply = await client.post("/v1/articles", json=body)
+            if reply.status_code != 202:
+                return {"ok": False, "status": reply.status_code, "error": reply.text[:500]}
+            article_id = reply.json()["id"]
+            while True:
+                await asyncio.sleep(0.25)
+                status = (await client.get(f"/v1/articles/{article_id}")).json()
+                if status["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+            record: dict[str, Any] = {
+                "id": article_id,
+                "status": status["status"],
+                "ok": status["status"] == "succeeded",
+                "latency_s": round(time.perf_counter() - t0, 2),
+            }
+            article = status.get("article") or {}
+            provenance = article.get("provenance") or {}
+            record["timings"] = provenance.get("timings", {})
+            record["fallbacks"] = len(provenance.get("fallbacks", []))
+            record["words"] = sum(
+                len(s.get("markdown", "").split()) for s in article.get("sections", [])
+            )
+            record["images"] = sum(1 for s in article.get("sections", []) if s.get("image")) + (
+                1 if article.get("featured_image") else 0
+            )
+            if status.get("error"):
+                record["error"] = status["error"]
+            return record
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    ok = [r for r in records if r["ok"]]
+    latencies = [r["latency_s"] for r in ok]
+    stages: dict[str, list[float]] = {}
+    for r in ok:
+        for stage, seconds in r["timings"].items():
+            key = "images" if stage.removeprefix("image_").isdigit() else stage
+            stages.setdefault(key, []).append(seconds)
+    return {
+        "articles": len(records),
+        "succeeded": len(ok),
+        "wall_s": round(wall, 1),
+        "articles_per_hour": round(3600 * len(ok) / wall, 1) if wall else None,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_max_s": max(latencies) if latencies else None,
+        "stage_s_median": {k: round(statistics.median(v), 2) for k, v in sorted(stages.items())},
+        "failures": [r for r in records if not r["ok"]][:3],
+    }
+
+
+def seed_flow_baseline(
+    text_folder: Path, adapter: Path, image_folder: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The seed paper's article: nf4 + LoRA `generate` of ~1,100 tokens, then 3 PNDM images."""
+    import diffusers
+    import torch
+
+    from bench.text_bench import hf_generate
+
+    t0 = time.perf_counter()
+    model = load_nf4_lora(text_folder, adapter, args.device)
+    load_s = time.perf_counter() - t0
+    made = hf_generate(model, list(range(3, 3 + 128)), args.baseline_tokens, 1, args.device)
+    text_s = made["runs"][0]["s"]
+    del model
+    torch.cuda.empty_cache()
+    pipe: Any = diffusers.AutoPipelineForText2Image.from_pretrained(
+        str(image_folder), dtype=torch.float16
+    ).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers.PNDMScheduler.from_config(pipe.scheduler.config)
+    pipe("warm up", num_inference_steps=2)
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    for k in range(args.images):
+        pipe(f"illustration {k}", num_inference_steps=50, guidance_scale=7.5)
+    torch.cuda.synchronize()
+    images_s = time.perf_counter() - t1
+    article_s = text_s + images_s
+    return {
+        "text": {"load_s": round(load_s, 1), **made},
+        "images": {"count": args.images, "scheduler": "pndm", "steps": 50, "s": round(images_s, 2)},
+        "article_s": round(article_s, 1),
+        "articles_per_hour": round(3600 / article_s, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--text-shape", default="llama2-7b")
+    parser.add_argument("--image-shape", default="sd15")
+    parser.add_argument("--models", type=Path, default=Path("/tmp/models"))
+    parser.add_argument("--articles", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--words", type=int, default=800)
+    parser.add_argument("--sections", type=int, default=5)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--text-memory", default="0.45", help="TEXT_GPU_MEMORY_UTILIZATION")
+    parser.add_argument("--image-env", action="append", default=[], help="KEY=VALUE")
+    parser.add_argument("--image-scenarios", action="store_true")
+    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--baseline-tokens", type=int, default=1100)
+    parser.add_argument("--ready-timeout", type=float, default=900)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--logs", type=Path, default=Path("/tmp/article_bench_logs"))
+    args = parser.parse_args()
+    args.logs.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "bench": "article_bench",
+        "card": card_name(args.device),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(),
+        "git": git_commit(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    text_folder = args.models / args.text_shape
+    adapter = args.models / f"{args.text_shape}-adapter"
+    image_folder = args.models / args.image_shape
+    dtype = "float16" if args.device.startswith("cuda") else "float32"
+    if not folder_is_current(text_folder, args.text_shape):
+        lm, info = build_model_folder(text_folder, args.text_shape, args.device)
+        if args.baseline:
+            info["adapter"] = build_adapter(lm, adapter)
+        del lm
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        report["text_model"] = info
+    report["image_model"] = build_image_folder(args.image_shape, image_folder, args.device, dtype)
+    report["build_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+
+    ports = {name: free_port() for name in ("redis", "text", "image", "gateway")}
+    urls = {n: f"http://127.0.0.1:{p}" for n, p in ports.items() if n != "redis"}
+    data_dir = args.logs / "data"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    common = {
+        "ARTICLEFORGE_LOG_LEVEL": "INFO",
+        "ARTICLEFORGE_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+        "ARTICLEFORGE_TEXT_URL": urls["text"],
+        "ARTICLEFORGE_IMAGE_URL": urls["image"],
+        "ARTICLEFORGE_API_KEYS": API_KEY,
+        "ARTICLEFORGE_DATA_DIR": str(data_dir),
+        "ARTICLEFORGE_PUBLIC_URL": urls["gateway"],
+        "ARTICLEFORGE_RATE_LIMIT_PER_MINUTE": "0",
+    }
+    text_env = {
+        **common,
+        "ARTICLEFORGE_TEXT_MODEL": str(text_folder),
+        "ARTICLEFORGE_TEXT_DEVICE": args.device,
+        "ARTICLEFORGE_TEXT_GPU_MEMORY_UTILIZATION": args.text_memory,
+    }
+    image_env = {
+        **common,
+        "ARTICLEFORGE_IMAGE_MODEL": str(image_folder),
+        "ARTICLEFORGE_IMAGE_DEVICE": args.device,
+        "ARTICLEFORGE_IMAGE_DEFAULT_STEPS": str(args.steps),
+        "ARTICLEFORGE_IMAGE_MAX_QUEUE": "256",
+    }
+    image_env.update(kv.split("=", 1) for kv in args.image_env)
+    report["image_env"] = {k: v for k, v in image_env.items() if "IMAGE_" in k}
+    cli = [sys.executable, "-m", "services.cli"]
+    stack = Stack(args.logs)
+    try:
+        stack.start(
+            "redis",
+            ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no"],
+            {},
+        )
+        stack.start("text", [*cli, "serve", "text", "--port", str(ports["text"])], text_env)
+        stack.start("image", [*cli, "serve", "image", "--port", str(ports["image"])], image_env)
+        stack.start("gateway", [*cli, "serve", "gateway", "--port", str(ports["gateway"])], common)
+        for k in range(args.workers):
+            stack.start(f"worker{k}", [*cli, "worker", "--name", f"bench-w{k}"], common)
+        report["ready_s"] = stack.wait_ready(
+            {n: f"{u}/readyz" for n, u in urls.items()}, args.ready_timeout
+        )
+        save()
+        t0 = time.perf_counter()
+        alone = asyncio.run(run_articles(urls["gateway"], [article_body(TOPICS[0], args)]))
+        report["one_article"] = {**summarize(alone, time.perf_counter() - t0), "record": alone[0]}
+        print(json.dumps(report["one_article"]), flush=True)
+        save()
+        bodies = [article_body(TOPICS[k % len(TOPICS)], args) for k in range(args.articles)]
+        sampler = GpuSampler()
+        with sampler.sampling():
+            t0 = time.perf_counter()
+            records = asyncio.run(run_articles(urls["gateway"], bodies))
+            wall = time.perf_counter() - t0
+        report["concurrent"] = {**summarize(records, wall), "gpu": sampler.summary()}
+        report["concurrent"]["records"] = records
+        print(json.dumps({k: v for k, v in report["concurrent"].items() if k != "records"}))
+        save()
+        if args.image_scenarios:
+            from bench.image_bench import scenarios
+
+            image_args = argparse.Namespace(
+                guidance=7.5,
+                scheduler="dpmpp_2m",
+                concurrency="1,2,4,8,16,32",
+                rounds=3,
+                n8=True,
+                stream=True,
+            )
+            try:
+                report["image_scenarios"] = asyncio.run(
+                    scenarios(urls["image"], image_args, args.steps)
+                )
+            except Exception as exc:
+                report["image_scenarios_error"] = repr(exc)[:2000]
+            save()
+    except Exception as exc:
+        report["error"] = repr(exc)[:3000]
+        report["logs"] = {n: stack.tail(n, 1500) for n in ("text", "image", "gateway", "worker0")}
+        save()
+    finally:
+        stack.stop()
+    if args.baseline:
+        try:
+            report["seed_flow"] = seed_flow_baseline(text_folder, adapter, image_folder, args)
+            print(json.dumps(report["seed_flow"]), flush=True)
+        except Exception as exc:
+            report["seed_flow_error"] = repr(exc)[:2000]
+    report["total_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+
+
+if __name__ == "__main__":
+    main()

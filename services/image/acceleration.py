@@ -1,0 +1,101 @@
+"""What makes the image pipeline fast on CUDA, applied once at load time.
+
+* fused QKV projections (diffusers' ``fuse_qkv_projections``): one matmul per attention block
+  instead of three;
+* channels_last memory for the denoiser and the VAE (what cuDNN's fp16 convolutions want);
+* ``torch.compile`` of the denoiser and of the VAE decoder, with static shapes: each (size, batch)
+  compiles once, and ``reduce-overhead`` records a CUDA graph for it, so a denoising step is one
+  graph replay instead of a thousand kernel launches;
+* batch buckets: with compile on, a batch is padded up to the next bucket, so the shapes that
+  compile are the few the warm-up knows (the padded rows are drawn and thrown away).
+
+SDXL's original VAE overflows in float16, so its pipeline casts the VAE to float32 and back on
+every call (``force_upcast``): serve SDXL with an fp16-safe VAE (madebyollin/sdxl-vae-fp16-fix,
+whose config turns that off); docs/deployment.md says how.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from services.image.config import ImageSettings
+
+logger = logging.getLogger(__name__)
+
+# (width, height, batch bucket, classifier-free guidance on): one compiled shape of the pipeline.
+ShapeKey = tuple[int, int, int, bool]
+
+
+def enabled(flag: bool | None, device: torch.device) -> bool:
+    """An on/off setting whose unset value means "on with CUDA"."""
+    return device.type == "cuda" if flag is None else flag
+
+
+@dataclass
+class Acceleration:
+    """What ``accelerate`` did, and the compiled shapes the engine has run so far."""
+
+    compiled: bool = False
+    mode: str = ""
+    fused_qkv: bool = False
+    buckets: list[int] = field(default_factory=lambda: [1])
+    seen: set[ShapeKey] = field(default_factory=set)
+
+    def bucket(self, images: int) -> int:
+        """The batch size a call of ``images`` images runs at (itself without compile)."""
+        if not self.compiled:
+            return images
+        index = bisect.bisect_left(self.buckets, images)
+        return self.buckets[index] if index < len(self.buckets) else images
+
+    def note_shape(self, key: ShapeKey) -> bool:
+        """True the first time a compiled shape is run (it compiles now)."""
+        if not self.compiled or key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acceleration:
+    result = Acceleration(buckets=settings.batch_buckets())
+    vae = getattr(pipe, "vae", None)
+    if enabled(settings.image_fuse_qkv, device) and hasattr(pipe, "fuse_qkv_projections"):
+        pipe.fuse_qkv_projections()
+        result.fused_qkv = True
+    denoiser: Any = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if device.type == "cuda":
+        # diffusers already uses PyTorch SDPA attention (AttnProcessor2_0) on torch >= 2.
+        denoiser.to(memory_format=torch.channels_last)
+        if vae is not None:
+            vae.to(memory_format=torch.channels_last)
+    if not enabled(settings.image_compile, device):
+        return result
+    import torch._inductor.config as inductor
+    from torch import _dynamo
+
+    # 1x1 convolutions as matmuls: what diffusers' own speed guide sets for its UNets.
+    inductor.conv_1x1_as_mm = True
+    # Every (size, bucket, guidance on/off) is its own static graph; keep them all.
+    _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+    mode = settings.image_compile_mode
+    compiled = torch.compile(denoiser, mode=mode, fullgraph=True, dynamic=False)
+    if getattr(pipe, "unet", None) is not None:
+        pipe.unet = compiled
+    else:
+        pipe.transformer = compiled
+    if vae is not None:
+        # The decoder module, not `vae.decode`: the pipeline hands that its generators.
+        vae.decoder = torch.compile(vae.decoder, mode=mode, fullgraph=True, dynamic=False)
+    result.compiled, result.mode = True, mode
+    logger.info(
+        "image model %s: torch.compile (%s) of the denoiser and the VAE decoder; batch buckets %s",
+        settings.image_model,
+        mode,
+        ",".join(map(str, result.buckets)),
+    )
+    return result
