@@ -1,0 +1,173 @@
+"""What the CUDA fast path adds, checked on the CPU with the tiny pipeline.
+
+torch.compile itself is not run here (on the CPU it takes minutes per shape; the GPU benchmark
+runs it); what runs is the engine's side of it: the settings, the bucket padding and its
+"compiling" log, the warm-up sizes, the PNG level, and tiny-VAE previews.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from services.image.acceleration import Acceleration
+from services.image.config import ImageSettings
+from services.image.infotext import ImageParameters, encode_png, read_parameters
+from tests.image.conftest import SMALL, serve_image, sse_events
+
+
+def test_buckets_default_to_powers_of_two_up_to_the_largest_batch() -> None:
+    assert ImageSettings().batch_buckets() == [1, 2, 4, 8]
+    assert ImageSettings(image_max_batch_size=12).batch_buckets() == [1, 2, 4, 8, 12]
+    assert ImageSettings(image_batch_buckets="8, 1,4").batch_buckets() == [1, 4, 8]
+    assert ImageSettings(image_warmup_sizes="512x512, 768X512").warmup_sizes() == [
+        (512, 512),
+        (768, 512),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"image_batch_buckets": "1,2"}, ["ARTICLEFORGE_IMAGE_BATCH_BUCKETS", "(8)"]),
+        ({"image_batch_buckets": "1,x"}, ["ARTICLEFORGE_IMAGE_BATCH_BUCKETS", "integers"]),
+        ({"image_batch_buckets": "0,8"}, ["at least 1"]),
+        ({"image_warmup_sizes": "512"}, ["ARTICLEFORGE_IMAGE_WARMUP_SIZES", "WIDTHxHEIGHT"]),
+        ({"image_warmup_sizes": "510x512"}, ["510x512", "multiple of 8"]),
+        ({"image_png_compress_level": 10}, ["image_png_compress_level"]),
+    ],
+)
+def test_bad_acceleration_settings_say_which_and_why(
+    overrides: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(ValidationError) as error:
+        ImageSettings(**overrides)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_a_bucket_rounds_up_and_only_with_compile() -> None:
+    compiled = Acceleration(compiled=True, buckets=[1, 4, 8])
+    assert [compiled.bucket(n) for n in (1, 2, 3, 4, 5, 8)] == [1, 4, 4, 4, 8, 8]
+    assert Acceleration(compiled=False, buckets=[1, 4, 8]).bucket(3) == 3
+    assert compiled.note_shape((512, 512, 4, True)) is True
+    assert compiled.note_shape((512, 512, 4, True)) is False
+    assert Acceleration(compiled=False).note_shape((512, 512, 1, True)) is False
+
+
+def test_png_level_trades_size_for_time_and_keeps_the_parameters() -> None:
+    # A smooth gradient compresses (noise would not): level 0 stores, 9 squeezes hardest.
+    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    params = ImageParameters("a ramp", "", 2, "euler", 7.0, 3, 64, 64, "tiny")
+    sizes = [len(encode_png(ramp, params, compress_level=level)) for level in (0, 1, 9)]
+    assert sizes[0] > sizes[1] >= sizes[2]
+    assert read_parameters(encode_png(ramp, params, compress_level=1)) == params
+
+
+async def _draw(engine: Any, **body: Any) -> Any:
+    from services.image.schemas import ImageParams
+
+    params = ImageParams(prompt="a lighthouse", **{**SMALL, **body})
+    handle = engine.submit(engine.prepare(params, f"test-{body.get('seed')}"))
+    return await handle.wait()
+
+
+def _png_pixels(png: bytes | None) -> np.ndarray:
+    assert png is not None
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_bucket_padding_keeps_each_image_and_logs_a_shape_it_compiles(
+    tiny_image_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With compile on, 3 images run padded to a batch of 4; the padded row is thrown away.
+
+    The engine is told it is compiled (its Acceleration) without torch.compile, so that the
+    padding and the bookkeeping run on the CPU in seconds."""
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    settings = ImageSettings(image_default_steps=2, image_max_batch_size=4)
+    loaded = load_image_pipeline(settings)
+
+    async def run() -> tuple[Any, Any, Any]:
+        engine = ImageEngine(settings, loaded)
+        await asyncio.wrap_future(engine.start())
+        try:
+            plain = await _draw(engine, n=3, seed=21)
+            loaded.acceleration = Acceleration(compiled=True, buckets=[1, 4])
+            with caplog.at_level(logging.WARNING, logger="services.image.engine"):
+                padded = await _draw(engine, n=3, seed=21)
+                again = await _draw(engine, n=2, seed=40)
+            return plain, padded, again
+        finally:
+            engine.shutdown()
+
+    plain, padded, again = asyncio.run(run())
+    assert [i.seed for i in padded.images] == [21, 22, 23]
+    assert padded.batch_size == 3  # the reply counts the request's images, not the padding
+    for a, b in zip(plain.images, padded.images, strict=True):
+        # Another batch shape may reorder float sums in CPU kernels: one level at most.
+        assert np.abs(_png_pixels(a.png) - _png_pixels(b.png)).max() <= 1
+    compiling = [r.getMessage() for r in caplog.records if "compiling for" in r.getMessage()]
+    # The first padded call compiles 32x32 at batch 4; the second (2 -> 4) reuses it.
+    assert len(compiling) == 1, compiling
+    assert "32x32, batch of 4" in compiling[0]
+    assert len(again.images) == 2
+
+
+def test_warmup_runs_every_size_the_settings_name(
+    tiny_image_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    settings = ImageSettings(image_default_steps=2, image_warmup_sizes="32x32,48x32")
+    engine = ImageEngine(settings, load_image_pipeline(settings))
+
+    async def start() -> None:
+        await asyncio.wrap_future(engine.start())
+
+    with caplog.at_level(logging.INFO, logger="services.image.engine"):
+        asyncio.run(start())
+    engine.shutdown()
+    warmups = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
+    assert any("warm-up 32x32, batch of 1" in m for m in warmups), warmups
+    assert any("warm-up 48x32, batch of 1" in m for m in warmups), warmups
+
+
+def test_tiny_vae_previews_are_full_size(tiny_image_path: Path, tmp_path: Path) -> None:
+    """ARTICLEFORGE_IMAGE_PREVIEW_VAE: previews decoded by a (here random, tiny) TAESD."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    )
+    taesd.save_pretrained(tmp_path / "taesd")
+    with serve_image(image_preview_every=1, image_preview_vae=str(tmp_path / "taesd")) as client:
+        body = {"prompt": "a lighthouse", **SMALL, "steps": 2, "seed": 3, "stream": True}
+        with client.stream("POST", "/v1/images", json=body) as response:
+            assert response.status_code == 200
+            events = list(sse_events(response.iter_lines()))
+    progress = [json.loads(data) for kind, data in events if kind == "progress"]
+    assert len(progress) == 2 and all("preview_b64" in p for p in progress)
+    preview = Image.open(io.BytesIO(base64.b64decode(progress[-1]["preview_b64"])))
+    # TAESD upsamples the 16x16 latent 8x; the linear map would give 16x16.
+    assert preview.size == (128, 128)
+    assert events[-1][0] == "result"
