@@ -153,7 +153,7 @@ def test_tiny_vae_previews_are_full_size(tiny_image_path: Path, tmp_path: Path) 
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
-    taesd = AutoencoderTiny(
+    taesd: Any = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
