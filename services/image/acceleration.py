@@ -17,7 +17,9 @@ whose config turns that off); docs/deployment.md says how.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,3 +101,59 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
         ",".join(map(str, result.buckets)),
     )
     return result
+
+
+class StepCache:
+    """Reuses the denoiser's last output on skipped steps of one pipeline call.
+
+    Step ``i`` of ``steps`` calls the denoiser when it lies in the first or last 20% of the
+    schedule, or when ``(i - start) % interval == 0`` inside that middle window; otherwise the
+    last prediction (cloned: a CUDA-graph output is overwritten by the next replay) stands in.
+    Classifier-free guidance batches both halves into one call, so one call is one step.
+    """
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def runs(self, index: int, steps: int) -> bool:
+        start, end = int(0.2 * steps), steps - int(0.2 * steps)
+        if self.interval <= 1 or not start <= index < end:
+            return True
+        return (index - start) % self.interval == 0
+
+    @contextlib.contextmanager
+    def around(self, denoiser: Any, steps: int) -> Iterator[None]:
+        original = denoiser.forward
+        calls = 0
+        last: Any = None
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls, last
+            index, calls = calls, calls + 1
+            if last is not None and not self.runs(index, steps):
+                return last
+            out = original(*args, **kwargs)
+            last = _cloned(out)
+            return out
+
+        # An instance attribute: nn.Module.__call__ finds it first. A compiled module already
+        # has one (torch.compile's OptimizedModule), which comes back afterwards.
+        own = "forward" in vars(denoiser)
+        denoiser.forward = forward
+        try:
+            yield
+        finally:
+            if own:
+                denoiser.forward = original
+            else:
+                del denoiser.forward
+
+
+def _cloned(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, tuple):
+        return tuple(_cloned(x) for x in out)
+    if hasattr(out, "sample"):  # UNet2DConditionOutput
+        return type(out)(sample=out.sample.clone())
+    return out

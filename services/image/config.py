@@ -77,6 +77,10 @@ class ImageSettings(CommonSettings):
     # Threads that encode PNGs while the pipeline draws the next batch.
     image_encode_threads: int = Field(default=4, ge=1, le=64)
     # --- Options that change the images: off by default. ---
+    # Step caching: in the middle of the schedule (the first and last 20% of the steps always
+    # run the denoiser), only every Nth step calls it; the others reuse the last noise
+    # prediction. Fewer UNet calls, slightly different images. 0 or 1: off.
+    image_step_cache_interval: int = Field(default=0, ge=0, le=10)
     # Previews through a tiny VAE (TAESD, diffusers' AutoencoderTiny: HF id or folder, e.g.
     # madebyollin/taesd) instead of the linear latent-to-RGB map: sharper previews at full size,
     # for a few milliseconds per preview. Unset: the linear map.

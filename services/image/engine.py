@@ -18,6 +18,7 @@ last PNG is done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -33,6 +34,7 @@ import torch
 from services.common.errors import ArticleforgeError, InvalidRequest, Overloaded
 from services.common.handles import EngineHandle
 from services.image import metrics
+from services.image.acceleration import StepCache
 from services.image.config import ImageSettings
 from services.image.infotext import ImageParameters, encode_png
 from services.image.loading import LoadedPipeline
@@ -514,7 +516,12 @@ class ImageEngine:
             )
         # CPU generators: the same seed gives the same starting noise on any device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
+        caching: Any = contextlib.nullcontext()
+        if self.settings.image_step_cache_interval > 1:
+            denoiser = getattr(pipe, "unet", None) or pipe.transformer
+            cache = StepCache(self.settings.image_step_cache_interval)
+            caching = cache.around(denoiser, job.steps)
+        with torch.inference_mode(), caching:
             out = pipe(
                 prompt=prompts,
                 negative_prompt=negatives,

@@ -171,3 +171,46 @@ def test_tiny_vae_previews_are_full_size(tiny_image_path: Path, tmp_path: Path) 
     # TAESD upsamples the 16x16 latent 8x; the linear map would give 16x16.
     assert preview.size == (128, 128)
     assert events[-1][0] == "result"
+
+
+def test_step_cache_skips_denoiser_calls_in_the_middle_of_the_schedule(
+    tiny_image_path: Path,
+) -> None:
+    """ARTICLEFORGE_IMAGE_STEP_CACHE_INTERVAL=2 at 10 steps: steps 2..7 call the UNet every
+    other step (6 middle steps, 3 calls), so 7 calls instead of 10; the image changes a little,
+    and the module is left as it was."""
+    from services.image.acceleration import StepCache
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    assert [StepCache(2).runs(i, 10) for i in range(10)] == [
+        True, True, True, False, True, False, True, False, True, True
+    ]  # fmt: skip
+    assert all(StepCache(1).runs(i, 10) for i in range(10))
+
+    plain_settings = ImageSettings(image_default_steps=2)
+    cached_settings = ImageSettings(image_default_steps=2, image_step_cache_interval=2)
+    loaded = load_image_pipeline(plain_settings)
+    unet = loaded.pipe.unet
+    calls = []
+    hook = unet.conv_in.register_forward_hook(lambda *_: calls.append(1))
+
+    async def draw_with(settings: ImageSettings) -> Any:
+        engine = ImageEngine(settings, loaded)
+        await asyncio.wrap_future(engine.start())
+        try:
+            calls.clear()
+            result = await _draw(engine, steps=10, seed=5)
+            return result, len(calls)
+        finally:
+            engine.shutdown()
+
+    try:
+        plain, plain_calls = asyncio.run(draw_with(plain_settings))
+        cached, cached_calls = asyncio.run(draw_with(cached_settings))
+    finally:
+        hook.remove()
+    assert (plain_calls, cached_calls) == (10, 7)
+    assert "forward" not in vars(unet)  # the wrapper is gone after the call
+    a, b = _png_pixels(plain.images[0].png), _png_pixels(cached.images[0].png)
+    assert a.shape == b.shape and not np.array_equal(a, b)
