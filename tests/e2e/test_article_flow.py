@@ -253,5 +253,13 @@ def test_cancel_stops_a_running_article(stack: Stack) -> None:
     assert status["status"] == "cancelled" and status["article"] is None
     assert status["progress"]["images_done"] < 2
     assert not (stack.data_dir / "articles" / f"{article_id}.json").exists()
+    # Announced once, as cancelled: never as succeeded or failed.
+    deadline = time.monotonic() + 30
+    while not (types := _hook_types(stack, article_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert types == ["article.cancelled"]
+
+
+def _hook_types(stack: Stack, article_id: str) -> list[str]:
     hooks = [json.loads(raw) for _, raw in stack.hooks]
-    assert not any(h["data"]["id"] == article_id for h in hooks)  # nothing announced
+    return [h["type"] for h in hooks if h["data"]["id"] == article_id]
