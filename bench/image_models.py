@@ -25,19 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.common.tiny_image import SD_SCHEDULER_CONFIG
+
 FOLDER_VERSION = 1
 
-# SD 1.x/2.x scheduler settings; SD-Turbo's scheduler is Euler with trailing timesteps.
-SD_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
+# SD 1.x/2.x scheduler settings (SD 1.5's); SD-Turbo's scheduler adds trailing timesteps.
+SD_SCHEDULER = SD_SCHEDULER_CONFIG
 
 SHAPES: dict[str, dict[str, Any]] = {
     "sd15": {
