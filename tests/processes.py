@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def default_sigint() -> None:
+    """A ``preexec_fn``: SIGINT back to its default in the child, so that Python turns a Ctrl-C
+    into KeyboardInterrupt there even when the test run itself was started as a background job
+    (a non-interactive shell starts those with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def articleforge_command() -> list[str]:

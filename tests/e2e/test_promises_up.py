@@ -18,7 +18,7 @@ import redis
 
 from services.launcher import child_env
 from tests.e2e.stack import descendants
-from tests.processes import articleforge_command, free_port
+from tests.processes import articleforge_command, default_sigint, free_port
 
 PORTS = {"text": 8001, "image": 8002, "gateway": 8000}
 
@@ -62,6 +62,7 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     lines: queue.Queue[str] = queue.Queue()
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.e2e.stack import descendants
-from tests.processes import articleforge_command, free_port
+from tests.processes import articleforge_command, default_sigint, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +60,7 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_sigint,
     )
     lines = _lines(proc)
     output: list[str] = []
