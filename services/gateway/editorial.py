@@ -21,7 +21,6 @@ at a time per article (``edit_busy``); another one meanwhile is a 409.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import secrets
@@ -38,7 +37,7 @@ from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError, Conflict, NotFound
 from services.common.logging import request_id_var
-from services.gateway import assemble, jobs, pipeline, seo, signing
+from services.gateway import assemble, jobs, pipeline, seo
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import (
     Article,
@@ -385,7 +384,7 @@ def rewrite_prompt(
     """One section again, with the outline and the neighbouring sections as context."""
     heading = outline.headings[index]
     plan = "; ".join(f"{k + 1}. {h}" for k, h in enumerate(outline.headings))
-    words = max(60, request.words // len(outline.headings))
+    words, _ = pipeline.section_budget(request, outline)
     prompt = (
         f'{pipeline.instruction(request)} The article is titled "{outline.title}" and has '
         f"these sections: {plan}."
@@ -423,8 +422,7 @@ def regenerate_section_job(
     outline = pipeline.Outline(**json.loads(fields["outline"]))
     bodies: list[str] = json.loads(fields["sections"])
     prompt = rewrite_prompt(request, outline, bodies, index, params.get("instructions"))
-    words = max(60, request.words // len(outline.headings))
-    max_new = min(2048, int(words * pipeline.TOKENS_PER_WORD) + 32)
+    _, max_new = pipeline.section_budget(request, outline)
     body = pipeline.text_body(prompt, request, params["seed"], max_new, params.get("temperature"))
     reply = asyncio.run(jobs.text_backend(config).generate(body))
     text = pipeline.clean_section(reply["text"], outline.headings[index])
@@ -468,24 +466,18 @@ def redraw_image_job(article_id: str, revision: int, index: int, params: dict[st
         )
     # The first run of this revision picks the id; a re-run overwrites the same PNG. The old
     # image keeps its id and file, so earlier revisions stay whole.
-    field = f"edit_image_id:{revision}"
-    store.redis.hsetnx(store.key(article_id), field, json.dumps("img_" + secrets.token_hex(12)))
-    image_id = str(store.get(article_id, field))
-    store.save_image(image_id, base64.b64decode(image["b64_png"]))
     caption = pipeline.image_subjects(outline, request.images.count)[index]
-    ref = assemble.image_ref(
-        image_id,
-        signing.signed_image_url(config, image_id),
+    records[index] = jobs.keep_image(
+        config,
+        store,
+        jobs.claim_image_id(store, article_id, f"edit_image_id:{revision}"),
+        reply,
         prompt,
-        int(image["seed"]),
-        int(image["width"]),
-        int(image["height"]),
         caption,
+        request,
         # A prompt given by hand is used as is, with no style appended to strip for the alt text.
         style=None if params.get("prompt") else request.images.style,
-        language=request.language,
     )
-    records[index] = {**ref.model_dump(), "model": reply.get("model")}
     _commit(
         store,
         config,

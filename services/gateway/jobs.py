@@ -412,7 +412,36 @@ def image_job(article_id: str, index: int) -> None:
         _add_fallbacks(store, article_id, [f"image:{index}:nsfw"])
         store.image_done(article_id, index, {"skipped": "nsfw"})
         return
-    image_id = _claim_image_id(store, article_id, index)
+    image_id = claim_image_id(store, article_id, f"image_id:{index}")
+    record = keep_image(
+        config, store, image_id, reply, prompt, caption, request, style=request.images.style
+    )
+    store.image_done(article_id, index, record)
+    _timed(store, article_id, f"image_{index}", started)
+    logger.info(
+        "article %s: image %d/%d done (%s)", article_id, index + 1, request.images.count, image_id
+    )
+
+
+def claim_image_id(store: ArticleStore, article_id: str, field: str) -> str:
+    """The first run of a job picks the image's id (kept in ``field``); a re-run reuses it and
+    overwrites the same PNG."""
+    store.redis.hsetnx(store.key(article_id), field, json.dumps("img_" + secrets.token_hex(12)))
+    return str(store.get(article_id, field))
+
+
+def keep_image(
+    config: GatewaySettings,
+    store: ArticleStore,
+    image_id: str,
+    reply: dict[str, Any],
+    prompt: str,
+    caption: str,
+    request: ArticleRequest,
+    style: str | None,
+) -> dict[str, Any]:
+    """Saves the image service's (first) image as ``image_id``; returns its article record."""
+    image = reply["images"][0]
     store.save_image(image_id, base64.b64decode(image["b64_png"]))
     ref = assemble.image_ref(
         image_id,
@@ -422,21 +451,10 @@ def image_job(article_id: str, index: int) -> None:
         int(image["width"]),
         int(image["height"]),
         caption,
-        style=request.images.style,
+        style=style,
         language=request.language,
     )
-    store.image_done(article_id, index, {**ref.model_dump(), "model": reply.get("model")})
-    _timed(store, article_id, f"image_{index}", started)
-    logger.info(
-        "article %s: image %d/%d done (%s)", article_id, index + 1, request.images.count, image_id
-    )
-
-
-def _claim_image_id(store: ArticleStore, article_id: str, index: int) -> str:
-    """The first run of image ``index`` picks the id; a re-run overwrites the same PNG."""
-    field = f"image_id:{index}"
-    store.redis.hsetnx(store.key(article_id), field, json.dumps("img_" + secrets.token_hex(12)))
-    return str(store.get(article_id, field))
+    return {**ref.model_dump(), "model": reply.get("model")}
 
 
 def assemble_job(article_id: str) -> None:

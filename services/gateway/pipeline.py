@@ -185,6 +185,12 @@ def fallback_section(heading: str, request: ArticleRequest) -> str:
     return words.section.format(heading=heading, topic=request.topic)
 
 
+def section_budget(request: ArticleRequest, outline: Outline) -> tuple[int, int]:
+    """(words asked for, max new tokens) of one section: the article's words shared out."""
+    words = max(60, request.words // len(outline.headings))
+    return words, min(2048, int(words * TOKENS_PER_WORD) + 32)
+
+
 async def write_sections(
     text: TextBackend,
     request: ArticleRequest,
@@ -197,8 +203,7 @@ async def write_sections(
 
     ``on_delta`` sees every streamed token, also those of an attempt that the service client
     retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost."""
-    words = max(60, request.words // len(outline.headings))
-    max_new = min(2048, int(words * TOKENS_PER_WORD) + 32)
+    words, max_new = section_budget(request, outline)
 
     async def one(k: int, heading: str) -> str:
         prompt = (

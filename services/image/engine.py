@@ -391,11 +391,11 @@ class ImageEngine:
         per_image = elapsed / len(prompts)
         for _ in prompts:
             metrics.SECONDS_PER_IMAGE.observe(per_image)
+        batch = BatchFacts(job, started, elapsed, per_image, len(prompts))
         for handle, offset in zip(handles, offsets, strict=True):
             if handle.cancelled.is_set():
                 continue
             rows = range(offset, offset + len(handle.job.seeds))
-            batch = BatchFacts(job, started, elapsed, per_image, len(prompts))
             self._encode(handle, batch, [(pixels[r], seeds[r], flags[r]) for r in rows])
 
     def _encode(

@@ -33,6 +33,9 @@ class SafetyChecker:
         self.checker = checker
         self.extractor = extractor
         self.device = device
+        # CLIP's normalisation, built once rather than for every batch.
+        self.mean = torch.tensor(extractor.image_mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(extractor.image_std, device=device).view(1, 3, 1, 1)
 
     def flags(self, images: torch.Tensor) -> list[bool]:
         """One flag per image of a batch of NCHW float images in [0, 1], on their device.
@@ -52,9 +55,7 @@ class SafetyChecker:
         x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True)
         top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
         x = x[..., top : top + crop_h, left : left + crop_w].clamp(0, 1)
-        mean = torch.tensor(extractor.image_mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(extractor.image_std, device=x.device).view(1, 3, 1, 1)
-        clip_input = ((x - mean) / std).to(self.checker.dtype)
+        clip_input = ((x - self.mean) / self.std).to(self.checker.dtype)
         # The tensor path of the checker (its ONNX export's): no numpy round trip. It blacks out
         # what it flags in the second argument; we pass a placeholder and keep only the flags.
         placeholder = torch.zeros(len(x), 1, device=x.device)

@@ -20,12 +20,17 @@ KEY = "sk-one"
 OTHER_KEY = "sk-two"
 
 
-@pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def flushed_db(url: str) -> Iterator[redis.Redis]:
+    """A Redis database emptied before and after a test (test files own distinct ones)."""
+    connection = redis.Redis.from_url(url)
     connection.flushdb()
     yield connection
     connection.flushdb()
+
+
+@pytest.fixture()
+def redis_db() -> Iterator[redis.Redis]:
+    yield from flushed_db(REDIS_URL)
 
 
 @pytest.fixture()

@@ -31,6 +31,7 @@ from services.gateway import jobs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.worker import article_worker
+from tests.gateway.conftest import flushed_db
 from tests.processes import free_port, serve_all
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
@@ -89,10 +90,7 @@ def services(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture()
 def redis_db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
+    yield from flushed_db(REDIS_URL)
 
 
 @pytest.fixture()

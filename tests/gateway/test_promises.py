@@ -20,6 +20,7 @@ from services.gateway import assemble, jobs, pipeline
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import DEFAULT_SECTIONS, ArticleRequest, ImageRef
+from tests.gateway.conftest import flushed_db
 
 REDIS_URL = "redis://127.0.0.1:6379/5"
 KEY = "sk-promises"
@@ -28,10 +29,7 @@ OTHER_KEY = "sk-promises-other"
 
 @pytest.fixture()
 def redis_db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
+    yield from flushed_db(REDIS_URL)
 
 
 @pytest.fixture()
