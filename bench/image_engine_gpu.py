@@ -43,51 +43,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def eager_baseline(folder: Path, device: str, steps: int, native: int) -> None:
-    """Plain diffusers, as a user's script would run it: the anchors' measurement."""
-    from diffusers import AutoPipelineForText2Image, DPMSolverMultistepScheduler, PNDMScheduler
+def eager_baseline(folder: Path, args: argparse.Namespace) -> None:
+    """Plain diffusers, as a user's script would run it (the anchors' measurement): the same
+    runs as bench/image_bench.py's baseline, PNDM at 50 steps included."""
+    from bench.image_bench import eager_diffusers
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe: Any = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    config = pipe.scheduler.config
-
-    def run(batch: int, n_steps: int, label: str) -> None:
-        kw = dict(
-            prompt=["a lighthouse at dawn, oil painting"] * batch,
-            negative_prompt=["blurry"] * batch,
-            num_inference_steps=n_steps,
-            guidance_scale=7.5,
-            height=native,
-            width=native,
-            output_type="pil",
-        )
-        pipe(**{**kw, "num_inference_steps": 2})
-        times = []
-        for _ in range(2):
-            sync(device)
-            t0 = time.perf_counter()
-            pipe(**kw)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        best = min(times)
-        rec(
-            event="eager_diffusers",
-            scenario=label,
-            batch=batch,
-            steps=n_steps,
-            s=round(best, 3),
-            s_per_image=round(best / batch, 4),
-        )
-
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(config)
-    run(1, steps, "dpmpp_2m")
-    run(8, steps, "dpmpp_2m")
-    pipe.scheduler = PNDMScheduler.from_config(config)
-    run(1, 50, "pndm_50")
-    pipe.to("cpu")  # its memory goes with this function's frame
-    gc.collect()
-    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    for result in eager_diffusers(folder, argparse.Namespace(**vars(args), pndm=True), args.steps):
+        rec(event="eager_diffusers", **result)
 
 
 async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namespace) -> None:
@@ -228,9 +190,8 @@ def main() -> None:
             "float16" if args.device.startswith("cuda") else "float32",
         ),
     )
-    native = 8 * json.loads((folder / "unet" / "config.json").read_text())["sample_size"]
     if not args.skip_baseline:
-        eager_baseline(folder, args.device, args.steps, native)
+        eager_baseline(folder, args)
     if args.png:
         png_levels()
     for mode in args.modes.split(","):

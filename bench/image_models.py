@@ -29,20 +29,20 @@ from services.common.tiny_image import SD_SCHEDULER_CONFIG
 
 FOLDER_VERSION = 1
 
-# SD 1.x/2.x scheduler settings (SD 1.5's); SD-Turbo's scheduler adds trailing timesteps.
-SD_SCHEDULER = SD_SCHEDULER_CONFIG
+# The SD 1.x UNet; SD 2.x (SD-Turbo) changes its attention, as SHAPES shows.
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
 
 SHAPES: dict[str, dict[str, Any]] = {
     "sd15": {
-        "unet": {
-            "sample_size": 64,
-            "block_out_channels": (320, 640, 1280, 1280),
-            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            "layers_per_block": 2,
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-        },
+        "unet": SD15_UNET,
         "vae": {"block_out_channels": (128, 256, 512, 512), "sample_size": 512},
         "text": [{"hidden_size": 768, "intermediate_size": 3072, "layers": 12, "heads": 12}],
         "pipeline": "StableDiffusionPipeline",
@@ -91,11 +91,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     },
     "sd-turbo": {
         "unet": {
-            "sample_size": 64,
-            "block_out_channels": (320, 640, 1280, 1280),
-            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            "layers_per_block": 2,
+            **SD15_UNET,
             "cross_attention_dim": 1024,
             "attention_head_dim": (5, 10, 20, 20),
             "use_linear_projection": True,
@@ -191,7 +187,7 @@ def build(shape_name: str, folder: Path, device: str = "cpu", dtype: str = "floa
     tokenizer = _clip_tokenizer()
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **shape["unet"])
+        unet: Any = UNet2DConditionModel(in_channels=4, out_channels=4, **shape["unet"])
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -203,7 +199,8 @@ def build(shape_name: str, folder: Path, device: str = "cpu", dtype: str = "floa
         )
         encoders = [_text_encoder(spec, tokenizer) for spec in shape["text"]]
     scheduler_cls = getattr(diffusers, shape["scheduler"])
-    scheduler = scheduler_cls.from_config({**SD_SCHEDULER, **shape.get("scheduler_extra", {})})
+    extra = shape.get("scheduler_extra", {})
+    scheduler = scheduler_cls.from_config({**SD_SCHEDULER_CONFIG, **extra})
     pipeline_cls = getattr(diffusers, shape["pipeline"])
     parts: dict[str, Any] = {"unet": unet, "vae": vae, "scheduler": scheduler}
     if len(encoders) == 2:
