@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from services.common.errors import ArticleforgeError
+from services.gateway.pipeline import OnStep
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +152,15 @@ class HttpText:
 
 
 class HttpImage:
-    """ImageBackend over HTTP: /v1/images with `stream: true`, reporting each step."""
+    """ImageBackend over HTTP: /v1/images with `stream: true`, reporting each step and its
+    preview (when the step has one)."""
 
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
 
-    async def generate(
-        self, body: dict[str, Any], on_step: Callable[[int, int], None] | None = None
-    ) -> dict[str, Any]:
+    async def generate(self, body: dict[str, Any], on_step: OnStep | None = None) -> dict[str, Any]:
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if kind == "progress" and on_step is not None:
-                on_step(int(data["step"]), int(data["steps"]))
+                on_step(int(data["step"]), int(data["steps"]), data.get("preview_b64"))
 
         return await self.client.stream_events("/v1/images", body, on_event)

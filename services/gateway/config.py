@@ -109,6 +109,16 @@ class GatewaySettings(CommonSettings):
     # every ARTICLEFORGE_WORKER_MAINTENANCE_INTERVAL_SECONDS).
     review_timeout_seconds: int = Field(default=24 * 3600, ge=1, le=30 * 24 * 3600)
 
+    # Image previews in article status and events (progress.images[].preview): the image job
+    # keeps at most one preview per image per this many milliseconds (the first and the last
+    # always), so a fast GPU does not flood the event stream; 0 leaves previews out.
+    preview_interval_ms: int = Field(default=500, ge=0, le=60_000)
+    # Largest preview kept, in base64 characters. The image service's latent previews are 1/8
+    # of the image's size (64x64, up to 17 KB, for 512x512; 128x128 for 1024x1024); a full-size
+    # TAESD preview (ARTICLEFORGE_IMAGE_PREVIEW_VAE) is larger and is left out, so an event stays
+    # bounded by images x this.
+    preview_max_bytes: int = Field(default=128 * 1024, ge=1024, le=4 * 1024 * 1024)
+
     @field_validator("webhook_retry_intervals", mode="before")
     @classmethod
     def _split_intervals(cls, value: object) -> object:

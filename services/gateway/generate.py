@@ -70,7 +70,7 @@ async def run_pipeline(
         total_steps = request.images.steps * len(prompts)
 
         async def draw(k: int, prompt: str) -> dict[str, object]:
-            def on_step(step: int, steps: int) -> None:
+            def on_step(step: int, steps: int, preview: str | None) -> None:
                 steps_done[k] = step
                 progress("images", sum(steps_done), total_steps)
 

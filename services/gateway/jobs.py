@@ -41,6 +41,7 @@ from services.common.logging import request_id_var
 from services.gateway import assemble, pipeline, signing
 from services.gateway.clients import HttpImage, HttpText, ServiceClient
 from services.gateway.config import GatewaySettings
+from services.gateway.previews import PreviewThrottle
 from services.gateway.schemas import ArticleRequest, ErrorInfo
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
@@ -391,12 +392,25 @@ def image_job(article_id: str, index: int) -> None:
     prompt = store.get(article_id, "image_prompts")[index]
     seed = int(store.get(article_id, "image_seed")) + index
     publish = _throttled(lambda: store.publish(article_id))
+    previews = PreviewThrottle(config.preview_interval_ms / 1000)
 
-    def on_step(step: int, steps: int) -> None:
+    def keep_preview(kept: tuple[int, str]) -> None:
+        store.image_preview(article_id, index, *kept)
+        store.publish(article_id)  # at once: every kept preview reaches an event
+
+    def on_step(step: int, steps: int, preview: str | None) -> None:
         if store.is_over(article_id):
             raise Stopped(article_id)  # closing the stream interrupts the image pipeline
         store.image_step(article_id, index, step, steps)
-        publish()
+        if not config.preview_interval_ms or (
+            preview is not None and len(preview) > config.preview_max_bytes
+        ):
+            preview = None  # off, or too large for an event (a full-size TAESD preview)
+        kept = previews.due(step, preview)
+        if kept is not None:
+            keep_preview(kept)
+        else:
+            publish()
 
     try:
         reply = asyncio.run(
@@ -408,6 +422,9 @@ def image_job(article_id: str, index: int) -> None:
     image = reply["images"][0]
     outline = pipeline.Outline(**store.get(article_id, "outline"))
     caption = pipeline.image_subjects(outline, request.images.count)[index]
+    last = previews.flush()
+    if last is not None and not image.get("nsfw"):  # a flagged picture's last state stays unsent
+        keep_preview(last)
     if image.get("nsfw") or not image.get("b64_png"):
         _add_fallbacks(store, article_id, [f"image:{index}:nsfw"])
         store.image_done(article_id, index, {"skipped": "nsfw"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from services.gateway.pipeline import OnStep
 from services.image.engine import ImageEngine
 from services.image.routes import images_response
 from services.image.schemas import ImagesRequest
@@ -50,14 +51,12 @@ class LocalImage:
     def __init__(self, engine: ImageEngine) -> None:
         self.engine = engine
 
-    async def generate(
-        self, body: dict[str, Any], on_step: Callable[[int, int], None] | None = None
-    ) -> dict[str, Any]:
+    async def generate(self, body: dict[str, Any], on_step: OnStep | None = None) -> dict[str, Any]:
         request = ImagesRequest.model_validate(body)
         job = self.engine.prepare(request.to_params(), "local", stream=True)
         handle = self.engine.submit(job)
         async for progress in handle.progress():
             if on_step is not None:
-                on_step(progress.step, progress.steps)
+                on_step(progress.step, progress.steps, progress.preview_b64)
         assert handle.result is not None
         return images_response(handle.result).model_dump()

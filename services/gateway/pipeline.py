@@ -38,10 +38,14 @@ class TextBackend(Protocol):
         ...
 
 
+# Called once per denoising step with (step, steps, preview): the preview is the image service's
+# base64 PNG of the latents on the steps that have one (every ARTICLEFORGE_IMAGE_PREVIEW_EVERY),
+# else None.
+OnStep = Callable[[int, int, str | None], None]
+
+
 class ImageBackend(Protocol):
-    async def generate(
-        self, body: dict[str, Any], on_step: Callable[[int, int], None] | None = None
-    ) -> dict[str, Any]:
+    async def generate(self, body: dict[str, Any], on_step: OnStep | None = None) -> dict[str, Any]:
         """POST /v1/images semantics (n=1): returns {images: [{b64_png, seed, width, height}]}."""
         ...
 

@@ -302,12 +302,97 @@ class Accepted(BaseModel):
     links: Links = Field(description="Where to follow it.")
 
 
+ImageState = Literal["queued", "drawing", "done", "skipped"]
+# A 2x2 PNG: what a preview looks like, a real one is 1/8 of the image's size (64x64 for 512x512).
+PREVIEW_EXAMPLE = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8UaHBwMDA"
+    "xMDAwMDAAAARqgFsecZ2JgAAAABJRU5ErkJggg=="
+)
+
+
+class ImageProgress(BaseModel):
+    """One requested image, while the article is made: its steps and its latest preview."""
+
+    index: int = Field(
+        ge=0,
+        description="Position in the request, from 0 (0 is the featured image, the rest "
+        "illustrate the sections in order).",
+        examples=[0],
+    )
+    state: ImageState = Field(
+        description="`queued`: not started; `drawing`: denoising, `step` of `steps` done; "
+        "`done`: finished, the PNG is at `url`; `skipped`: no image (the safety checker "
+        "flagged it).",
+        examples=["drawing"],
+    )
+    step: int = Field(
+        ge=0, description="Denoising steps done (0 until the image starts).", examples=[12]
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=0,
+        description="Steps the scheduler runs in all; null until the image starts.",
+        examples=[30],
+    )
+    preview: str | None = Field(
+        default=None,
+        description="While `drawing`: the latest step preview as a `data:image/png;base64,` "
+        "URL, ready for an `<img src>`. It is the image service's latent-to-RGB preview, 1/8 "
+        "of the image's size (64x64 for 512x512, a few KB), kept at most once per "
+        "ARTICLEFORGE_PREVIEW_INTERVAL_MS (first and last always). Null before the first "
+        "preview, once the image is done (the PNG replaces it), once the article has ended, "
+        "and with previews off.",
+        examples=[PREVIEW_EXAMPLE],
+    )
+    preview_step: int | None = Field(
+        default=None,
+        ge=0,
+        description="The step `preview` shows; it trails `step`, since previews come every "
+        "ARTICLEFORGE_IMAGE_PREVIEW_EVERY steps and are throttled.",
+        examples=[10],
+    )
+    url: str | None = Field(
+        default=None,
+        description="Once `done`: the signed URL of the finished PNG (as in the article), "
+        "before the article is assembled.",
+        examples=["http://127.0.0.1:8000/v1/images/img_9b1e2c?signature=m1Xc0yP3kQ2r"],
+    )
+
+
 class Progress(BaseModel):
     stage: Stage = Field(description="Current pipeline stage.", examples=["sections"])
     percent: float = Field(ge=0, le=100, description="Rough completion.", examples=[42.0])
     tokens: int = Field(description="Text tokens generated so far.", examples=[512])
     images_done: int = Field(description="Images finished.", examples=[1])
     images_total: int = Field(description="Images requested.", examples=[2])
+    images: list[ImageProgress] = Field(
+        default_factory=list,
+        description="One entry per requested image, in order: its state, step counter and "
+        "latest preview. An event carries at most `images_total` previews of a few KB each "
+        "(each at most ARTICLEFORGE_PREVIEW_MAX_BYTES).",
+        examples=[
+            [
+                {
+                    "index": 0,
+                    "state": "done",
+                    "step": 30,
+                    "steps": 30,
+                    "preview": None,
+                    "preview_step": None,
+                    "url": "http://127.0.0.1:8000/v1/images/img_9b1e2c?signature=m1Xc0yP3kQ2r",
+                },
+                {
+                    "index": 1,
+                    "state": "drawing",
+                    "step": 12,
+                    "steps": 30,
+                    "preview": PREVIEW_EXAMPLE,
+                    "preview_step": 10,
+                    "url": None,
+                },
+            ]
+        ],
+    )
 
 
 class ErrorInfo(BaseModel):

@@ -49,9 +49,11 @@ return 1
 """
 
 
-# Stores image ARGV[1] and sets images_done to the number of image:k fields present.
+# Stores image ARGV[1], drops its step preview (the image replaces it), and sets images_done to
+# the number of image:k fields present.
 _IMAGE_DONE = """
 redis.call('HSET', KEYS[1], 'image:' .. ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[1], 'image_preview:' .. ARGV[1])
 local total = tonumber(redis.call('HGET', KEYS[1], 'images_total') or '0')
 local done = 0
 for k = 0, total - 1 do
@@ -170,6 +172,12 @@ class ArticleStore:
 
     def image_step(self, article_id: str, index: int, step: int, steps: int) -> None:
         self.redis.hset(self.key(article_id), f"image_step:{index}", f"{step}/{steps}")
+
+    def image_preview(self, article_id: str, index: int, step: int, png_b64: str) -> None:
+        """Keeps the latest step preview of image ``index`` (one field, overwritten), until
+        ``image_done`` drops it."""
+        value = json.dumps({"step": step, "png_b64": png_b64})
+        self.redis.hset(self.key(article_id), f"image_preview:{index}", value)
 
     def image_done(self, article_id: str, index: int, image: dict[str, Any]) -> None:
         # Recounted, not incremented, so an image job that runs twice (a retry after its

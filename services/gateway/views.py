@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime
 
 from services.gateway.schemas import (
+    TERMINAL,
     Article,
     ArticleStatus,
     EditInfo,
     ErrorInfo,
+    ImageProgress,
     OutlineView,
     Progress,
 )
@@ -57,6 +59,32 @@ def percent(fields: dict[str, str]) -> float:
     return round(start + (end - start) * fraction, 1)
 
 
+def image_progress(fields: dict[str, str]) -> list[ImageProgress]:
+    """Each requested image's state, steps and latest preview, from its hash fields."""
+    # A preview only while it can still change: never in a finished (or failed, cancelled)
+    # status, so what ends up on disk and in webhooks carries none.
+    live = fields.get("status") not in TERMINAL
+    images = []
+    for k in range(int(fields.get("images_total", "0"))):
+        step, steps = 0, None
+        if f"image_step:{k}" in fields:
+            done, total = fields[f"image_step:{k}"].split("/")
+            step, steps = int(done), int(total)
+        entry = ImageProgress(
+            index=k, state="drawing" if steps else "queued", step=step, steps=steps
+        )
+        if f"image:{k}" in fields:
+            record = json.loads(fields[f"image:{k}"])
+            entry.state = "skipped" if "skipped" in record else "done"
+            entry.url = record.get("url")
+        elif live and f"image_preview:{k}" in fields:
+            preview = json.loads(fields[f"image_preview:{k}"])
+            entry.preview = "data:image/png;base64," + preview["png_b64"]
+            entry.preview_step = int(preview["step"])
+        images.append(entry)
+    return images
+
+
 def status_view(
     article_id: str, fields: dict[str, str], include_article: bool = True
 ) -> ArticleStatus:
@@ -89,6 +117,7 @@ def status_view(
             tokens=int(fields.get("tokens", "0")),
             images_done=int(fields.get("images_done", "0")),
             images_total=int(fields.get("images_total", "0")),
+            images=image_progress(fields),
         ),
         article=article,
         revision=revision,

@@ -31,6 +31,18 @@ def test_create_answers_202_and_queues_the_job_graph(
         "tokens": 0,
         "images_done": 0,
         "images_total": 2,
+        "images": [
+            {
+                "index": k,
+                "state": "queued",
+                "step": 0,
+                "steps": None,
+                "preview": None,
+                "preview_step": None,
+                "url": None,
+            }
+            for k in range(2)
+        ],
     }
     outline = Job.fetch(f"{article_id}-outline", connection=redis_db)
     assert outline.meta["request_id"] == "cms-7"
