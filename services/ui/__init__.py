@@ -1,0 +1,1 @@
+"""The studio: a Streamlit front end over the gateway's public API and the services' own."""

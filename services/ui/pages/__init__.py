@@ -1,0 +1,1 @@
+"""The studio's pages, run by `st.navigation` in services/ui/app.py."""

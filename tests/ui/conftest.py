@@ -1,0 +1,91 @@
+"""One live stack for the studio's tests: text, image and gateway servers and two workers, all
+real processes on tiny models, with a redis-server of the package's own (so nothing collides
+with the databases of the shared Redis). Started once for every test under tests/ui."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.processes import free_port, running, serve_all
+from tests.redis_server import OwnRedis
+
+API_KEY = "sk-studio-tests"
+# Slow enough on tiny models for a poll to catch an image mid-way: each image runs many steps
+# at 256x256, the image service sends a preview every 5 steps, and the gateway keeps one every
+# 200 ms. Tiny models are fast, so only the request's own parameters slow them down.
+DRAWN = {"count": 2, "size": "64x64", "steps": 40, "seed": 11, "scheduler": "euler"}
+
+
+@dataclass
+class UIStack:
+    gateway: str
+    text: str
+    image: str
+    logs: Path
+
+    def env(self) -> dict[str, str]:
+        """The studio's settings for this stack."""
+        return {
+            "ARTICLEFORGE_UI_GATEWAY_URL": self.gateway,
+            "ARTICLEFORGE_UI_API_KEY": API_KEY,
+            "ARTICLEFORGE_UI_TEXT_URL": self.text,
+            "ARTICLEFORGE_UI_IMAGE_URL": self.image,
+            "ARTICLEFORGE_UI_POLL_SECONDS": "0.3",
+        }
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.gateway, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
+        )
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 90, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="package")
+def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIStack]:
+    redis_server = OwnRedis(free_port())
+    redis_server.start()
+    tmp = tmp_path_factory.mktemp("studio")
+    logs = tmp / "logs"
+    logs.mkdir()
+    ports = {name: free_port() for name in ("text", "image", "gateway")}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    env = {
+        "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
+        "ARTICLEFORGE_REDIS_URL": redis_server.url,
+        "ARTICLEFORGE_TEXT_URL": urls["text"],
+        "ARTICLEFORGE_IMAGE_URL": urls["image"],
+        "ARTICLEFORGE_PUBLIC_URL": urls["gateway"],
+        "ARTICLEFORGE_DATA_DIR": str(tmp / "data"),
+        "ARTICLEFORGE_API_KEYS": API_KEY,
+        "ARTICLEFORGE_RATE_LIMIT_PER_MINUTE": "0",
+        "ARTICLEFORGE_PREVIEW_INTERVAL_MS": "200",
+        # Three torch processes on two cores: one thread each, or their threads fight.
+        "OMP_NUM_THREADS": "1",
+    }
+    try:
+        with ExitStack() as stack:
+            serve_all(stack, ("text", "image", "gateway"), ports, env, logs)
+            for name in ("w0", "w1"):
+                stack.enter_context(
+                    running(["worker", "--name", name], env=env, log_path=logs / f"{name}.log")
+                )
+            yield UIStack(urls["gateway"], urls["text"], urls["image"], logs)
+    finally:
+        redis_server.stop()

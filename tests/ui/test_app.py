@@ -1,0 +1,184 @@
+"""The studio driven by Streamlit's AppTest against the live stack (tests/ui/conftest.py): an
+article is submitted from the form, its progress shows image previews while it is drawn, the
+finished article renders with its images, a section is rewritten into a new revision, an
+outline is reviewed, the history opens an article, and API errors read as sentences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import services.ui
+from tests.processes import free_port
+from tests.ui.conftest import DRAWN, UIStack, until
+
+pytestmark = pytest.mark.e2e
+
+APP = str(Path(services.ui.__file__).parent / "app.py")
+
+
+@pytest.fixture()
+def studio(ui_stack: UIStack, monkeypatch: pytest.MonkeyPatch) -> UIStack:
+    """The studio's settings point at the stack (AppTest runs the app in this process)."""
+    for name, value in ui_stack.env().items():
+        monkeypatch.setenv(name, value)
+    return ui_stack
+
+
+def fresh() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=30).run()
+
+
+def fill(at: AppTest, topic: str, **fields: Any) -> AppTest:
+    """Types the form as a person would, then presses the submit button."""
+    at.text_input(key="topic").input(topic)
+    for key, value in fields.items():
+        _widget(at, key).set_value(value)
+    return at.button(key="submit").click().run()
+
+
+def _widget(at: AppTest, key: str) -> Any:
+    for kind in ("text_input", "number_input", "selectbox", "slider", "checkbox", "text_area"):
+        found = [w for w in getattr(at, kind) if w.key == key]
+        if found:
+            return found[0]
+    raise KeyError(key)
+
+
+def captions(at: AppTest) -> list[str]:
+    return [c for element in at.image for c in element.captions]
+
+
+def shown_text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def assert_no_traceback(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_submit_watch_previews_read_the_article_and_rewrite_a_section(studio: UIStack) -> None:
+    at = fill(
+        fresh(),
+        "Rooftop solar for homeowners",
+        words=100,
+        sections=2,
+        count=DRAWN["count"],
+        size=DRAWN["size"],
+        steps=DRAWN["steps"],
+        scheduler=DRAWN["scheduler"],
+        image_seed=DRAWN["seed"],
+        text_seed=7,
+    )
+    assert_no_traceback(at)
+    article_id = at.query_params["article"]
+    assert article_id.startswith("art_")
+
+    # While the images are drawn: step counters, and a preview of at least one image.
+    def previews() -> list[str]:
+        at.run()
+        assert_no_traceback(at)
+        return [c for c in captions(at) if "preview at step" in c]
+
+    seen = until("a preview image in the progress view", previews, timeout=90, every=0.1)
+    assert any(c.startswith(("featured image", "image 1")) for c in seen), seen
+    assert "step " in shown_text(at)
+
+    # Finished: the article as the gateway has it, with every image shown.
+    with studio.client() as client:
+
+        def finished() -> dict[str, Any] | None:
+            status = client.get(f"/v1/articles/{article_id}").json()
+            return status if status["status"] == "succeeded" else None
+
+        status = until("the article to succeed", finished)
+    article = status["article"]
+    until("the finished article in the studio", lambda: at.run().title)
+    assert_no_traceback(at)
+    assert at.title[0].value == article["title"]
+    assert [h.value for h in at.header] == [s["heading"] for s in article["sections"]]
+    shown = captions(at)
+    assert len(shown) == len(article["images"]) == DRAWN["count"]
+    assert not [c for c in shown if "preview" in c]
+    for section in article["sections"]:
+        assert section["markdown"] in shown_text(at)
+    assert "Revision 1" in at.caption[0].value
+    assert {b.label for b in at.get("download_button")} >= {
+        "Download JSON",
+        "Download Markdown",
+        "Download HTML",
+    }
+
+    # Rewrite the second section: the new revision replaces it in place.
+    at.text_input(key="rewrite-instructions-1").input("end with a checklist")
+    at.button(key="rewrite-1").click().run()
+    assert_no_traceback(at)
+    until(
+        "revision 2 in the studio",
+        lambda: any("revision 2" in s.value for s in at.run().success),
+        timeout=60,
+    )
+    with studio.client() as client:
+        second = client.get(f"/v1/articles/{article_id}").json()
+    assert second["revision"] == 2
+    rewritten = second["article"]["sections"][1]["markdown"]
+    assert rewritten != article["sections"][1]["markdown"]
+    assert rewritten in shown_text(at)
+    assert article["sections"][1]["markdown"] not in shown_text(at)
+    assert "Revision 2" in at.caption[0].value
+
+
+def test_outline_review_then_history(studio: UIStack) -> None:
+    at = fill(fresh(), "Heat pumps in old houses", words=100, sections=2, count=0, review=True)
+    assert_no_traceback(at)
+    article_id = at.query_params["article"]
+    until("the outline review form", lambda: at.run().get("text_area") and _has_outline(at))
+    at.text_input(key="outline-title").input("Heat Pumps for Old Houses")
+    at.text_area(key="outline-headings").input("What it costs\nWhat it saves\nHow to start")
+    at.button(key="outline-edit").click().run()
+    assert_no_traceback(at)
+    until("the reviewed article", lambda: at.run().title, timeout=60)
+    assert at.title[0].value == "Heat Pumps for Old Houses"
+    assert [h.value for h in at.header] == ["What it costs", "What it saves", "How to start"]
+
+    history = AppTest.from_file(APP, default_timeout=30).run()
+    history.switch_page("pages/history.py").run()
+    assert_no_traceback(history)
+    assert article_id in shown_text(history)
+    history.selectbox(key="history-status").select("failed").run()
+    assert article_id not in shown_text(history)
+    history.selectbox(key="history-status").select("succeeded").run()
+    history.button(key=f"open-{article_id}").click().run()
+    assert_no_traceback(history)
+    assert history.query_params["article"] == article_id
+    assert history.title[0].value == "Heat Pumps for Old Houses"
+
+
+def _has_outline(at: AppTest) -> bool:
+    return any(w.key == "outline-headings" for w in at.text_area)
+
+
+def test_bad_input_is_a_message_naming_the_field(studio: UIStack) -> None:
+    at = fill(fresh(), "Solar power", language="english")
+    assert_no_traceback(at)
+    assert "article" not in at.query_params
+    [error] = at.error
+    assert "422" in error.value and "`language`" in error.value, error.value
+
+
+def test_a_gateway_that_is_down_is_a_message(
+    studio: UIStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ARTICLEFORGE_UI_GATEWAY_URL", down)
+    at = fill(fresh(), "Solar power")
+    assert_no_traceback(at)
+    [error] = at.error
+    assert error.value.startswith(f"The gateway at {down} is not reachable"), error.value
+    history = AppTest.from_file(APP, default_timeout=30).run()
+    history.switch_page("pages/history.py").run()
+    assert_no_traceback(history)
+    assert "is not reachable" in history.error[0].value
