@@ -96,6 +96,11 @@ async def burst(url: str, concurrency: int, n: int, body: dict[str, Any], rounds
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_max_s": round(max(latencies), 3),
         "batch_sizes": sorted({r.get("batch_size") for r in records if r.get("batch_size")}),
+        # requests per batch size they were drawn in: how the batcher cut the bursts
+        "requests_by_batch_size": {
+            str(size): sum(r.get("batch_size") == size for r in records)
+            for size in sorted({r.get("batch_size") for r in records if r.get("batch_size")})
+        },
         "inference_s_median": round(
             statistics.median([r["inference_s"] for r in records if r.get("inference_s")] or [0]),
             3,
@@ -119,10 +124,13 @@ def service_env(folder: Path, args: argparse.Namespace, steps: int) -> dict[str,
         "ARTICLEFORGE_IMAGE_DEFAULT_GUIDANCE_SCALE": str(args.guidance),
         "ARTICLEFORGE_IMAGE_DEFAULT_SCHEDULER": args.scheduler,
         "ARTICLEFORGE_IMAGE_MAX_BATCH_SIZE": str(args.max_batch),
-        "ARTICLEFORGE_IMAGE_BATCH_WAIT_MS": str(args.wait_ms),
         "ARTICLEFORGE_IMAGE_MAX_QUEUE": "256",
         "ARTICLEFORGE_LOG_LEVEL": "INFO",
     }
+    if args.wait_ms is not None:
+        env["ARTICLEFORGE_IMAGE_BATCH_WAIT_MS"] = str(args.wait_ms)
+    if args.quiet_ms is not None:
+        env["ARTICLEFORGE_IMAGE_BATCH_QUIET_MS"] = str(args.quiet_ms)
     if args.buckets:
         env["ARTICLEFORGE_IMAGE_BATCH_BUCKETS"] = args.buckets
     if args.compile is not None:
@@ -212,7 +220,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8,16,32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--wait-ms", type=float, default=20)
+    parser.add_argument("--wait-ms", type=float, default=None, help="unset: the default")
+    parser.add_argument("--quiet-ms", type=float, default=None, help="unset: the default")
     parser.add_argument("--buckets", default=None)
     parser.add_argument("--compile", default=None, help="true/false; unset: the default")
     parser.add_argument("--n8", action="store_true")

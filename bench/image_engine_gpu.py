@@ -127,8 +127,25 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
     if args.profile and device.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 
+        from bench.unet_variants import kind_of
+
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
             await asyncio.gather(*[one(1, 900 + k) for k in range(8)])
+            wall_ms = (time.perf_counter() - t0) * 1000
+        by_kind: dict[str, float] = {}
+        for event in prof.key_averages():
+            gpu_us = getattr(event, "self_device_time_total", 0) or 0
+            if gpu_us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
+                by_kind[kind_of(event.key)] = by_kind.get(kind_of(event.key), 0.0) + gpu_us / 1000
+        rec(
+            event="profile",
+            mode=mode,
+            scenario="8 concurrent",
+            wall_ms=round(wall_ms, 1),
+            gpu_busy_ms=round(sum(by_kind.values()), 1),
+            by_kind_ms={k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        )
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
         (OUT / f"profile_{mode}_8concurrent.txt").write_text(table)
         cpu = prof.key_averages().table(sort_by="cpu_time_total", row_limit=15)

@@ -6,8 +6,10 @@
 * ``torch.compile`` of the denoiser and of the VAE decoder, with static shapes: each (size, batch)
   compiles once, and ``reduce-overhead`` records a CUDA graph for it, so a denoising step is one
   graph replay instead of a thousand kernel launches;
-* batch buckets: with compile on, a batch is padded up to the next bucket, so the shapes that
-  compile are the few the warm-up knows (the padded rows are drawn and thrown away).
+* batch buckets: with compile on, every call runs at one of a few batch sizes that the warm-up
+  compiled. The engine either pads a batch up to the next bucket (the padded rows are drawn and
+  thrown away) or cuts it down to a smaller one, whichever the measured step times
+  (``Acceleration.step_seconds``) say draws more images per second.
 
 SDXL's original VAE overflows in float16, so its pipeline casts the VAE to float32 and back on
 every call (``force_upcast``): serve SDXL with an fp16-safe VAE (madebyollin/sdxl-vae-fp16-fix,
@@ -47,6 +49,9 @@ class Acceleration:
     fused_qkv: bool = False
     buckets: list[int] = field(default_factory=lambda: [1])
     seen: set[ShapeKey] = field(default_factory=set)
+    # Seconds per denoising step of each compiled shape, as measured (a moving average).
+    step_seconds: dict[ShapeKey, float] = field(default_factory=dict)
+    provisional: set[ShapeKey] = field(default_factory=set)  # known from the warm-up only
 
     def bucket(self, images: int) -> int:
         """The batch size a call of ``images`` images runs at (itself without compile)."""
@@ -54,6 +59,31 @@ class Acceleration:
             return images
         index = bisect.bisect_left(self.buckets, images)
         return self.buckets[index] if index < len(self.buckets) else images
+
+    def observe(self, key: ShapeKey, seconds_per_step: float, *, warmup: bool = False) -> None:
+        """Records a finished call's time per step.
+
+        A warm-up call (2 steps, so its fixed costs weigh more) gives a first estimate, which
+        the first real call replaces; real calls then keep a moving average.
+        """
+        old = None if key in self.provisional else self.step_seconds.get(key)
+        self.step_seconds[key] = (
+            seconds_per_step if old is None else 0.7 * old + 0.3 * seconds_per_step
+        )
+        if warmup:
+            self.provisional.add(key)
+        else:
+            self.provisional.discard(key)
+
+    def images_per_second(self, width: int, height: int, images: int, guided: bool) -> float:
+        """Relative speed of a call of ``images`` images (padded to its bucket).
+
+        Measured step times where there are some; a shape not measured yet is assumed to cost
+        in proportion to its bucket, which makes padding never look better than cutting.
+        """
+        size = self.bucket(images)
+        seconds = self.step_seconds.get((width, height, size, guided))
+        return images / seconds if seconds else images / size
 
     def note_shape(self, key: ShapeKey) -> bool:
         """True the first time a compiled shape is run (it compiles now)."""

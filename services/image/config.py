@@ -24,8 +24,13 @@ class ImageSettings(CommonSettings):
     # Most images generated in one pipeline call (the sum of `n` over the requests batched
     # together). A request asking for more images than this is refused with a 400.
     image_max_batch_size: int = Field(default=8, ge=1, le=64)
-    # How long a request may wait for compatible requests to join its batch, in milliseconds.
-    image_batch_wait_ms: float = Field(default=20.0, ge=0, le=5000)
+    # The longest a request waits for compatible requests to join its batch, in milliseconds
+    # (counted from its arrival). A batch closes sooner when it is full, or when no compatible
+    # request has arrived for `image_batch_quiet_ms`: a burst of requests, whose arrivals are
+    # spread over a few milliseconds of HTTP parsing, is drawn as one batch, and a lone request
+    # waits only the quiet time. A quiet time of 0 turns that rule off (the full wait applies).
+    image_batch_wait_ms: float = Field(default=50.0, ge=0, le=5000)
+    image_batch_quiet_ms: float = Field(default=10.0, ge=0, le=5000)
     # Most requests admitted at once (running + waiting); beyond it the service answers 429.
     image_max_queue: int = Field(default=64, ge=1)
     # Longest prompt (and negative prompt) accepted, in characters. CLIP reads at most 77 tokens
@@ -63,8 +68,10 @@ class ImageSettings(CommonSettings):
     # Fuse each attention block's Q, K and V projections into one matmul (diffusers'
     # `fuse_qkv_projections`, UNet and VAE). Unset: on with CUDA, off on the CPU.
     image_fuse_qkv: bool | None = None
-    # Batch sizes compiled at start-up, comma-separated. With compile on, a batch is padded up to
-    # the next bucket so that it reuses a compiled shape. Unset: powers of two up to
+    # Batch sizes compiled at start-up, comma-separated. With compile on, a batch runs at one of
+    # them: the batcher either pads the waiting images up to the next bucket or takes only as
+    # many as a smaller bucket holds (the rest start the next batch), whichever draws more
+    # images per second by the step times measured so far. Unset: powers of two up to
     # `image_max_batch_size`, and that size itself.
     image_batch_buckets: str | None = None
     # Image sizes compiled at start-up, WIDTHxHEIGHT, comma-separated; unset: the model's native

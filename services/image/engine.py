@@ -38,6 +38,7 @@ from services.image.acceleration import StepCache
 from services.image.config import ImageSettings
 from services.image.infotext import ImageParameters, encode_png
 from services.image.loading import LoadedPipeline
+from services.image.preview import PendingPreview
 from services.image.schedulers import check_steps, make_scheduler
 from services.image.schemas import MAX_SEED, ImageParams
 
@@ -122,6 +123,8 @@ class ImageEngine:
         self._encoder = ThreadPoolExecutor(
             settings.image_encode_threads, thread_name_prefix="image-png"
         )
+        # Step progress and previews leave the engine thread through this one thread, in order.
+        self._progress = ThreadPoolExecutor(1, thread_name_prefix="image-progress")
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -146,14 +149,16 @@ class ImageEngine:
         if self._thread is not None:
             self._thread.join(timeout=60)
         self._encoder.shutdown(wait=True)  # the PNGs under way are still answered
+        self._progress.shutdown(wait=True)
 
     def warmup(self) -> None:
         """Short (2-step) calls at the sizes and batch buckets that the settings name.
 
         Without compile: one image at the native size. With compile, this is where
-        torch.compile pays its compile time, once per (size, bucket); each shape runs twice, the
-        second time to record its CUDA graphs (`reduce-overhead`), so that the first request of
-        that shape is fast. A shape not warmed up still works; its first request compiles it.
+        torch.compile pays its compile time, once per (size, bucket); each shape runs three
+        times: to compile, to record its CUDA graphs (`reduce-overhead`), so that the first
+        request of that shape is fast, and to time it for the batcher. A shape not warmed up
+        still works; its first request compiles it.
         """
         loaded, settings = self.loaded, self.settings
         accel = loaded.acceleration
@@ -172,9 +177,19 @@ class ImageEngine:
                     scheduler=settings.image_default_scheduler,
                     seeds=tuple(range(size)),
                 )
-                for _ in range(2 if accel.compiled else 1):
+                key = (width, height, size, job.guidance_scale > 1)
+                accel.note_shape(key)  # it compiles here, as expected
+                # Compiled: the first run compiles, the second records the CUDA graphs, the
+                # third replays them, which times the shape for the batcher.
+                runs = 3 if accel.compiled else 1
+                for run in range(runs):
                     started = time.monotonic()
-                    self._call_pipeline(job, ["warm up"] * size, [""] * size, list(job.seeds), None)
+                    images = self._call_pipeline(
+                        job, ["warm up"] * size, [""] * size, list(job.seeds), None
+                    )
+                    to_uint8(images)  # waits for the device, as a real call does
+                    if accel.compiled and run == runs - 1:
+                        accel.observe(key, (time.monotonic() - started) / job.steps, warmup=True)
                     logger.info(
                         "image model %s: warm-up %dx%d, batch of %d: %.2fs",
                         loaded.model_name,
@@ -287,8 +302,13 @@ class ImageEngine:
         self._fail_pending()
 
     def _next_batch(self) -> list[ImageHandle] | None:
-        """The oldest request plus compatible ones, once full or once its wait is over."""
+        """The oldest request plus compatible ones, once the batch is full or its window closed.
+
+        The window closes ``image_batch_wait_ms`` after the oldest request arrived, or sooner,
+        once no compatible request has arrived for ``image_batch_quiet_ms``.
+        """
         wait = self.settings.image_batch_wait_ms / 1000
+        quiet = self.settings.image_batch_quiet_ms / 1000
         limit = self.settings.image_max_batch_size
         with self._cond:
             while True:
@@ -300,20 +320,49 @@ class ImageEngine:
                     self._cond.wait()
                     continue
                 first = self._pending[0]
-                batch: list[ImageHandle] = []
-                images = 0
-                for handle in self._pending:
-                    n = len(handle.job.seeds)
-                    if handle.job.key == first.job.key and images + n <= limit:
-                        batch.append(handle)
-                        images += n
-                remaining = first.job.arrival + wait - time.monotonic()
+                compatible = [h for h in self._pending if h.job.key == first.job.key]
+                images = sum(len(h.job.seeds) for h in compatible)
+                closes = first.job.arrival + wait
+                if quiet > 0:
+                    closes = min(closes, max(h.job.arrival for h in compatible) + quiet)
+                remaining = closes - time.monotonic()
                 if images >= limit or remaining <= 0:
+                    batch = self._cut(compatible, limit)
                     taken = {id(h) for h in batch}
                     self._pending = [h for h in self._pending if id(h) not in taken]
                     metrics.QUEUE_DEPTH.set(len(self._pending))
                     return batch
                 self._cond.wait(timeout=remaining)
+
+    def _cut(self, compatible: list[ImageHandle], limit: int) -> list[ImageHandle]:
+        """The requests to draw now, oldest first, at most ``limit`` images.
+
+        Without compile, as many as fit. With compile, each bucket below the limit is tried as
+        the batch's size too (taking fewer images, the rest waiting for the next call): the one
+        that the measured step times say draws the most images per second wins, so 5 waiting
+        images may run as 4 + 1 rather than as 8 with 3 padded rows, when that is faster.
+        """
+        accel = self.loaded.acceleration
+        job = compatible[0].job
+        sizes = [limit]
+        if accel.compiled:
+            sizes += [b for b in reversed(accel.buckets) if b < limit]
+        best: tuple[float, list[ImageHandle]] | None = None
+        for size in sizes:
+            taken: list[ImageHandle] = []
+            images = 0
+            for handle in compatible:
+                n = len(handle.job.seeds)
+                if images + n <= size:
+                    taken.append(handle)
+                    images += n
+            if not taken or taken[0] is not compatible[0]:
+                continue  # the oldest request always goes first
+            speed = accel.images_per_second(job.width, job.height, images, job.guidance_scale > 1)
+            if best is None or speed > best[0] * 1.02:  # ties go to the larger batch
+                best = (speed, taken)
+        assert best is not None  # `limit` always fits the oldest request (n <= limit)
+        return best[1]
 
     def _fail_pending(self) -> None:
         with self._cond:
@@ -348,7 +397,8 @@ class ImageEngine:
             steps_run += 1
             metrics.STEPS.inc()
             step, total = index + 1, int(pipe.num_timesteps)
-            every = self.settings.image_preview_every
+            every, previewer = self.settings.image_preview_every, self.loaded.previewer
+            due = bool(every) and step % every == 0 and previewer is not None
             live = False
             for handle, offset in zip(handles, offsets, strict=True):
                 if handle.cancelled.is_set():
@@ -356,10 +406,12 @@ class ImageEngine:
                 live = True
                 if not handle.job.stream:
                     continue
+                # The preview is made on the device and copied without a sync; the progress
+                # thread waits for it, encodes it and sends the step, in step order.
                 preview = None
-                if every and step % every == 0 and self.loaded.previewer is not None:
-                    preview = self.loaded.previewer.png_b64(tensors["latents"][offset])
-                handle.push("update", Progress(step, total, preview))
+                if due and previewer is not None:
+                    preview = previewer.start(tensors["latents"][offset])
+                self._progress.submit(self._send_progress, handle, step, total, preview)
             if not live:
                 # Every client has left: diffusers' documented way to stop the denoising loop.
                 pipe._interrupt = True
@@ -388,6 +440,11 @@ class ImageEngine:
                     self.release(handle, "error")
             return
         elapsed = time.monotonic() - started
+        accel = self.loaded.acceleration
+        if accel.compiled and steps_run:
+            guided = job.guidance_scale > 1
+            key = (job.width, job.height, accel.bucket(len(prompts)), guided)
+            accel.observe(key, elapsed / steps_run)
         per_image = elapsed / len(prompts)
         for _ in prompts:
             metrics.SECONDS_PER_IMAGE.observe(per_image)
@@ -397,6 +454,17 @@ class ImageEngine:
                 continue
             rows = range(offset, offset + len(handle.job.seeds))
             self._encode(handle, batch, [(pixels[r], seeds[r], flags[r]) for r in rows])
+
+    @staticmethod
+    def _send_progress(
+        handle: ImageHandle, step: int, steps: int, preview: PendingPreview | None
+    ) -> None:
+        try:
+            png = None if preview is None else preview.png_b64()
+        except Exception:  # a lost preview must not lose the step (or the request)
+            logger.exception("request %s: step preview failed", handle.job.request_id)
+            png = None
+        handle.push("update", Progress(step, steps, png))
 
     def _encode(
         self, handle: ImageHandle, batch: BatchFacts, rows: list[tuple[np.ndarray, int, bool]]
@@ -504,7 +572,7 @@ class ImageEngine:
             negatives = negatives + [negatives[-1]] * (size - count)
             seeds = seeds + [0] * (size - count)
         key = (job.width, job.height, size, job.guidance_scale > 1)
-        if loaded.acceleration.note_shape(key) and job.request_id != "warmup":
+        if loaded.acceleration.note_shape(key):
             logger.warning(
                 "image model %s: compiling for %dx%d, batch of %d%s (a shape the warm-up did "
                 "not cover; ARTICLEFORGE_IMAGE_WARMUP_SIZES adds it): this request waits",

@@ -4,6 +4,8 @@ A Stable Diffusion latent has 4 channels at 1/8 of the image size; a fixed 4x3 m
 once against VAE decodes, as ComfyUI's and AUTOMATIC1111's "approx cheap" previews do) turns it
 into a rough colour image for the cost of one small matmul, so a preview every few steps adds
 nothing noticeable to a GPU step. The preview has the latent's size (64x64 for a 512x512 image).
+It is computed on the device and copied to the host without a sync (``PendingPreview``), so the
+engine thread never waits for it; the PNG is encoded on another thread.
 """
 
 from __future__ import annotations
@@ -31,6 +33,29 @@ SDXL_FACTORS = (
 SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
+class PendingPreview:
+    """A preview's pixels on their way to the host: made on the device, copied without a sync.
+
+    The engine thread starts it and moves on; ``png_b64`` (called on another thread) waits for
+    the copy and encodes. On the CPU the pixels are there at once.
+    """
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.event: Any = None
+        if pixels.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            pixels = host
+        self.pixels = pixels
+
+    def png_b64(self) -> str:
+        if self.event is not None:
+            self.event.synchronize()
+        return _png_b64(self.pixels)
+
+
 class LatentPreviewer:
     def __init__(self, factors: Any, bias: Any) -> None:
         self.factors = torch.tensor(factors, dtype=torch.float32)
@@ -46,10 +71,18 @@ class LatentPreviewer:
             return cls(SDXL_FACTORS, SDXL_BIAS)
         return cls(SD15_FACTORS, SD15_BIAS)
 
+    def start(self, latent: torch.Tensor) -> PendingPreview:
+        """Starts the preview of one latent (C, h, w), on the latent's device."""
+        if self.factors.device != latent.device:
+            self.factors = self.factors.to(latent.device)
+            self.bias = self.bias.to(latent.device)
+        with torch.inference_mode():
+            rgb = torch.einsum("chw,cr->hwr", latent.detach().float(), self.factors) + self.bias
+            return PendingPreview(((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8))
+
     def png_b64(self, latent: torch.Tensor) -> str:
         """Base64 PNG of one latent (C, h, w)."""
-        rgb = torch.einsum("chw,cr->hwr", latent.detach().float().cpu(), self.factors) + self.bias
-        return _png_b64(((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8))
+        return self.start(latent).png_b64()
 
 
 class TinyVaePreviewer:
@@ -63,11 +96,14 @@ class TinyVaePreviewer:
         self.vae = vae
 
     @torch.inference_mode()
-    def png_b64(self, latent: torch.Tensor) -> str:
+    def start(self, latent: torch.Tensor) -> PendingPreview:
         param = next(self.vae.parameters())
         decoded = self.vae.decode(latent[None].to(param.device, param.dtype)).sample[0]
         rgb = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
-        return _png_b64(rgb.permute(1, 2, 0).cpu())
+        return PendingPreview(rgb.permute(1, 2, 0).contiguous())
+
+    def png_b64(self, latent: torch.Tensor) -> str:
+        return self.start(latent).png_b64()
 
 
 def _png_b64(pixels: torch.Tensor) -> str:

@@ -127,6 +127,81 @@ def test_bucket_padding_keeps_each_image_and_logs_a_shape_it_compiles(
     assert len(again.images) == 2
 
 
+def test_the_batcher_cuts_or_pads_by_the_measured_step_times(tiny_image_path: Path) -> None:
+    """5 waiting images with buckets 1/2/4/8: 4 + 1 when the batch of 8 is slow, else 8 padded.
+
+    The engine is told it is compiled (as above), and what the step times of each bucket are;
+    the batcher's choice shows in each reply's batch size."""
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    settings = ImageSettings(
+        image_default_steps=2, image_batch_wait_ms=1000, image_batch_quiet_ms=0
+    )
+    loaded = load_image_pipeline(settings)
+
+    def told(eight_costs: float) -> Acceleration:
+        accel = Acceleration(compiled=True, buckets=[1, 2, 4, 8])
+        # Seconds per step of each bucket at 32x32 with guidance: 4 images per 0.4 s...
+        for size, seconds in ((1, 0.15), (2, 0.25), (4, 0.4), (8, eight_costs)):
+            accel.observe((32, 32, size, True), seconds)
+        return accel
+
+    async def run() -> list[list[int]]:
+        engine = ImageEngine(settings, loaded)
+        await asyncio.wrap_future(engine.start())
+        sizes = []
+        try:
+            for eight_costs in (2.0, 0.5):
+                loaded.acceleration = told(eight_costs)
+                replies = await asyncio.gather(*(_draw(engine, seed=60 + k) for k in range(5)))
+                sizes.append(sorted(reply.batch_size for reply in replies))
+            return sizes
+        finally:
+            engine.shutdown()
+            loaded.acceleration = Acceleration()
+
+    cut, padded = asyncio.run(run())
+    # ...against 5 real images per 2.0 s padded to 8: cutting to 4 draws 10 images/s, not 2.5.
+    assert cut == [1, 4, 4, 4, 4]
+    # ...against 5 per 0.5 s (10/s, like 4 per 0.4 s): a tie goes to the larger batch.
+    assert padded == [5, 5, 5, 5, 5]
+
+
+def test_the_batch_window_closes_when_requests_stop_arriving(tiny_image_path: Path) -> None:
+    """A lone request waits the quiet time, not the whole window; a burst still meets."""
+    import time
+
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    settings = ImageSettings(
+        image_default_steps=2, image_batch_wait_ms=4000, image_batch_quiet_ms=300
+    )
+    loaded = load_image_pipeline(settings)
+
+    async def run() -> tuple[Any, list[Any]]:
+        engine = ImageEngine(settings, loaded)
+        await asyncio.wrap_future(engine.start())
+        try:
+            lone = await _draw(engine, seed=70)
+
+            async def later(k: int) -> Any:
+                await asyncio.sleep(0.05 * k)  # arrivals 50 ms apart, inside the quiet time
+                return await _draw(engine, seed=80 + k)
+
+            started = time.monotonic()
+            spread = await asyncio.gather(*(later(k) for k in range(3)))
+            assert time.monotonic() - started < 3.5  # the 4 s window did not run out
+            return lone, spread
+        finally:
+            engine.shutdown()
+
+    lone, spread = asyncio.run(run())
+    assert 0.25 < lone.queue_seconds < 2.0  # waited for the quiet time (300 ms), not 4 s
+    assert [reply.batch_size for reply in spread] == [3, 3, 3]
+
+
 def test_warmup_runs_every_size_the_settings_name(
     tiny_image_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -19,7 +19,9 @@ def test_concurrent_compatible_requests_run_together_and_match_running_alone(
     tiny_image_path: Path, image_client: httpx.Client
 ) -> None:
     # A long wait window so that four requests sent at once surely meet, even on a busy CPU.
-    with serve_image(image_batch_wait_ms=1500, image_max_batch_size=8) as client:
+    with serve_image(
+        image_batch_wait_ms=1500, image_batch_quiet_ms=0, image_max_batch_size=8
+    ) as client:
         bodies: list[dict[str, Any]] = [
             {"prompt": "a red fox", "seed": 1},
             {"prompt": "a blue house by the sea", "negative_prompt": "people", "seed": 2},

@@ -67,6 +67,7 @@ def limited(tiny_image_path: Path) -> Iterator[httpx.Client]:
         image_max_side=48,
         image_max_prompt_length=20,
         image_batch_wait_ms=3000,
+        image_batch_quiet_ms=0,
     ) as client:
         yield client
 
