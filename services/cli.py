@@ -12,6 +12,8 @@ from typing import Annotated, Literal, TypeVar
 import typer
 from rich.console import Console
 
+from services.ui.launch import DEFAULT_PORT as UI_PORT
+
 app = typer.Typer(
     help="articleforge: topic in, illustrated article out.",
     no_args_is_help=True,
@@ -266,18 +268,59 @@ def generate(
         print(out / ref.url)
 
 
+NO_STREAMLIT = "the studio needs Streamlit: pip install 'articleforge[ui]'"
+
+
+def has_streamlit() -> bool:
+    """Whether the `ui` extra is installed (found without importing it: that takes a second)."""
+    from importlib.util import find_spec
+
+    return find_spec("streamlit") is not None
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = UI_PORT,
+) -> None:
+    """Run the studio, the Streamlit front end (port 8501); ARTICLEFORGE_UI_* settings."""
+    import os
+
+    from services.ui.config import UISettings
+    from services.ui.launch import streamlit_command
+
+    load_settings(UISettings)  # a bad setting stops here, not in the browser
+    if not has_streamlit():
+        console.print(f"error: {NO_STREAMLIT}", markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(1)
+    argv = streamlit_command(host, port)
+    # Streamlit takes this process over, so Ctrl-C and SIGTERM (from `up`, or Docker) reach it.
+    os.execv(argv[0], argv)
+
+
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(help="RQ workers to start.", min=1, max=32)] = 1,
-    host: Annotated[str, typer.Option(help="Bind address for all three services.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Bind address for all the services.")] = "127.0.0.1",
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the studio.")] = False,
+    ui_port: Annotated[int, typer.Option(help="Port of the studio.", min=1, max=65535)] = UI_PORT,
 ) -> None:
-    """Start text, image, gateway and workers locally; Ctrl-C stops them all."""
+    """Start text, image, gateway, workers and the studio locally; Ctrl-C stops them all."""
     from services.gateway.config import GatewaySettings
     from services.image.config import ImageSettings
+    from services.launcher import Studio
     from services.launcher import up as launch
     from services.text.config import TextSettings
 
     gateway = load_settings(GatewaySettings)
+    studio = None
+    if not no_ui and not has_streamlit():
+        console.print(f"{NO_STREAMLIT}; starting without the studio", markup=False)
+    elif not no_ui:
+        from services.ui.config import UISettings
+
+        # What the user set for the studio stays; `up` fills in only the rest.
+        studio = Studio(ui_port, set(load_settings(UISettings).model_fields_set), gateway.keys())
     ports = {
         "text": load_settings(TextSettings).text_port,
         "image": load_settings(ImageSettings).image_port,
@@ -298,7 +341,9 @@ def up(
 
     # A URL the user set wins; only when none is set does `up` derive one.
     public_url = gateway.public_url if "public_url" in gateway.model_fields_set else None
-    raise typer.Exit(launch(host, ports, workers, redis_ok, say, public_url=public_url))
+    raise typer.Exit(
+        launch(host, ports, workers, redis_ok, say, public_url=public_url, studio=studio)
+    )
 
 
 @models_app.command("tiny")

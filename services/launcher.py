@@ -1,7 +1,9 @@
-"""``articleforge up``: text, image, gateway and a worker as child processes, on one machine.
+"""``articleforge up``: text, image, gateway, a worker and the studio as child processes, on one
+machine.
 
 It checks Redis first (and says how to start one), starts each child, waits until each answers
-``/readyz``, prints the URLs, and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, then
+``/readyz``, starts the studio (the Streamlit UI) once the gateway is ready and waits for its
+health check, prints the URLs, and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, then
 SIGKILL for any child still alive after a grace period. A worker that dies is replaced, as an
 orchestrator would (its stage runs again on another worker, see docs/reliability.md); a service
 that dies, or a worker that dies right after its start, stops everything.
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -40,6 +42,17 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     proven: bool = False  # it was alive when everything was ready, or ran for a while
+    env: dict[str, str] = field(default_factory=dict)  # beyond what every child gets
+
+
+@dataclass
+class Studio:
+    """The studio that ``up`` starts: its port, the ``UISettings`` fields the user set (those
+    stay), and the gateway's API keys (the studio gets the first unless the user gave one)."""
+
+    port: int
+    user_set: set[str]
+    api_keys: list[str]
 
 
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
@@ -67,6 +80,35 @@ def child_env(host: str, ports: dict[str, int], public_url: str | None) -> dict[
         public = socket.gethostname() if host in WILDCARDS else local
         env["ARTICLEFORGE_PUBLIC_URL"] = f"http://{public}:{ports['gateway']}"
     return env
+
+
+def studio_env(host: str, ports: dict[str, int], studio: Studio) -> dict[str, str]:
+    """The studio's settings that point it at the stack ``up`` started, except those the user
+    set (a gateway elsewhere, a key of their own)."""
+    local = reachable(host)
+    values = {
+        "ui_gateway_url": f"http://{local}:{ports['gateway']}",
+        "ui_text_url": f"http://{local}:{ports['text']}",
+        "ui_image_url": f"http://{local}:{ports['image']}",
+    }
+    if studio.api_keys:
+        values["ui_api_key"] = studio.api_keys[0]
+    return {
+        f"ARTICLEFORGE_{name.upper()}": value
+        for name, value in values.items()
+        if name not in studio.user_set
+    }
+
+
+def studio_child(host: str, ports: dict[str, int], studio: Studio) -> Child:
+    from services.ui.launch import HEALTH_PATH
+
+    return Child(
+        "ui",
+        ["ui", "--host", host, "--port", str(studio.port)],
+        f"http://{reachable(host)}:{studio.port}{HEALTH_PATH}",
+        env=studio_env(host, ports, studio),
+    )
 
 
 def children(host: str, ports: dict[str, int], workers: int) -> list[Child]:
@@ -116,8 +158,10 @@ def up(
     say: Callable[[str], None],
     ready_timeout: float = 900.0,
     public_url: str | None = None,
+    studio: Studio | None = None,
 ) -> int:
-    """``public_url``: ARTICLEFORGE_PUBLIC_URL when the user set it (it is kept), else None."""
+    """``public_url``: ARTICLEFORGE_PUBLIC_URL when the user set it (it is kept), else None;
+    ``studio``: the UI to start once the gateway is ready, or None (``--no-ui``)."""
     problem = redis_ok()
     if problem is not None:
         say(f"no Redis: {problem}\n{REDIS_HINT}")
@@ -126,6 +170,7 @@ def up(
     env = {**os.environ, **extra}
     public = public_url or extra["ARTICLEFORGE_PUBLIC_URL"]
     started = children(host, ports, workers)
+    ui = studio_child(host, ports, studio) if studio is not None else None
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -136,7 +181,7 @@ def up(
 
     def spawn(child: Child) -> None:
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *child.args], env=env
+            [sys.executable, "-m", "services.cli", *child.args], env={**env, **child.env}
         )
         child.started, child.proven = time.monotonic(), False
 
@@ -161,6 +206,11 @@ def up(
                 if answer.status_code == 200:
                     say(f"{child.name} ready")
                     waiting.remove(child)
+                    if child.name == "gateway" and ui is not None:
+                        # Only now: the studio's first page load already asks the gateway.
+                        spawn(ui)
+                        started.append(ui)
+                        waiting.append(ui)
                 elif (failed := load_failure(answer)) is not None:
                     say(f"{child.name}: {failed}; stopping everything")
                     return 1
@@ -172,11 +222,15 @@ def up(
             child.proven = child.process is not None and child.process.poll() is None
         if not stopping:
             base = f"http://{reachable(host)}:{ports['gateway']}"
+            studio_line = ""
+            if studio is not None:
+                studio_line = f"  UI:        http://{reachable(host)}:{studio.port}  (the studio)\n"
             say(
                 f"articleforge is up.\n  API:       {base}  (docs: {base}/docs)\n"
                 f"  public:    {public}  (image URLs start here; ARTICLEFORGE_PUBLIC_URL)\n"
                 f"  text:      {extra['ARTICLEFORGE_TEXT_URL']}/docs\n"
                 f"  image:     {extra['ARTICLEFORGE_IMAGE_URL']}/docs\n"
+                f"{studio_line}"
                 f"  workers:   {workers}\nPress Ctrl-C to stop."
             )
         while not stopping:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings
 from services.gateway.config import GatewaySettings
 from services.image.config import ImageSettings
 from services.text.config import TextSettings
+from services.ui.config import UISettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -32,11 +33,13 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "image": ImageSettings,
     "gateway": GatewaySettings,
     "worker": GatewaySettings,
+    "ui": UISettings,
 }
 DOCKERFILES = {
     "text": "Dockerfile.text",
     "image": "Dockerfile.image",
     "gateway": "Dockerfile.gateway",
+    "ui": "Dockerfile.ui",
 }
 
 # Variables without the ARTICLEFORGE_ prefix that the compose files may hand to a container.

@@ -24,6 +24,8 @@ from fastapi import FastAPI
 from starlette.routing import Match
 
 from services.cli import app as cli_app
+from services.ui.launch import DEFAULT_PORT as UI_PORT
+from services.ui.launch import HEALTH_PATH as UI_HEALTH_PATH
 from tests.deploy.compose import (
     COMPOSE,
     COMPOSE_CPU,
@@ -52,7 +54,14 @@ BOTH = pytest.mark.parametrize("cpu", [False, True], ids=["gpu", "cpu"])
 
 
 def default_port(service: str) -> int:
+    if service == "ui":  # `articleforge ui --port`, Streamlit's usual port
+        return UI_PORT
     return int(SETTINGS[service].model_fields[f"{service}_port"].default)
+
+
+def health_path(service: str) -> str:
+    """What a container's healthcheck asks: /readyz, or Streamlit's own check for the studio."""
+    return UI_HEALTH_PATH if service == "ui" else "/readyz"
 
 
 def seconds(duration: str) -> float:
@@ -106,15 +115,16 @@ def parse_cli(argv: list[str]) -> list[str]:
 # -- compose: services, settings, commands, ports, health ---------------------------------------
 
 
-def test_compose_runs_the_five_services_of_the_design() -> None:
+def test_compose_runs_the_services_of_the_design_and_the_studio() -> None:
     services = project()["services"]
-    assert set(services) == {"redis", "text", "image", "gateway", "worker"}
+    assert set(services) == {"redis", "text", "image", "gateway", "worker", "ui"}
     dockerfiles = {name: s["build"]["dockerfile"] for name, s in services.items() if "build" in s}
     assert dockerfiles == {
         "text": "Dockerfile.text",
         "image": "Dockerfile.image",
         "gateway": "Dockerfile.gateway",
         "worker": "Dockerfile.gateway",  # workers never load a model: the gateway's slim image
+        "ui": "Dockerfile.ui",
     }
     for name in dockerfiles.values():
         assert (REPO / name).is_file(), name
@@ -182,7 +192,7 @@ def test_gpu_services_reserve_a_gpu_and_the_cpu_override_runs_tiny_models_withou
         assert gpu_ids(gpu[name]) == ["0"], name  # one card shared unless the ids say otherwise
         assert gpu_ids(cpu[name]) is None, name
         assert environment(cpu[name])[f"ARTICLEFORGE_{name.upper()}_MODEL"] == "tiny"
-    for name in ("redis", "gateway", "worker"):
+    for name in ("redis", "gateway", "worker", "ui"):
         assert gpu_ids(gpu[name]) is None, name
     # Only the model services change; the CPU try-out runs the same commands.
     assert {n: s.get("command") for n, s in gpu.items()} == {
@@ -274,9 +284,28 @@ def test_the_worker_replica_count_is_a_variable() -> None:
     }
 
 
-def test_no_ui_service_yet() -> None:
-    assert "ui" not in project()["services"]
-    assert "ui" in COMPOSE.read_text()  # the comment that says where it will come from
+@BOTH
+def test_the_studio_talks_to_the_gateway_and_the_services_by_their_compose_names(
+    cpu: bool,
+) -> None:
+    services = project(cpu=cpu)["services"]
+    ui = services["ui"]
+    assert parse_cli(ui["command"]) == ["ui"]
+    assert ui["command"][ui["command"].index("--host") + 1] == "0.0.0.0"
+    assert "--port" not in ui["command"]
+    env = environment(ui)
+    assert env["ARTICLEFORGE_UI_GATEWAY_URL"] == f"http://gateway:{default_port('gateway')}"
+    assert env["ARTICLEFORGE_UI_TEXT_URL"] == f"http://text:{default_port('text')}"
+    assert env["ARTICLEFORGE_UI_IMAGE_URL"] == f"http://image:{default_port('image')}"
+    # Whoever reaches the studio acts with its key: the loopback unless UI_BIND opens it.
+    assert ui["ports"] == [f"127.0.0.1:{UI_PORT}:{UI_PORT}"]
+    assert ui["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    (url,) = urls_in(healthcheck_argv(ui["healthcheck"]["test"]))
+    assert url == f"http://127.0.0.1:{UI_PORT}{UI_HEALTH_PATH}"
+    # The CPU try-out runs the studio as it is: its image holds no model library.
+    assert project(cpu=True)["services"]["ui"] == project()["services"]["ui"]
+    published = project(variables={"UI_BIND": "0.0.0.0", "UI_HOST_PORT": "80"})["services"]["ui"]
+    assert published["ports"] == [f"0.0.0.0:80:{UI_PORT}"]
 
 
 # -- Dockerfiles --------------------------------------------------------------------------------
@@ -294,7 +323,7 @@ def test_each_dockerfile_installs_only_its_own_extra_in_a_cache_friendly_order(
     assert service in extras
 
     base = dockerfile.base_image()
-    if service == "gateway":
+    if service in ("gateway", "ui"):
         assert re.fullmatch(r"python:3\.1[1-9]-slim", base), base
     else:
         assert re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn9-runtime", base), base
@@ -321,7 +350,7 @@ def test_each_dockerfile_agrees_with_compose_and_the_settings(service: str) -> N
     port = default_port(service)
     assert [ins.args for ins in dockerfile.all("EXPOSE")] == [str(port)]
     (url,) = urls_in(dockerfile.exec_form("HEALTHCHECK"))
-    assert url == f"http://127.0.0.1:{port}/readyz"
+    assert url == f"http://127.0.0.1:{port}{health_path(service)}"
     options = dockerfile.healthcheck_options()
     assert options["start-period"] == compose_service["healthcheck"]["start_period"]
 
@@ -330,7 +359,7 @@ def test_each_dockerfile_agrees_with_compose_and_the_settings(service: str) -> N
             assert var in setting_names(SETTINGS[service]), f"{dockerfile.path.name}: {var}"
         else:
             assert var in DOCKERFILE_VARS, f"{dockerfile.path.name}: {var} needs a reason"
-    if service != "gateway":
+    if service in ("text", "image"):
         # No weights by default; a build argument bakes them in.
         assert dockerfile.arg_defaults()["PRELOAD_MODELS"] == ""
         assert "BASE_IMAGE" in project(cpu=True)["services"][service]["build"]["args"]
@@ -371,6 +400,24 @@ def test_the_gateway_image_runs_without_the_model_libraries(
 ) -> None:
     """What compose runs in the slim image imports nothing from the text/image/train extras."""
     assert MODEL_LIBRARIES & set(gateway_imports["top"]) == set()
+
+
+def test_the_ui_command_runs_with_only_the_ui_extra() -> None:
+    """`articleforge ui` up to the exec of Streamlit imports nothing from the other extras, so
+    the studio's slim image (the `ui` extra alone) starts."""
+    code = textwrap.dedent(
+        """
+        import json, sys
+        import services.cli, services.ui.config, services.ui.launch
+
+        print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    others = MODEL_LIBRARIES | {"fastapi", "starlette", "uvicorn", "redis", "rq", "sse_starlette"}
+    assert others & set(json.loads(out.stdout)) == set()
 
 
 @pytest.mark.parametrize("service", sorted(DOCKERFILES))

@@ -3,7 +3,8 @@ environment (both files merged), with the container world mapped onto this machi
 
 Compose's service hostnames become 127.0.0.1, the containers' fixed ports become free ports,
 volume mount points become temporary folders, and the `redis` service becomes the local Redis
-(its own DB). Then: every healthcheck passes, and an article with one image is written.
+(its own DB). Then: every healthcheck passes (the studio's too), and an article with one image
+is written.
 """
 
 from __future__ import annotations
@@ -91,9 +92,8 @@ def test_the_cpu_stack_comes_up_healthy_and_writes_an_article(
         monkeypatch.delenv(var)
     monkeypatch.chdir(tmp_path)
 
-    ports = {
-        container_port(services[n]["ports"][0]): free_port() for n in ("text", "image", "gateway")
-    }
+    published = ("text", "image", "gateway", "ui")
+    ports = {container_port(services[n]["ports"][0]): free_port() for n in published}
     mounts = {}
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -128,6 +128,18 @@ def test_the_cpu_stack_comes_up_healthy_and_writes_an_article(
                 log_path=logs / "worker.log",
             )
         )
+        # The studio listens on the container's port by default; here, on the free one.
+        ui_port = ports[container_port(services["ui"]["ports"][0])]
+        (ui_ready,) = urls_in(local.argv(healthcheck_argv(services["ui"]["healthcheck"]["test"])))
+        stack.enter_context(
+            running(
+                [*local.argv(services["ui"]["command"])[1:], "--port", str(ui_port)],
+                env=envs["ui"],
+                ready_url=ui_ready,
+                log_path=logs / "ui.log",
+            )
+        )
+        assert envs["ui"]["ARTICLEFORGE_UI_GATEWAY_URL"] == f"http://127.0.0.1:{ports[8000]}"
 
         for name, service in services.items():
             argv = local.argv(healthcheck_argv(service["healthcheck"]["test"]))

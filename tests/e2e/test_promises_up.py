@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from services.launcher import child_env
+from services.launcher import Studio, child_env, studio_env
 from tests.e2e.stack import descendants
 from tests.processes import articleforge_command, default_sigint, free_port
 
@@ -41,12 +41,26 @@ def test_a_derived_public_url_is_never_a_wildcard_address() -> None:
         assert env["ARTICLEFORGE_TEXT_URL"] in ("http://127.0.0.1:8001", "http://[::1]:8001")
 
 
+def test_the_studio_is_pointed_at_the_stack_with_its_key_unless_the_user_set_its_own() -> None:
+    env = studio_env("0.0.0.0", PORTS, Studio(8501, set(), ["sk-first", "sk-second"]))
+    assert env == {
+        "ARTICLEFORGE_UI_GATEWAY_URL": "http://127.0.0.1:8000",
+        "ARTICLEFORGE_UI_TEXT_URL": "http://127.0.0.1:8001",
+        "ARTICLEFORGE_UI_IMAGE_URL": "http://127.0.0.1:8002",
+        "ARTICLEFORGE_UI_API_KEY": "sk-first",
+    }
+    mine = studio_env("127.0.0.1", PORTS, Studio(8501, {"ui_gateway_url", "ui_api_key"}, ["k"]))
+    assert set(mine) == {"ARTICLEFORGE_UI_TEXT_URL", "ARTICLEFORGE_UI_IMAGE_URL"}
+    assert "ARTICLEFORGE_UI_API_KEY" not in studio_env("127.0.0.1", PORTS, Studio(8501, set(), []))
+
+
 @pytest.mark.e2e
 def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
     cache_dir: Path, tmp_path: Path
 ) -> None:
     redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
+    ui_port = free_port()
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
@@ -57,7 +71,8 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
     }
     proc = subprocess.Popen(
-        [*articleforge_command(), "up", "--host", "0.0.0.0"],
+        # Without the studio (test_up.py runs `up` with it): nothing for it is started.
+        [*articleforge_command(), "up", "--host", "0.0.0.0", "--no-ui", "--ui-port", str(ui_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -84,6 +99,10 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         summary = "".join(output).split("articleforge is up.")[1]  # what `up` tells the user
         assert "0.0.0.0" not in summary, summary
         assert "public:    https://articles.example.com" in summary
+        assert "UI:" not in summary, summary
+        assert not any(b"streamlit" in _cmdline(pid) for pid in descendants(proc.pid))
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", ui_port)) != 0
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         body = {"topic": "Bees in the city", "sections": 1, "target_words": 100}
         body["images"] = {"count": 1, "steps": 2}  # type: ignore[assignment]
@@ -103,6 +122,13 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
     finally:
         _stop(proc)
         redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

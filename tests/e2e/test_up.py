@@ -1,5 +1,5 @@
-"""`articleforge up`: starts the whole stack, serves an article, replaces a worker that dies,
-and stops cleanly on Ctrl-C."""
+"""`articleforge up`: starts the whole stack with the studio, serves an article, replaces a
+worker that dies, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_up_without_redis_says_how_to_start_one() -> None:
 def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
     redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
+    ui_port = free_port()
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
@@ -54,8 +55,10 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
         "ARTICLEFORGE_API_KEYS": "",
         **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
     }
+    for name in [v for v in env if v.startswith("ARTICLEFORGE_UI_")]:
+        del env[name]  # `up` points the studio at its own gateway unless the user says otherwise
     proc = subprocess.Popen(
-        [*articleforge_command(), "up"],
+        [*articleforge_command(), "up", "--ui-port", str(ui_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -74,6 +77,21 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
                 assert proc.poll() is None, "".join(output)
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         assert any(f"{gateway}/docs" in line for line in output)
+        # The studio answers on the URL `up` prints, and talks to this gateway and services.
+        studio = f"http://127.0.0.1:{ui_port}"
+        assert any(f"UI:        {studio}" in line for line in output), "".join(output)
+        health = httpx.get(f"{studio}/_stcore/health", timeout=10)
+        assert health.status_code == 200 and health.text == "ok"
+        (ui,) = [pid for pid in descendants(proc.pid) if b"streamlit" in _cmdline(pid)]
+        assert _parent(ui) == proc.pid
+        ui_env = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{ui}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        assert ui_env["ARTICLEFORGE_UI_GATEWAY_URL"] == gateway
+        assert ui_env["ARTICLEFORGE_UI_IMAGE_URL"] == f"http://127.0.0.1:{ports['IMAGE']}"
+        assert "ARTICLEFORGE_UI_API_KEY" not in ui_env  # this gateway runs with auth off
         assert _article(gateway)["status"] == "succeeded"
 
         # SIGKILL the only worker (and its scheduler): `up` starts another, and work goes on.
@@ -99,7 +117,7 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    for port in ports.values():  # every child is gone: nothing listens any more
+    for port in [*ports.values(), ui_port]:  # every child is gone: nothing listens any more
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
 
