@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.processes import free_port, running, serve_all
+from tests.processes import free_port, running
 from tests.redis_server import OwnRedis
 
 API_KEY = "sk-studio-tests"
@@ -57,6 +58,13 @@ def until(what: str, check: Callable[[], Any], timeout: float = 90, every: float
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="package")
 def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIStack]:
     redis_server = OwnRedis(free_port())
@@ -81,7 +89,17 @@ def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     }
     try:
         with ExitStack() as stack:
-            serve_all(stack, ("text", "image", "gateway"), ports, env, logs)
+            # All three at once (each is ready on its own), which halves the start-up.
+            for name in ("text", "image", "gateway"):
+                stack.enter_context(
+                    running(
+                        ["serve", name, "--port", str(ports[name])],
+                        env=env,
+                        log_path=logs / f"{name}.log",
+                    )
+                )
+            for name in ("text", "image", "gateway"):
+                until(f"the {name} service to be ready", partial(_ready, urls[name]), timeout=180)
             for name in ("w0", "w1"):
                 stack.enter_context(
                     running(["worker", "--name", name], env=env, log_path=logs / f"{name}.log")

@@ -1,0 +1,1 @@
+"""The studio (services/ui) driven by AppTest and by a real browser."""

@@ -1,0 +1,117 @@
+"""The studio in a real browser: Debian's headless Chromium, driven by playwright, opens the app
+served by `streamlit run` (the command `articleforge ui` runs) against the live stack, submits a
+topic, watches the progress view until an image preview shows, then waits for the finished
+article and checks that its pictures loaded. The screenshots go to docs/img/ for the README."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.ui.launch import HEALTH_PATH, streamlit_command
+from tests.processes import free_port
+from tests.ui.conftest import UIStack
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machine has no network: without these Chromium reaches out (updates, sync, QUIC probes)
+# and logs every refused connection.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+TOPIC = "Rooftop solar for homeowners"
+STEPS = 40  # the steps slider moved up from its default (25) so the previews stay a while
+
+
+@pytest.fixture(scope="module")
+def studio_url(ui_stack: UIStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    env = {**os.environ, **ui_stack.env(), "ARTICLEFORGE_UI_POLL_SECONDS": "0.5"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            streamlit_command("127.0.0.1", port), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+                try:
+                    if httpx.get(url + HEALTH_PATH, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "streamlit did not start in 60 s"
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+def test_submit_in_the_browser_and_read_the_illustrated_article(
+    studio_url: str, tmp_path: Path
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install)")
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),  # a fresh profile every run
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(studio_url)
+            page.get_by_label("Topic").fill(TOPIC)
+            page.get_by_label("Sections").fill("2")
+            page.get_by_label("Images").fill("2")
+            page.get_by_label("Image seed (empty: random)").fill("11")
+            steps = page.get_by_role("slider", name="Steps")
+            steps.focus()
+            for _ in range(STEPS - 25):
+                steps.press("ArrowRight")
+            expect(steps).to_have_value(str(STEPS))
+            page.get_by_role("button", name="Write the article").click()
+
+            # The progress view, with a preview of an image being drawn.
+            preview = page.get_by_text("preview at step").first
+            expect(preview).to_be_visible(timeout=90_000)
+            page.screenshot(path=str(SCREENSHOTS / "studio-progress.png"), full_page=True)
+
+            # The finished article, with its pictures loaded.
+            expect(page.get_by_role("button", name="Download HTML")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Revision 1")).to_be_visible()
+            expect(page.get_by_text("Rewrite this section").first).to_be_visible()
+            page.set_viewport_size({"width": 1280, "height": 1800})  # the first section too
+            page.wait_for_load_state("networkidle")
+            loaded = page.eval_on_selector_all(
+                "[data-testid='stMain'] img",
+                "els => els.map(e => e.complete && e.naturalWidth > 0)",
+            )
+            assert loaded and all(loaded), loaded
+            assert len(loaded) == 2  # the featured image and the first section's
+            page.screenshot(path=str(SCREENSHOTS / "studio-article.png"), full_page=True)
+        finally:
+            browser.close()
