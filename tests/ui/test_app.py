@@ -1,13 +1,15 @@
 """The studio driven by Streamlit's AppTest against the live stack (tests/ui/conftest.py): an
 article is submitted from the form, its progress shows image previews while it is drawn, the
-finished article renders with its images, a section is rewritten into a new revision, an
-outline is reviewed, the history opens an article, and API errors read as sentences."""
+finished article renders with its images, a section is rewritten and an image redrawn into new
+revisions, an outline is reviewed, the history opens an article, the playgrounds generate, and
+API errors read as sentences."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -60,7 +62,7 @@ def assert_no_traceback(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def test_submit_watch_previews_read_the_article_and_rewrite_a_section(studio: UIStack) -> None:
+def test_submit_watch_previews_read_the_article_rewrite_and_redraw(studio: UIStack) -> None:
     at = fill(
         fresh(),
         "Rooftop solar for homeowners",
@@ -130,6 +132,23 @@ def test_submit_watch_previews_read_the_article_and_rewrite_a_section(studio: UI
     assert article["sections"][1]["markdown"] not in shown_text(at)
     assert "Revision 2" in at.caption[0].value
 
+    # Redraw the first section's image with a seed of its own: revision 3, a new picture there.
+    before = [image.value for image in at.image]
+    at.number_input(key="redraw-seed-1").set_value(77)
+    at.button(key="redraw-1").click().run()
+    assert_no_traceback(at)
+    until(
+        "revision 3 in the studio",
+        lambda: any("revision 3" in s.value for s in at.run().success),
+        timeout=60,
+    )
+    with studio.client() as client:
+        third = client.get(f"/v1/articles/{article_id}").json()["article"]
+    assert third["images"][1]["seed"] == 77
+    assert third["images"][1]["id"] != article["images"][1]["id"]
+    after = [image.value for image in at.image]
+    assert after[0] == before[0] and after[1] != before[1]
+
 
 def test_outline_review_then_history(studio: UIStack) -> None:
     at = fill(fresh(), "Heat pumps in old houses", words=100, sections=2, count=0, review=True)
@@ -182,3 +201,41 @@ def test_a_gateway_that_is_down_is_a_message(
     history.switch_page("pages/history.py").run()
     assert_no_traceback(history)
     assert "is not reachable" in history.error[0].value
+
+
+def test_text_playground_streams_what_the_text_service_writes(studio: UIStack) -> None:
+    at = fresh()
+    at.switch_page("pages/text_playground.py").run()
+    assert_no_traceback(at)
+    at.text_area(key="text-prompt").input("Write about rooftop solar.")
+    at.number_input(key="text-max_tokens").set_value(24)
+    at.number_input(key="text-seed").set_value(5)
+    at.button(key="text-generate").click().run()
+    assert_no_traceback(at)
+    body = {
+        "model": at.selectbox(key="text-model").value,
+        "messages": [{"role": "user", "content": "Write about rooftop solar."}],
+        "max_tokens": 24,
+        "seed": 5,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
+    with httpx.Client(base_url=studio.text, timeout=60) as client:
+        reply = client.post("/v1/chat/completions", json=body).json()
+    expected = reply["choices"][0]["message"]["content"]
+    assert expected.strip() and expected.strip() in shown_text(at)  # markdown drops the edges
+    assert f"{reply['usage']['completion_tokens']} generated" in at.caption[-1].value
+
+
+def test_image_playground_draws_with_the_settings_given(studio: UIStack) -> None:
+    at = fresh()
+    at.switch_page("pages/image_playground.py").run()
+    assert_no_traceback(at)
+    at.text_area(key="image-prompt").input("a lighthouse at dusk")
+    at.number_input(key="image-steps").set_value(12)
+    at.number_input(key="image-seed").set_value(5)
+    at.number_input(key="image-n").set_value(2)
+    at.button(key="image-draw").click().run()
+    assert_no_traceback(at)
+    assert captions(at) == ["seed 5", "seed 6"]
+    assert [b.label for b in at.get("download_button")] == ["PNG", "PNG"]
