@@ -239,3 +239,14 @@ def test_image_playground_draws_with_the_settings_given(studio: UIStack) -> None
     assert_no_traceback(at)
     assert captions(at) == ["seed 5", "seed 6"]
     assert [b.label for b in at.get("download_button")] == ["PNG", "PNG"]
+
+
+def test_a_key_the_gateway_refuses_is_a_message(
+    studio: UIStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARTICLEFORGE_UI_API_KEY", "sk-not-this-one")
+    at = fresh()
+    at.switch_page("pages/history.py").run()
+    assert_no_traceback(at)
+    [error] = at.error
+    assert "refused the API key" in error.value and "ARTICLEFORGE_UI_API_KEY" in error.value
