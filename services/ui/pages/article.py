@@ -17,6 +17,7 @@ from services.ui.result import render_result
 
 
 def review(article_id: str, outline: dict[str, Any]) -> None:
+    st.subheader(f"Outline of {article_id}")
     st.info("The outline waits for your review: edit the headings, then continue.")
     with st.form("outline"):
         title = st.text_input("Title", value=str(outline["title"]), key="outline-title")
