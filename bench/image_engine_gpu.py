@@ -7,6 +7,7 @@ the PNG levels on this host's CPU. Appends JSON lines to $OUT/image_engine.jsonl
 
     python -m bench.image_engine_gpu --shape sd15 --modes eager,reduce-overhead
     python -m bench.image_engine_gpu --shape sd15-small --device cpu --modes eager  # smoke
+    python -m bench.image_engine_gpu --shape sd15 --skip-baseline --deep-cache 3  # DeepCache
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
         "image_default_steps": args.steps,
         "image_default_guidance_scale": args.guidance,
         "image_default_scheduler": args.scheduler,
+        "image_deep_cache_interval": args.deep_cache,
     }
     if mode != "eager":
         env["image_compile_mode"] = mode
@@ -81,6 +83,7 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
     rec(
         event="engine_ready",
         mode=mode,
+        deep_cache=args.deep_cache,
         load_s=round(loaded_s, 1),
         warmup_s=round(time.perf_counter() - t0, 1),
     )
@@ -105,6 +108,7 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
         rec(
             event="engine",
             mode=mode,
+            deep_cache=args.deep_cache,
             scenario=label,
             images=images,
             s_median=round(statistics.median(times), 3),
@@ -183,6 +187,9 @@ def main() -> None:
     parser.add_argument("--png", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--budget-s", type=float, default=540)
+    # ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL for the engine runs (0: off); the UNet then runs
+    # eagerly in every mode, only the VAE decoder is compiled.
+    parser.add_argument("--deep-cache", type=int, default=0)
     args = parser.parse_args()
     import logging
 

@@ -11,6 +11,11 @@
   thrown away) or cuts it down to a smaller one, whichever the measured step times
   (``Acceleration.step_seconds``) say draws more images per second.
 
+With DeepCache on (``ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL``, services/image/deep_cache.py) the
+UNet is left eager and only the VAE decoder compiles: its shallow steps run the UNet's blocks one
+by one, and its full steps read a block's output through a hook that a compiled graph would not
+run.
+
 SDXL's original VAE overflows in float16, so its pipeline casts the VAE to float32 and back on
 every call (``force_upcast``): serve SDXL with an fp16-safe VAE (madebyollin/sdxl-vae-fp16-fix,
 whose config turns that off); docs/deployment.md says how.
@@ -115,19 +120,32 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
     # Every (size, bucket, guidance on/off) is its own static graph; keep them all.
     _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
     mode = settings.image_compile_mode
-    compiled = torch.compile(denoiser, mode=mode, fullgraph=True, dynamic=False)
-    if getattr(pipe, "unet", None) is not None:
-        pipe.unet = compiled
+    # DeepCache's shallow steps call the UNet's blocks one by one and its full steps read a
+    # block's output through a hook, which a compiled graph would not run (services/image/
+    # deep_cache.py): with it on, the UNet stays eager.
+    eager_unet = settings.image_deep_cache_interval > 1 and getattr(pipe, "unet", None) is not None
+    if eager_unet:
+        logger.info(
+            "image model %s: the UNet is not compiled: ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL=%d "
+            "runs its shallow steps block by block, eagerly",
+            settings.image_model,
+            settings.image_deep_cache_interval,
+        )
     else:
-        pipe.transformer = compiled
+        compiled = torch.compile(denoiser, mode=mode, fullgraph=True, dynamic=False)
+        if getattr(pipe, "unet", None) is not None:
+            pipe.unet = compiled
+        else:
+            pipe.transformer = compiled
     if vae is not None:
         # The decoder module, not `vae.decode`: the pipeline hands that its generators.
         vae.decoder = torch.compile(vae.decoder, mode=mode, fullgraph=True, dynamic=False)
     result.compiled, result.mode = True, mode
     logger.info(
-        "image model %s: torch.compile (%s) of the denoiser and the VAE decoder; batch buckets %s",
+        "image model %s: torch.compile (%s) of %s; batch buckets %s",
         settings.image_model,
         mode,
+        "the VAE decoder" if eager_unet else "the denoiser and the VAE decoder",
         ",".join(map(str, result.buckets)),
     )
     return result

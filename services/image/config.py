@@ -88,6 +88,13 @@ class ImageSettings(CommonSettings):
     # run the denoiser), only every Nth step calls it; the others reuse the last noise
     # prediction. Fewer UNet calls, slightly different images. 0 or 1: off.
     image_step_cache_interval: int = Field(default=0, ge=0, le=10)
+    # DeepCache-style feature reuse (Ma et al., CVPR 2024): every Nth step (and the last 10% of
+    # the steps) runs the whole UNet and keeps the features its deep part hands the last up
+    # block; the steps between run only the shallow path (conv_in, the first down block, the
+    # last up block) on those features. Fewer deep-block calls, slightly different images; the
+    # UNet then runs eagerly (torch.compile covers the VAE decoder only). 0 or 1: off. Not
+    # together with step caching.
+    image_deep_cache_interval: int = Field(default=0, ge=0, le=10)
     # Previews through a tiny VAE (TAESD, diffusers' AutoencoderTiny: HF id or folder, e.g.
     # madebyollin/taesd) instead of the linear latent-to-RGB map: sharper previews at full size,
     # for a few milliseconds per preview. Unset: the linear map.
@@ -118,6 +125,13 @@ class ImageSettings(CommonSettings):
             raise ValueError(
                 f"ARTICLEFORGE_IMAGE_BATCH_BUCKETS ({self.image_batch_buckets}) must reach "
                 f"ARTICLEFORGE_IMAGE_MAX_BATCH_SIZE ({self.image_max_batch_size})"
+            )
+        if self.image_step_cache_interval > 1 and self.image_deep_cache_interval > 1:
+            raise ValueError(
+                "ARTICLEFORGE_IMAGE_STEP_CACHE_INTERVAL "
+                f"({self.image_step_cache_interval}) and ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL "
+                f"({self.image_deep_cache_interval}) are both on; they cache the same UNet "
+                "steps in two ways, so set one of them to 0"
             )
         self.warmup_sizes()  # raises on a malformed entry
         return self

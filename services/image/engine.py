@@ -36,6 +36,7 @@ from services.common.handles import EngineHandle
 from services.image import metrics
 from services.image.acceleration import StepCache
 from services.image.config import ImageSettings
+from services.image.deep_cache import DeepCache
 from services.image.infotext import ImageParameters, encode_png
 from services.image.loading import LoadedPipeline
 from services.image.preview import PendingPreview
@@ -594,6 +595,9 @@ class ImageEngine:
             denoiser = getattr(pipe, "unet", None) or pipe.transformer
             cache = StepCache(self.settings.image_step_cache_interval)
             caching = cache.around(denoiser, job.steps)
+        elif self.settings.image_deep_cache_interval > 1:  # the settings refuse both at once
+            deep_cache = DeepCache(self.settings.image_deep_cache_interval)
+            caching = deep_cache.around(getattr(pipe, "unet", None) or pipe.transformer, job.steps)
         with torch.inference_mode(), caching:
             out = pipe(
                 prompt=prompts,
