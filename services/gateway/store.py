@@ -10,6 +10,7 @@ checking the owner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import LockError
 
 from services.gateway.schemas import TERMINAL, ArticleStatus
 from services.gateway.views import status_view
@@ -230,15 +232,32 @@ class ArticleStore:
     # --- progress events ---
 
     def publish(self, article_id: str) -> None:
-        """Appends the current status/progress snapshot to the article's event stream."""
-        fields = self.fields(article_id)
-        if not fields:
-            return
-        view = status_view(article_id, fields, include_article=False)
-        data = view.model_dump_json(include={"id", "status", "progress", "error"})
-        self.redis.xadd(
-            self.events_key(article_id), {"data": data}, maxlen=STREAM_MAXLEN, approximate=True
+        """Appends the current status/progress snapshot to the article's event stream.
+
+        Several workers publish for one article (its image jobs run side by side). Reading the
+        record and appending its snapshot happen under one per-article lock, so snapshots are
+        appended in the order they were read; as the record only moves forward, so do the
+        events (unlocked, a snapshot read before another worker's step could land after that
+        worker's newer one, and the percent would go backwards). A lock that cannot be had
+        within a second does not hold the event back.
+        """
+        lock = self.redis.lock(
+            f"{self.key(article_id)}:publish", timeout=5, blocking_timeout=1, thread_local=False
         )
+        locked = lock.acquire()
+        try:
+            fields = self.fields(article_id)
+            if not fields:
+                return
+            view = status_view(article_id, fields, include_article=False)
+            data = view.model_dump_json(include={"id", "status", "progress", "error"})
+            self.redis.xadd(
+                self.events_key(article_id), {"data": data}, maxlen=STREAM_MAXLEN, approximate=True
+            )
+        finally:
+            if locked:
+                with contextlib.suppress(LockError):  # it outlived its timeout: already gone
+                    lock.release()
 
     def read_events(self, article_id: str, after: str, block_ms: int) -> list[tuple[str, str]]:
         """``(event id, JSON text)`` appended after ``after``, waiting up to ``block_ms``."""
