@@ -131,17 +131,13 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
     if args.profile and device.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
 
-        from bench.unet_variants import kind_of
+        from bench.unet_variants import gpu_ms_by_kind
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()
             await asyncio.gather(*[one(1, 900 + k) for k in range(8)])
             wall_ms = (time.perf_counter() - t0) * 1000
-        by_kind: dict[str, float] = {}
-        for event in prof.key_averages():
-            gpu_us = getattr(event, "self_device_time_total", 0) or 0
-            if gpu_us > 0 and event.device_type == torch.autograd.DeviceType.CUDA:
-                by_kind[kind_of(event.key)] = by_kind.get(kind_of(event.key), 0.0) + gpu_us / 1000
+        by_kind, _ = gpu_ms_by_kind(prof)
         rec(
             event="profile",
             mode=mode,

@@ -115,6 +115,20 @@ def kind_of(name: str) -> str:
     return next(kind for kind, pattern in KINDS if pattern.search(name))
 
 
+def gpu_ms_by_kind(prof: Any) -> tuple[dict[str, float], int]:
+    """GPU milliseconds of a finished torch.profiler run by kind of kernel, and the kernels."""
+    by_kind: dict[str, float] = {}
+    kernels = 0
+    for event in prof.key_averages():
+        gpu_us = getattr(event, "self_device_time_total", 0) or 0
+        if gpu_us <= 0 or event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        kernels += event.count
+        kind = kind_of(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + gpu_us / 1000
+    return by_kind, kernels
+
+
 def profile_summary(step: Callable[[], Any], device: str, label: str) -> None:
     """GPU time by kind of kernel for one step, against the step's wall time."""
     from torch.profiler import ProfilerActivity, profile
@@ -127,15 +141,7 @@ def profile_summary(step: Callable[[], Any], device: str, label: str) -> None:
         step()
         sync(device)
         wall = time.perf_counter() - t0
-    by_kind: dict[str, float] = {}
-    kernels = 0
-    for event in prof.key_averages():
-        gpu_us = getattr(event, "self_device_time_total", 0) or 0
-        if gpu_us <= 0 or event.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        kernels += event.count
-        kind = kind_of(event.key)
-        by_kind[kind] = by_kind.get(kind, 0.0) + gpu_us / 1000
+    by_kind, kernels = gpu_ms_by_kind(prof)
     busy = sum(by_kind.values())
     rec(
         event="profile",
