@@ -80,10 +80,6 @@ class LatentPreviewer:
             rgb = torch.einsum("chw,cr->hwr", latent.detach().float(), self.factors) + self.bias
             return PendingPreview(((rgb + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8))
 
-    def png_b64(self, latent: torch.Tensor) -> str:
-        """Base64 PNG of one latent (C, h, w)."""
-        return self.start(latent).png_b64()
-
 
 class TinyVaePreviewer:
     """Previews through a tiny VAE (TAESD): the image's full size, a few ms of GPU per preview.
@@ -101,9 +97,6 @@ class TinyVaePreviewer:
         decoded = self.vae.decode(latent[None].to(param.device, param.dtype)).sample[0]
         rgb = ((decoded.float() + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
         return PendingPreview(rgb.permute(1, 2, 0).contiguous())
-
-    def png_b64(self, latent: torch.Tensor) -> str:
-        return self.start(latent).png_b64()
 
 
 def _png_b64(pixels: torch.Tensor) -> str:
