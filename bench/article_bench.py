@@ -284,6 +284,7 @@ def main() -> None:
     parser.add_argument("--text-memory", default="0.45", help="TEXT_GPU_MEMORY_UTILIZATION")
     parser.add_argument("--image-env", action="append", default=[], help="KEY=VALUE")
     parser.add_argument("--image-scenarios", action="store_true")
+    parser.add_argument("--image-concurrency", default="1,2,4,8,16,32")
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--baseline-tokens", type=int, default=1100)
     parser.add_argument("--ready-timeout", type=float, default=900)
@@ -391,7 +392,7 @@ def main() -> None:
             image_args = argparse.Namespace(
                 guidance=7.5,
                 scheduler="dpmpp_2m",
-                concurrency="1,2,4,8,16,32",
+                concurrency=args.image_concurrency,
                 rounds=3,
                 n8=True,
                 stream=True,

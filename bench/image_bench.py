@@ -44,6 +44,9 @@ async def post_image(client: Any, url: str, body: dict[str, Any]) -> dict[str, A
                     previews += '"preview' in line
                 elif line.startswith("data:") and event == "result":
                     record["ok"] = reply.status_code == 200
+                    timings = json.loads(line[5:])["timings"]
+                    record["inference_s"] = timings["inference_seconds"]
+                    record["batch_size"] = timings["batch_size"]
         record.update(steps=steps, previews=previews)
     else:
         reply = await client.post(f"{url}/v1/images", json=body)
@@ -154,14 +157,40 @@ async def scenarios(url: str, args: argparse.Namespace, steps: int) -> dict[str,
         out["n=8"] = await burst(url, 1, 8, body, args.rounds)
         print(json.dumps(out["n=8"]), flush=True)
     if args.stream:
-        out["1 request, stream"] = await burst(url, 1, 1, {**body, "stream": True}, 5)
-        out["1 request, no stream"] = await burst(url, 1, 1, body, 5)
-        print(json.dumps(out["1 request, stream"]), flush=True)
+        out["stream"] = await stream_cost(url, body, rounds=10)
+        print(json.dumps(out["stream"]), flush=True)
     return out
 
 
-def eager_diffusers(folder: Path, args: argparse.Namespace, steps: int) -> list[dict[str, Any]]:
-    """The baseline: AutoPipelineForText2Image as a user's script runs it (PIL output)."""
+async def stream_cost(url: str, body: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """One request with and without `stream: true`, in turn, ``rounds`` times each: the end to
+    end latency and the pipeline's own time (``timings.inference_seconds``) of both."""
+    runs: dict[str, list[dict[str, Any]]] = {"stream": [], "no stream": []}
+    for rnd in range(rounds):
+        for label, stream in (("stream", True), ("no stream", False)):
+            got = await burst(url, 1, 1, {**body, "stream": stream, "seed": 77 + rnd}, 1)
+            runs[label].append(got)
+    out: dict[str, Any] = {"rounds": rounds}
+    for label, got in runs.items():
+        out[label] = {
+            "latency_s_median": round(statistics.median(g["wall_s_median"] for g in got), 4),
+            "inference_s_median": round(statistics.median(g["inference_s_median"] for g in got), 4),
+            "previews": sum(g["previews"] for g in got),
+            "failed": sum(g["failed"] for g in got),
+        }
+    for key in ("latency_s_median", "inference_s_median"):
+        base = out["no stream"][key]
+        out[f"cost_percent_{key.removesuffix('_median')}"] = (
+            round(100 * (out["stream"][key] / base - 1), 2) if base else None
+        )
+    return out
+
+
+def eager_diffusers(
+    folder: Path, args: argparse.Namespace, steps: list[int]
+) -> list[dict[str, Any]]:
+    """The baseline: AutoPipelineForText2Image as a user's script runs it (PIL output), at
+    each step count, for 1 image and a batch of 8 (``--baseline-batches``)."""
     import diffusers
     import torch
 
@@ -173,7 +202,8 @@ def eager_diffusers(folder: Path, args: argparse.Namespace, steps: int) -> list[
     from services.image.schedulers import make_scheduler
 
     results = []
-    runs = [(args.scheduler, steps, b) for b in (1, 8)]
+    batches = [int(b) for b in getattr(args, "baseline_batches", "1,8").split(",")]
+    runs = [(args.scheduler, s, b) for s in steps for b in batches]
     if args.pndm:
         runs.append(("pndm", 50, 1))
     for scheduler, n_steps, batch in runs:
@@ -228,9 +258,11 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--pndm", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--baseline-batches", default="1,8", help="eager diffusers' batch sizes")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
+    args.logs.mkdir(parents=True, exist_ok=True)
 
     folder = Path(args.models) / args.shape
     dtype = "float16" if args.device.startswith("cuda") else "float32"
@@ -250,29 +282,33 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
-    for steps in [int(s) for s in args.steps.split(",")]:
-        server = Server(
-            f"image-{args.shape}-{steps}",
-            service_env(folder, args, steps),
-            args.logs / f"image_{args.shape}_{steps}.log",
-            ready_timeout=900,
-            service="image",
-        )
-        run: dict[str, Any] = {"steps": steps}
-        try:
-            with server.running():
-                run["ready_s"] = round(server.ready_s or 0, 1)
-                print(f"image service ready in {run['ready_s']} s", flush=True)
+    step_counts = [int(s) for s in args.steps.split(",")]
+    # One service for every step count: the compiled shapes do not depend on it, and the
+    # batcher's step times are per step. Its default (what the warm-up times) is the last.
+    server = Server(
+        f"image-{args.shape}",
+        service_env(folder, args, step_counts[-1]),
+        args.logs / f"image_{args.shape}.log",
+        ready_timeout=900,
+        service="image",
+    )
+    try:
+        with server.running():
+            report["ready_s"] = round(server.ready_s or 0, 1)
+            print(f"image service ready in {report['ready_s']} s", flush=True)
+            save()
+            for steps in step_counts:
+                run: dict[str, Any] = {"steps": steps}
+                report["runs"].append(run)
                 run.update(asyncio.run(scenarios(server.url, args, steps)))
-                run["metrics"] = server.metrics()[:60]
-        except Exception as exc:  # keep what was measured
-            run["error"] = repr(exc)[:3000]
-        report["runs"].append(run)
-        save()
+                save()
+            report["metrics"] = server.metrics()[:60]
+    except Exception as exc:  # keep what was measured
+        report["error"] = repr(exc)[:3000]
+    save()
     if not args.no_baseline:
         try:
-            steps = int(args.steps.split(",")[-1])
-            report["eager_diffusers"] = eager_diffusers(folder, args, steps)
+            report["eager_diffusers"] = eager_diffusers(folder, args, step_counts)
         except Exception as exc:
             report["eager_diffusers_error"] = repr(exc)[:2000]
     save()

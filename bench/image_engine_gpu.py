@@ -3,11 +3,15 @@
 For choosing the defaults: eager diffusers (the anchors' way) beside the service's engine in
 each compile setting, at one image, one request of n=8, and 8 concurrent requests; previews on
 and off; a torch.profiler table of a batch of 8 for the eager engine and the fastest one; and
-the PNG levels on this host's CPU. Appends JSON lines to $OUT/image_engine.jsonl.
+the PNG levels on this host's CPU; or, with ``--preview-study``, only what streaming
+(per-step progress, previews) costs inside the engine. Appends JSON lines to
+$OUT/image_engine.jsonl.
 
     python -m bench.image_engine_gpu --shape sd15 --modes eager,reduce-overhead
     python -m bench.image_engine_gpu --shape sd15-small --device cpu --modes eager  # smoke
     python -m bench.image_engine_gpu --shape sd15 --skip-baseline --deep-cache 3  # DeepCache
+    python -m bench.image_engine_gpu --shape sd15 --skip-baseline --modes reduce-overhead \
+        --buckets 1,8 --preview-study
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ def eager_baseline(folder: Path, args: argparse.Namespace) -> None:
     runs as bench/image_bench.py's baseline, PNDM at 50 steps included."""
     from bench.image_bench import eager_diffusers
 
-    for result in eager_diffusers(folder, argparse.Namespace(**vars(args), pndm=True), args.steps):
+    for result in eager_diffusers(
+        folder, argparse.Namespace(**vars(args), pndm=True), [args.steps]
+    ):
         rec(event="eager_diffusers", **result)
 
 
@@ -120,6 +126,10 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
             png_kib=round(len(first.images[0].png or b"") / 1024, 1),
         )
 
+    if args.preview_study:
+        await preview_study(engine, one, mode, args)
+        engine.shutdown()
+        return
     await timed("1 request", lambda r: [one(1, 10 + r)], 1)
     await timed("1 request, stream", lambda r: [one(1, 10 + r, stream=True)], 1)
     await timed("n=8", lambda r: [one(8, 100 + 10 * r)], 8)
@@ -157,6 +167,44 @@ async def engine_run(folder: Path, device: str, mode: str, args: argparse.Namesp
     torch._dynamo.reset()
 
 
+async def preview_study(engine: Any, one: Any, mode: str, args: argparse.Namespace) -> None:
+    """What streaming costs inside the engine: the same requests without a stream, streamed
+    with per-step progress only (previews off), and streamed with a preview every 5 steps.
+    The three run in turn, round after round, so that drift in the card's clocks hits all
+    three alike; the figure is the pipeline's own time (``inference_seconds``)."""
+    variants = [("no stream", False, 5), ("stream, progress only", True, 0)]
+    variants.append(("stream, previews every 5", True, 5))
+    for concurrent in (1, 8):
+        seconds: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+        walls: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+        previews: dict[str, int] = {}
+        for rnd in range(args.rounds):
+            for label, stream, every in variants:
+                engine.settings.image_preview_every = every
+                seed = 5000 + 100 * rnd + 10 * concurrent
+                t0 = time.perf_counter()
+                got = await asyncio.gather(*[one(1, seed + k, stream) for k in range(concurrent)])
+                walls[label].append(time.perf_counter() - t0)
+                seconds[label].append(statistics.median(r.inference_seconds for r, _ in got))
+                previews[label] = sum(p for _, p in got)
+        base = statistics.median(seconds["no stream"])
+        for label, _, _ in variants:
+            median = statistics.median(seconds[label])
+            rec(
+                event="preview_study",
+                mode=mode,
+                concurrent=concurrent,
+                variant=label,
+                rounds=args.rounds,
+                inference_s_median=round(median, 4),
+                inference_s_all=[round(x, 4) for x in seconds[label]],
+                wall_s_median=round(statistics.median(walls[label]), 4),
+                cost_percent=round(100 * (median / base - 1), 2),
+                previews_last_round=previews[label],
+            )
+    engine.settings.image_preview_every = 5
+
+
 def png_levels() -> None:
     import subprocess
     import sys
@@ -186,6 +234,9 @@ def main() -> None:
     # ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL for the engine runs (0: off); the UNet then runs
     # eagerly in every mode, only the VAE decoder is compiled.
     parser.add_argument("--deep-cache", type=int, default=0)
+    # Only the streaming cost study (see preview_study), `--rounds` rounds of each variant.
+    parser.add_argument("--preview-study", action="store_true")
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     import logging
 
