@@ -4,7 +4,7 @@ Takes an image_bench report (its sweep and its same-call eager baseline) and, op
 earlier article_bench report whose image sweep is drawn too, for the before-and-after.
 
     python -m bench.plot_image_bench bench/results/image_bench_sd15_h200.json \
-        docs/img/image_bench_h200.png --before bench/results/article_bench_h200.json
+        docs/img/image_bench_h200.png --before bench/results/article_bench_h200_f0a103a.json
 """
 
 from __future__ import annotations

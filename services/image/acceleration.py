@@ -8,8 +8,8 @@
   graph replay instead of a thousand kernel launches;
 * batch buckets: with compile on, every call runs at one of a few batch sizes that the warm-up
   compiled. The engine either pads a batch up to the next bucket (the padded rows are drawn and
-  thrown away) or cuts it down to a smaller one, whichever the measured step times
-  (``Acceleration.step_seconds``) say draws more images per second.
+  thrown away) or cuts it down to a smaller one, whichever the measured call times
+  (``Acceleration.call_time``, at the request's step count) say draws more images per second.
 
 With DeepCache on (``ARTICLEFORGE_IMAGE_DEEP_CACHE_INTERVAL``, services/image/deep_cache.py) the
 UNet is left eager and only the VAE decoder compiles: its shallow steps run the UNet's blocks one
@@ -54,9 +54,10 @@ class Acceleration:
     fused_qkv: bool = False
     buckets: list[int] = field(default_factory=lambda: [1])
     seen: set[ShapeKey] = field(default_factory=set)
-    # Seconds per denoising step of each compiled shape, as measured (a moving average).
-    step_seconds: dict[ShapeKey, float] = field(default_factory=dict)
-    provisional: set[ShapeKey] = field(default_factory=set)  # known from the warm-up only
+    # Seconds of one call of each compiled shape, by step count, as measured (moving averages):
+    # a call costs a fixed part (text encoder, VAE decode) plus a part per denoising step.
+    call_seconds: dict[ShapeKey, dict[int, float]] = field(default_factory=dict)
+    provisional: set[tuple[ShapeKey, int]] = field(default_factory=set)  # warm-up figures
 
     def bucket(self, images: int) -> int:
         """The batch size a call of ``images`` images runs at (itself without compile)."""
@@ -65,29 +66,55 @@ class Acceleration:
         index = bisect.bisect_left(self.buckets, images)
         return self.buckets[index] if index < len(self.buckets) else images
 
-    def observe(self, key: ShapeKey, seconds_per_step: float, *, warmup: bool = False) -> None:
-        """Records a finished call's time per step.
+    def observe(self, key: ShapeKey, steps: int, seconds: float, *, warmup: bool = False) -> None:
+        """Records how long a finished call of ``steps`` steps took.
 
-        A warm-up call (2 steps, so its fixed costs weigh more) gives a first estimate, which
-        the first real call replaces; real calls then keep a moving average.
+        A warm-up figure is a first estimate, which the first real call of that step count
+        replaces; real calls then keep a moving average.
         """
-        old = None if key in self.provisional else self.step_seconds.get(key)
-        self.step_seconds[key] = (
-            seconds_per_step if old is None else 0.7 * old + 0.3 * seconds_per_step
-        )
+        points = self.call_seconds.setdefault(key, {})
+        old = None if (key, steps) in self.provisional else points.get(steps)
+        points[steps] = seconds if old is None else 0.7 * old + 0.3 * seconds
         if warmup:
-            self.provisional.add(key)
+            self.provisional.add((key, steps))
         else:
-            self.provisional.discard(key)
+            self.provisional.discard((key, steps))
 
-    def images_per_second(self, width: int, height: int, images: int, guided: bool) -> float:
-        """Relative speed of a call of ``images`` images (padded to its bucket).
+    def call_time(self, key: ShapeKey, steps: int) -> float | None:
+        """Estimated seconds of a call of ``steps`` steps, or None before any measurement.
 
-        Measured step times where there are some; a shape not measured yet is assumed to cost
+        The figure for that step count where there is one; else a straight line (fixed part
+        plus a part per step) through the step counts measured; from a single step count,
+        in proportion to the steps.
+        """
+        points = self.call_seconds.get(key)
+        if not points:
+            return None
+        if steps in points:
+            return points[steps]
+        nearest = min(points, key=lambda s: abs(s - steps))
+        proportional = points[nearest] * steps / nearest
+        if len(points) < 2:
+            return proportional
+        mean_s = sum(points) / len(points)
+        mean_t = sum(points.values()) / len(points)
+        spread = sum((s - mean_s) ** 2 for s in points)
+        per_step = sum((s - mean_s) * (t - mean_t) for s, t in points.items()) / spread
+        fixed = mean_t - per_step * mean_s
+        if per_step <= 0 or fixed < 0:  # noise: no usable line
+            return proportional
+        return fixed + per_step * steps
+
+    def images_per_second(
+        self, width: int, height: int, images: int, guided: bool, steps: int
+    ) -> float:
+        """Relative speed of a call of ``images`` images (padded to its bucket) at ``steps``.
+
+        Measured call times where there are some; a shape not measured yet is assumed to cost
         in proportion to its bucket, which makes padding never look better than cutting.
         """
         size = self.bucket(images)
-        seconds = self.step_seconds.get((width, height, size, guided))
+        seconds = self.call_time((width, height, size, guided), steps)
         return images / seconds if seconds else images / size
 
     def note_shape(self, key: ShapeKey) -> bool:

@@ -156,10 +156,10 @@ class ImageEngine:
         """Short (2-step) calls at the sizes and batch buckets that the settings name.
 
         Without compile: one image at the native size. With compile, this is where
-        torch.compile pays its compile time, once per (size, bucket); each shape runs three
-        times: to compile, to record its CUDA graphs (`reduce-overhead`), so that the first
-        request of that shape is fast, and, at the default step count, to time it for the
-        batcher. A shape not warmed up still works; its first request compiles it.
+        torch.compile pays its compile time, once per (size, bucket); each shape runs to
+        compile, to record its CUDA graphs (`reduce-overhead`), so that the first request of
+        that shape is fast, and then, at the default step count and at 2 steps, to time it for
+        the batcher. A shape not warmed up still works; its first request compiles it.
         """
         loaded, settings = self.loaded, self.settings
         accel = loaded.acceleration
@@ -181,20 +181,23 @@ class ImageEngine:
                 key = (width, height, size, job.guidance_scale > 1)
                 accel.note_shape(key)  # it compiles here, as expected
                 # Compiled: the first run compiles, the second records the CUDA graphs, and the
-                # third, at the default step count, times the shape for the batcher as a real
-                # request would (a 2-step call would overweight the text encoder and the VAE).
-                runs = 3 if accel.compiled else 1
-                for run in range(runs):
-                    timing = accel.compiled and run == runs - 1
-                    if timing:
-                        job.steps = settings.image_default_steps
+                # next ones time the shape for the batcher at the default step count and at 2
+                # steps: two points that part a call's fixed cost (text encoder, VAE) from its
+                # cost per step, so that requests of other step counts are judged right too.
+                plan = [(2, False)]
+                if accel.compiled:
+                    plan += [(2, False), (settings.image_default_steps, True)]
+                    if settings.image_default_steps != 2:
+                        plan.append((2, True))
+                for steps, timed in plan:
+                    job.steps = steps
                     started = time.monotonic()
                     images = self._call_pipeline(
                         job, ["warm up"] * size, [""] * size, list(job.seeds), None
                     )
                     to_uint8(images)  # waits for the device, as a real call does
-                    if timing:
-                        accel.observe(key, (time.monotonic() - started) / job.steps, warmup=True)
+                    if timed:
+                        accel.observe(key, steps, time.monotonic() - started, warmup=True)
                     logger.info(
                         "image model %s: warm-up %dx%d, batch of %d, %d steps: %.2fs",
                         loaded.model_name,
@@ -364,7 +367,8 @@ class ImageEngine:
                     images += n
             if not taken or taken[0] is not compatible[0]:
                 continue  # the oldest request always goes first
-            speed = accel.images_per_second(job.width, job.height, images, job.guidance_scale > 1)
+            guided = job.guidance_scale > 1
+            speed = accel.images_per_second(job.width, job.height, images, guided, job.steps)
             if best is None or speed > best[0] * 1.02:  # ties go to the larger batch
                 best = (speed, taken)
         assert best is not None  # `limit` always fits the oldest request (n <= limit)
@@ -450,7 +454,7 @@ class ImageEngine:
         if accel.compiled and steps_run:
             guided = job.guidance_scale > 1
             key = (job.width, job.height, accel.bucket(len(prompts)), guided)
-            accel.observe(key, elapsed / steps_run)
+            accel.observe(key, steps_run, elapsed)
         per_image = elapsed / len(prompts)
         for _ in prompts:
             metrics.SECONDS_PER_IMAGE.observe(per_image)

@@ -142,9 +142,9 @@ def test_the_batcher_cuts_or_pads_by_the_measured_step_times(tiny_image_path: Pa
 
     def told(eight_costs: float) -> Acceleration:
         accel = Acceleration(compiled=True, buckets=[1, 2, 4, 8])
-        # Seconds per step of each bucket at 32x32 with guidance: 4 images per 0.4 s...
+        # Seconds per 2-step call of each bucket at 32x32 with guidance: 4 images per 0.4 s...
         for size, seconds in ((1, 0.15), (2, 0.25), (4, 0.4), (8, eight_costs)):
-            accel.observe((32, 32, size, True), seconds)
+            accel.observe((32, 32, size, True), 2, seconds)
         return accel
 
     async def run() -> list[list[int]]:
@@ -166,6 +166,40 @@ def test_the_batcher_cuts_or_pads_by_the_measured_step_times(tiny_image_path: Pa
     assert cut == [1, 4, 4, 4, 4]
     # ...against 5 per 0.5 s (10/s, like 4 per 0.4 s): a tie goes to the larger batch.
     assert padded == [5, 5, 5, 5, 5]
+
+
+def test_call_times_part_the_fixed_cost_from_the_cost_per_step() -> None:
+    """A bucket timed at 2 and 25 steps is judged on a line through both at any other count;
+    calls of another step count never bend the figure for the one a request asks for.
+
+    The H200 showed why (SD-Turbo, buckets 1/4): after 1-step calls, whose time is mostly the
+    fixed part, were counted as a time per step, the batch of 4 looked four times slower than
+    it is at 4 steps, and 4-step requests ran one by one."""
+    accel = Acceleration(compiled=True, buckets=[1, 4])
+    one, four = (512, 512, 1, False), (512, 512, 4, False)
+    # Warm-up figures: 0.02 s fixed + 0.009 s per step alone; 0.04 s + 0.012 s per step for 4.
+    for key, fixed, per_step in ((one, 0.02, 0.009), (four, 0.04, 0.012)):
+        for steps in (25, 2):
+            accel.observe(key, steps, fixed + per_step * steps, warmup=True)
+    assert accel.call_time(four, 4) == pytest.approx(0.04 + 0.048)
+    assert accel.call_time(one, 25) == pytest.approx(0.245)
+    # Real 1-step calls of the batch of 4 (0.074 s, as measured) join the line's points...
+    for _ in range(5):
+        accel.observe(four, 1, 0.074)
+    assert accel.call_time(four, 1) == pytest.approx(0.074)
+    # ...bending the line a little (4 steps: about 0.1 s, not the 0.3 s that a time per step
+    # of 0.074 s would give), so 4 waiting 4-step requests still run as one batch: 4 images
+    # per ~0.1 s against 1 per ~0.056 s.
+    estimate = accel.call_time(four, 4)
+    assert estimate is not None and 0.085 < estimate < 0.105
+    batch = accel.images_per_second(512, 512, 4, False, 4)
+    alone = accel.images_per_second(512, 512, 1, False, 4)
+    assert batch > 2 * alone
+    # A shape measured at one step count only scales in proportion to the steps.
+    single = Acceleration(compiled=True, buckets=[1])
+    single.observe(one, 10, 0.1)
+    assert single.call_time(one, 20) == pytest.approx(0.2)
+    assert single.call_time((64, 64, 1, False), 20) is None  # never measured
 
 
 def test_the_batch_window_closes_when_requests_stop_arriving(tiny_image_path: Path) -> None:
@@ -220,6 +254,33 @@ def test_warmup_runs_every_size_the_settings_name(
     warmups = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
     assert any("warm-up 32x32, batch of 1" in m for m in warmups), warmups
     assert any("warm-up 48x32, batch of 1" in m for m in warmups), warmups
+
+
+def test_a_compiled_warmup_times_each_bucket_at_two_step_counts(tiny_image_path: Path) -> None:
+    """The engine is told it is compiled (as above): each bucket is timed at the default step
+    count and at 2 steps, as provisional figures that real calls replace."""
+    from services.image.engine import ImageEngine
+    from services.image.loading import load_image_pipeline
+
+    settings = ImageSettings(
+        image_default_steps=3, image_batch_buckets="1,2", image_max_batch_size=2
+    )
+    loaded = load_image_pipeline(settings)
+    loaded.acceleration = Acceleration(compiled=True, buckets=[1, 2])
+    engine = ImageEngine(settings, loaded)
+
+    async def start() -> None:
+        await asyncio.wrap_future(engine.start())
+
+    asyncio.run(start())
+    engine.shutdown()
+    accel = loaded.acceleration
+    width, height = loaded.default_width, loaded.default_height
+    for size in (1, 2):
+        key = (width, height, size, settings.image_default_guidance_scale > 1)
+        assert sorted(accel.call_seconds[key]) == [2, 3]
+        assert {(key, 2), (key, 3)} <= accel.provisional
+        assert all(seconds > 0 for seconds in accel.call_seconds[key].values())
 
 
 def test_tiny_vae_previews_are_full_size(tiny_image_path: Path, tmp_path: Path) -> None:
