@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,7 @@ _in_flight: dict[str, int] = {}
 _last_pick: dict[str, int] = {}
 _ready: dict[str, tuple[bool, float]] = {}  # URL -> (ready, when it was learned)
 _picks = itertools.count(1)
+_probes: dict[str, asyncio.Future[bool]] = {}  # URL -> the /readyz probe under way
 
 
 def ready_probe_url(base_url: str) -> str:
@@ -71,15 +73,20 @@ def ready_probe_url(base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/readyz"
 
 
+def _forget_probe(url: str, done: asyncio.Future[bool]) -> None:
+    if _probes.get(url) is done:
+        del _probes[url]
+
+
 class ServiceClient:
     """Calls one service, which may have several replicas (``base_urls``).
 
     With one URL a call goes there, with ``attempts`` tries and exponential backoff. With
-    several, each try goes to the ready replica with the fewest calls in flight in this process
-    (ties to the one picked longest ago); a replica whose /readyz fails is skipped for
-    ``ready_cache`` seconds, and so is one whose call just failed, while the call moves on at
-    once to another replica. Only when every replica has failed does the try count as one
-    attempt and the backoff wait.
+    several, each try goes to the ready replica with the fewest calls in flight in this
+    process (ties to the one picked longest ago, then at random); a replica whose /readyz
+    fails is skipped for ``ready_cache`` seconds, and so is one whose call just failed, while
+    the call moves on at once to another replica. Only when every replica has failed does the
+    try count as one attempt and the backoff wait.
     """
 
     def __init__(
@@ -120,6 +127,14 @@ class ServiceClient:
         known = _ready.get(url)
         if known is not None and not fresh and time.monotonic() - known[1] < self.ready_cache:
             return known[0]
+        # Calls that start together (the sections) share one probe per replica.
+        pending = _probes.get(url)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            pending = _probes[url] = asyncio.ensure_future(self._probe(url, known))
+            pending.add_done_callback(lambda done: _forget_probe(url, done))
+        return await asyncio.shield(pending)
+
+    async def _probe(self, url: str, known: tuple[bool, float] | None) -> bool:
         try:
             async with httpx.AsyncClient(timeout=self.ready_timeout) as client:
                 response = await client.get(ready_probe_url(url), headers=self.headers)
@@ -141,7 +156,13 @@ class ServiceClient:
         candidates = [url for url, ok in zip(untried, ready, strict=True) if ok]
         if not candidates:
             return None
-        url = min(candidates, key=lambda u: (_in_flight.get(u, 0), _last_pick.get(u, 0)))
+        # Ties go to the replica picked longest ago, and at random among those never picked
+        # here: RQ runs each job in a fresh work horse, so that a job's first call (the only
+        # one of an image job) does not always land on the first replica.
+        url = min(
+            candidates,
+            key=lambda u: (_in_flight.get(u, 0), _last_pick.get(u, 0), random.random()),
+        )
         _last_pick[url] = next(_picks)
         return url
 

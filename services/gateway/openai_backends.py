@@ -176,12 +176,9 @@ class OpenAIImage:
         self.extensions = extensions
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        request: dict[str, Any] = {
-            "prompt": body["prompt"],
-            "n": 1,
-            "size": f"{body['width']}x{body['height']}",
-            "response_format": "b64_json",
-        }
+        request: dict[str, Any] = {"prompt": body["prompt"], "n": 1, "response_format": "b64_json"}
+        if "width" in body and "height" in body:  # else the server's own size
+            request["size"] = f"{body['width']}x{body['height']}"
         if self.model is not None:
             request["model"] = self.model
         if self.extensions:
