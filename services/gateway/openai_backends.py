@@ -89,7 +89,7 @@ class _Reply:
             "seed": seed,
             "usage": {
                 "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                # One chunk is one token on vLLM, TGI and articleforge; close enough elsewhere.
+                # A chunk carries one token or more, so the count never overstates.
                 "completion_tokens": int(usage.get("completion_tokens") or self.chunks),
             },
             "usage_reported": self.usage is not None,

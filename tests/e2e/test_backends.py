@@ -190,8 +190,10 @@ def test_the_openai_clients_map_usage_and_seeds(services: Services) -> None:
     counted = asyncio.run(OpenAIText(client("text_a"), None, False).generate(body, deltas.append))
     assert with_usage["usage_reported"] and not counted["usage_reported"]
     assert counted["text"] == with_usage["text"] == "".join(deltas)  # same seed, same text
-    assert counted["usage"]["completion_tokens"] == with_usage["usage"]["completion_tokens"]
+    # Without usage, the chunks are counted: never more than the tokens (the service holds
+    # back a token that ends inside a character), so progress never overstates.
     assert with_usage["usage"]["completion_tokens"] == 24
+    assert 0 < counted["usage"]["completion_tokens"] <= 24
     assert (counted["model"], counted["finish_reason"]) == ("tiny", "length")
 
     image = OpenAIImage(client("image_a"), None, extensions=True)
@@ -221,24 +223,24 @@ def test_replicas_survive_one_of_each_stopped_mid_article(services: Services) ->
         article_id = client.post("/v1/articles", json=body).json()["id"]
         _wait(client, article_id, lambda s: s["status"] == "awaiting_review")
         assert client.post(f"/v1/articles/{article_id}/approve").status_code == 202
-        _wait(client, article_id, lambda s: s["progress"]["tokens"] >= 16)
-        # Fewest in flight: three sections at once put at least one on each replica.
-        running_on_b = services.metric("text_b", "articleforge_text_running_requests")
-        running_on_b += services.metric("text_b", "articleforge_text_queue_depth")
-        assert running_on_b >= 1
-        after_stop = {
-            "text_a": services.metric("text_a", "articleforge_text_requests_total"),
-            "image_a": services.metric("image_a", "articleforge_image_images_total"),
-        }
+        # Fewest in flight: three sections at once put at least one on each replica. Kill
+        # text_b the moment it decodes one, so the kill lands mid-stream.
+        deadline = time.monotonic() + 60
+        while services.metric("text_b", "articleforge_text_running_requests") < 1:
+            assert time.monotonic() < deadline, "text_b never got a section"
+            time.sleep(0.02)
         services.procs["text_b"].kill()  # SIGKILL mid-stream
         services.procs["text_b"].wait()
         services.procs["image_b"].terminate()  # a clean stop, as a rolling update would
         services.procs["image_b"].wait()
+        after_stop = {
+            "text_a": services.metric("text_a", "articleforge_text_requests_total"),
+            "image_a": services.metric("image_a", "articleforge_image_images_total"),
+        }
         final = _wait(client, article_id, _finished)
 
-    assert final["article"]["provenance"]["fallbacks"] == [] or all(
-        not f.startswith("section") for f in final["article"]["provenance"]["fallbacks"]
-    )
+    fallbacks = final["article"]["provenance"]["fallbacks"]
+    assert not [f for f in fallbacks if f.startswith("section")]  # every section was written
     lines = log.read_text(errors="replace")
     # The broken stream moved to the survivor at once, not after a backoff.
     assert f"replica {services.urls['text_b']} failed" in lines
