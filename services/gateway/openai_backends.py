@@ -136,16 +136,21 @@ class OpenAIText:
         return result
 
     async def models(self) -> dict[str, Any]:
-        """The server's /models, each card given the `root` that provenance reads (vLLM sends
-        one; OpenAI and Ollama do not). A server without /models gets a card of the configured
-        model."""
+        """The server's /models, each card given the `root` that provenance reads (the base
+        model; OpenAI and Ollama send none). A server without /models gets a card of the
+        configured model."""
         if self._listed is None:
             try:
                 listed = await self.client.get_json("/models")
                 self._listed = [dict(c) for c in listed.get("data") or [] if "id" in c]
             except ServiceRejected:
                 self._listed = []
-        cards = [{**card, "root": card.get("root") or card["id"]} for card in self._listed]
+        # Provenance reads `root` as the base model and `id` as the adapter when `parent` is
+        # set. vLLM puts an adapter's path in `root` and the base in `parent`; use the parent.
+        cards = [
+            {**card, "root": card.get("parent") or card.get("root") or card["id"]}
+            for card in self._listed
+        ]
         known = {card["id"] for card in cards}
         for name in dict.fromkeys((self.model, self.answered_by)):
             if name and name not in known:

@@ -139,3 +139,19 @@ def test_when_every_replica_is_down_the_error_names_them_all() -> None:
         f"the text service (replicas {urls[0]}, {urls[1]}) did not answer after 2 attempts"
     )
     assert "no replica is ready" in message
+
+
+def test_provenance_cards_name_the_base_model_on_any_server() -> None:
+    """vLLM lists an adapter with its path as `root` and the base as `parent`; OpenAI lists
+    bare ids. Provenance reads `root` as the base model either way."""
+    text = OpenAIText(ServiceClient("text", "http://vllm:8000/v1", 1, 1, 0), "gpt-x", True)
+    text._listed = [
+        {"id": "llama", "root": "NousResearch/Llama-2-7b-chat-hf", "parent": None},
+        {"id": "paper", "root": "/adapters/paper", "parent": "llama"},
+        {"id": "gpt-4o-mini", "owned_by": "openai"},
+    ]
+    cards = {card["id"]: card for card in asyncio.run(text.models())["data"]}
+    assert cards["llama"]["root"] == "NousResearch/Llama-2-7b-chat-hf"
+    assert (cards["paper"]["root"], cards["paper"]["parent"]) == ("llama", "llama")
+    assert cards["gpt-4o-mini"]["root"] == "gpt-4o-mini"
+    assert cards["gpt-x"] == {"id": "gpt-x", "root": "gpt-x", "parent": None}  # not listed
