@@ -156,6 +156,12 @@ class GatewaySettings(CommonSettings):
     # replica is asked again.
     service_ready_cache_seconds: float = Field(default=2.0, ge=0, le=600)
 
+    @field_validator("text_openai_model", "image_openai_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `ARTICLEFORGE_TEXT_OPENAI_MODEL=` in .env means "not set", as in .env.example.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("text_url", "image_url")
     @classmethod
     def _check_urls(cls, value: str, info: ValidationInfo) -> str:
