@@ -200,10 +200,15 @@ class OpenAIImage:
         if data.get("b64_json"):
             png = base64.b64decode(data["b64_json"])
         elif data.get("url"):  # a server that ignores response_format links to the file
-            async with httpx.AsyncClient(timeout=self.client.timeout) as http:
-                response = await http.get(data["url"])
-                response.raise_for_status()
-                png = response.content
+            try:
+                async with httpx.AsyncClient(timeout=self.client.timeout) as http:
+                    response = await http.get(data["url"])
+                    response.raise_for_status()
+            except httpx.HTTPError as exc:
+                raise ServiceRejected(
+                    f"the {self.client.name} server's image could not be fetched: {exc}"
+                ) from exc
+            png = response.content
         else:  # articleforge's own sends null for an image its safety checker flagged
             return {"images": [{"b64_png": None, "nsfw": True}], "model": self.model}
         try:
