@@ -144,6 +144,8 @@ class ServiceClient:
             ready = False
         if not ready and (known is None or known[0]):
             logger.warning("%s service: replica %s is not ready; skipping it", self.name, url)
+        elif ready and known is not None and not known[0]:
+            logger.info("%s service: replica %s is ready again", self.name, url)
         _ready[url] = (ready, time.monotonic())
         return ready
 
@@ -172,6 +174,7 @@ class ServiceClient:
         failure: BaseException | None = None
         while (url := await self._pick(tried, fresh)) is not None:
             tried.add(url)
+            fresh = False  # the first pick asked every replica; the rest use those answers
             _in_flight[url] = _in_flight.get(url, 0) + 1
             try:
                 async with httpx.AsyncClient(
