@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
@@ -164,26 +164,25 @@ class GatewaySettings(CommonSettings):
 
     @field_validator("text_url", "image_url")
     @classmethod
-    def _check_urls(cls, value: str, info: ValidationInfo) -> str:
-        setting = f"ARTICLEFORGE_{str(info.field_name).upper()}"
+    def _check_urls(cls, value: str) -> str:
+        # The messages leave out the variable's name: pydantic (and the CLI) put it in front.
         urls = split_urls(value)
         if not urls:
-            raise ValueError(f"{setting} is empty; give one URL or several separated by commas")
+            raise ValueError("it is empty; give one URL, or several separated by commas")
         for url in urls:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(
-                    f"{setting}: {url!r} is not an http(s) URL with a host "
-                    "(for example http://127.0.0.1:8001)"
+                    f"{url!r} is not an http(s) URL with a host (for example http://gpu1:8001)"
                 )
             if parts.query or parts.fragment:
-                raise ValueError(f"{setting}: {url!r} must not carry a query or fragment")
+                raise ValueError(f"{url!r} must not carry a query or fragment")
             try:
                 parts.port  # noqa: B018 (raises on a port out of range)
             except ValueError:
-                raise ValueError(f"{setting}: {url!r} has a bad port") from None
+                raise ValueError(f"{url!r} has a bad port") from None
         if len(set(urls)) != len(urls):
-            raise ValueError(f"{setting} names the same replica twice: {value}")
+            raise ValueError(f"it names the same replica twice: {value}")
         return value
 
     @field_validator("webhook_retry_intervals", mode="before")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import subprocess
 
 import pytest
 from pydantic import ValidationError
@@ -13,7 +15,7 @@ from services.gateway import jobs
 from services.gateway.clients import HttpText, ServiceClient, ServiceUnavailable
 from services.gateway.config import GatewaySettings
 from services.gateway.openai_backends import OpenAIImage, OpenAIText, chat_body, png_size
-from tests.processes import free_port
+from tests.processes import articleforge_command, free_port
 
 
 def settings(**values: object) -> GatewaySettings:
@@ -29,7 +31,7 @@ def test_replica_urls_are_split_and_trimmed() -> None:
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ("", "ARTICLEFORGE_TEXT_URL is empty"),
+        ("", "it is empty"),
         ("gpu1:8001", "'gpu1:8001' is not an http(s) URL with a host"),
         ("http://gpu1:8001,ftp://gpu2", "'ftp://gpu2' is not an http(s) URL"),
         ("http://gpu1:80012", "'http://gpu1:80012' has a bad port"),
@@ -38,9 +40,22 @@ def test_replica_urls_are_split_and_trimmed() -> None:
     ],
 )
 def test_a_bad_url_is_refused_naming_the_setting(value: str, says: str) -> None:
-    with pytest.raises(ValidationError, match="ARTICLEFORGE_TEXT_URL") as caught:
+    with pytest.raises(ValidationError) as caught:
         settings(text_url=value)
-    assert says in str(caught.value)
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("text_url",) and says in error["msg"]
+
+
+def test_the_worker_names_the_variable_of_a_bad_url() -> None:
+    """What an operator sees: `articleforge worker` exits 2 with the variable and the URL."""
+    env = {**os.environ, "ARTICLEFORGE_IMAGE_URL": "http://gpu1:8002,gpu2:8002"}
+    env["ARTICLEFORGE_REDIS_URL"] = "redis://127.0.0.1:9/0"  # never a real queue, whatever happens
+    done = subprocess.run(
+        [*articleforge_command(), "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    said = " ".join((done.stdout + done.stderr).split())  # the console wraps long lines
+    assert "ARTICLEFORGE_IMAGE_URL: Value error, 'gpu2:8002' is not an http(s) URL" in said
 
 
 def test_an_unknown_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
