@@ -3,6 +3,9 @@
 Connection errors, timeouts, 429 and 5xx are retried with exponential backoff; other 4xx are the
 caller's fault and fail at once with the service's own message. A service that stays down ends
 in ``ServiceUnavailable``, which fails the article with a clear error instead of hanging.
+
+A service may have several replicas (comma-separated ARTICLEFORGE_TEXT_URL / _IMAGE_URL): see
+``ServiceClient``. The OpenAI-API backends that use these clients are in ``openai_backends``.
 """
 
 from __future__ import annotations
