@@ -17,6 +17,7 @@ worker, since the backends are worker settings.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -126,6 +127,19 @@ def _wait(client: httpx.Client, article_id: str, until: Any, timeout: float = 24
     raise AssertionError(f"article {article_id} timed out at {seen[-1]}")
 
 
+def _events(client: httpx.Client, article_id: str) -> list[dict]:
+    """The article's progress events, followed over SSE until its final event."""
+    found = []
+    with client.stream("GET", f"/v1/articles/{article_id}/events", timeout=240) as response:
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event == "progress":
+                found.append(json.loads(line.split(":", 1)[1]))
+    return found
+
+
 def _finished(status: dict) -> bool:
     return bool(status["status"] == "succeeded")
 
@@ -152,18 +166,15 @@ def test_the_openai_backends_write_a_whole_article(services: Services) -> None:
     }
     with worker, httpx.Client(base_url=services.gateway, timeout=30) as client:
         article_id = client.post("/v1/articles", json=body).json()["id"]
-        drawing = _wait(
-            client,
-            article_id,
-            lambda s: any(i["state"] == "drawing" for i in s["progress"]["images"]) or _finished(s),
-        )
-        final = _wait(client, article_id, _finished)
+        events = _events(client, article_id)  # every snapshot, from the first
+        final = client.get(f"/v1/articles/{article_id}").json()
         png = client.get(final["article"]["images"][0]["url"])
 
-    if drawing["status"] != "succeeded":  # seen while an image was being drawn
-        image = next(i for i in drawing["progress"]["images"] if i["state"] == "drawing")
-        assert image["step_progress"] is False
-        assert (image["step"], image["steps"], image["preview"]) == (0, None, None)
+    assert final["status"] == "succeeded", final
+    # While an image is drawn its entry says that no steps will come, rather than faking them.
+    drawing = [i for e in events for i in e["progress"]["images"] if i["state"] == "drawing"]
+    assert drawing and all(i["step_progress"] is False for i in drawing)
+    assert {(i["step"], i["steps"], i["preview"]) for i in drawing} == {(0, None, None)}
     assert all(i["step_progress"] is False for i in final["progress"]["images"])
     article = final["article"]
     assert article["provenance"]["text_model"] == "tiny"  # from the server's /v1/models
