@@ -181,7 +181,11 @@ class OpenAIImage:
         self.extensions = extensions
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        request: dict[str, Any] = {"prompt": body["prompt"], "n": 1, "response_format": "b64_json"}
+        request: dict[str, Any] = {"prompt": body["prompt"], "n": 1}
+        # OpenAI's gpt-image models always answer b64_json and refuse the field; DALL-E and
+        # the rest default to `url` without it.
+        if not (self.model or "").startswith("gpt-image"):
+            request["response_format"] = "b64_json"
         if "width" in body and "height" in body:  # else the server's own size
             request["size"] = f"{body['width']}x{body['height']}"
         if self.model is not None:

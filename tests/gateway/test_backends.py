@@ -132,6 +132,8 @@ def test_an_image_request_maps_onto_images_generations() -> None:
     extended = OpenAIImage(client, None, extensions=True).request_body({"prompt": "x"})
     assert extended == {"prompt": "x", "n": 1, "response_format": "b64_json"}  # native size
     assert OpenAIImage(client, None, extensions=True).request_body(body)["seed"] == 5
+    # gpt-image-1 refuses `response_format` (it always answers b64_json).
+    assert "response_format" not in OpenAIImage(client, "gpt-image-1", False).request_body(body)
 
 
 def test_png_size_reads_the_header() -> None:
