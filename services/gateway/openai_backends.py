@@ -146,9 +146,13 @@ class OpenAIText:
             except ServiceRejected:
                 self._listed = []
         # Provenance reads `root` as the base model and `id` as the adapter when `parent` is
-        # set. vLLM puts an adapter's path in `root` and the base in `parent`; use the parent.
+        # set. vLLM puts an adapter's path in `root` and the base's served name in `parent`,
+        # so an adapter takes the root of its parent's card (the base model's id or path).
+        bases = {c["id"]: c.get("root") or c["id"] for c in self._listed if not c.get("parent")}
         cards = [
-            {**card, "root": card.get("parent") or card.get("root") or card["id"]}
+            {**card, "root": bases.get(card["parent"], card["parent"])}
+            if card.get("parent")
+            else {**card, "root": card.get("root") or card["id"]}
             for card in self._listed
         ]
         known = {card["id"] for card in cards}
