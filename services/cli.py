@@ -129,9 +129,11 @@ def worker(
 ) -> None:
     """Run an RQ worker for the article pipeline (it never loads a model)."""
     from services.common.logging import redact, redact_url, setup_logging
+    from services.gateway.config import GatewaySettings
     from services.gateway.jobs import redis_connection, settings
     from services.gateway.worker import article_worker
 
+    load_settings(GatewaySettings)  # a bad setting exits with its variable, not a traceback
     config = settings()
     setup_logging(config.log_level)
     connection = redis_connection(config)

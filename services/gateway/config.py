@@ -9,9 +9,10 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
@@ -39,10 +40,16 @@ def kept_secret(path: Path, make: Callable[[], str]) -> str:
     return secret
 
 
+def split_urls(value: str) -> list[str]:
+    """A comma-separated list of URLs, blanks dropped, trailing slashes trimmed."""
+    return [url.strip().rstrip("/") for url in value.split(",") if url.strip()]
+
+
 class GatewaySettings(CommonSettings):
     # The queue and status store.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Where the gateway and workers reach the two model services.
+    # Where the gateway and workers reach the two model services: one URL, or several replicas
+    # separated by commas (see the backends block below).
     text_url: str = "http://127.0.0.1:8001"
     image_url: str = "http://127.0.0.1:8002"
     # Articles (JSON) and images (PNG) on disk; survives a Redis restart.
@@ -119,6 +126,65 @@ class GatewaySettings(CommonSettings):
     # bounded by images x this.
     preview_max_bytes: int = Field(default=128 * 1024, ge=1024, le=4 * 1024 * 1024)
 
+    # --- Backends of the text and image stages (docs/deployment.md, "Backends and replicas") ---
+    # Which API the text stages call: `articleforge` (the text service's /v1/generate) or
+    # `openai` (/v1/chat/completions of any OpenAI-compatible server: vLLM, TGI, SGLang,
+    # Ollama, OpenAI). With `openai`, ARTICLEFORGE_TEXT_URL is the SDK's base URL
+    # (http://vllm:8000/v1); a URL without a path gets `/v1`.
+    text_backend: Literal["articleforge", "openai"] = "articleforge"
+    # The `model` sent to an `openai` text server; unset, the first id of its /v1/models.
+    text_openai_model: str | None = Field(default=None, min_length=1, max_length=256)
+    # Bearer key for the text server (`openai` backend; also sent to articleforge's if set).
+    text_api_key: SecretStr | None = None
+    # Ask an `openai` text server for token usage in the stream (`stream_options`); false for a
+    # server that refuses the field. Without usage, streamed chunks are counted as tokens.
+    text_openai_stream_usage: bool = True
+    # Which API the image stage calls: `articleforge` (/v1/images, streamed step progress and
+    # previews) or `openai` (/v1/images/generations; no step progress, no previews).
+    image_backend: Literal["articleforge", "openai"] = "articleforge"
+    # The `model` sent to an `openai` image server; unset, none is sent (the server's default).
+    image_openai_model: str | None = Field(default=None, min_length=1, max_length=256)
+    # Bearer key for the image server (`openai` backend; also sent to articleforge's if set).
+    image_api_key: SecretStr | None = None
+    # Send the article's seed, negative prompt, steps and guidance scale along with an `openai`
+    # image request (articleforge's own route reads the seed; lenient servers ignore the rest);
+    # false for a server that refuses unknown fields, such as api.openai.com.
+    image_openai_extensions: bool = True
+    # With several replicas: seconds a replica's GET /readyz may take before it counts as down.
+    service_ready_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # With several replicas: seconds a /readyz answer (or a failed call) is trusted before the
+    # replica is asked again.
+    service_ready_cache_seconds: float = Field(default=2.0, ge=0, le=600)
+
+    @field_validator("text_openai_model", "image_openai_model", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `ARTICLEFORGE_TEXT_OPENAI_MODEL=` in .env means "not set", as in .env.example.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("text_url", "image_url")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        # The messages leave out the variable's name: pydantic (and the CLI) put it in front.
+        urls = split_urls(value)
+        if not urls:
+            raise ValueError("it is empty; give one URL, or several separated by commas")
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"{url!r} is not an http(s) URL with a host (for example http://gpu1:8001)"
+                )
+            if parts.query or parts.fragment:
+                raise ValueError(f"{url!r} must not carry a query or fragment")
+            try:
+                parts.port  # noqa: B018 (raises on a port out of range)
+            except ValueError:
+                raise ValueError(f"{url!r} has a bad port") from None
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"it names the same replica twice: {value}")
+        return value
+
     @field_validator("webhook_retry_intervals", mode="before")
     @classmethod
     def _split_intervals(cls, value: object) -> object:
@@ -145,6 +211,13 @@ class GatewaySettings(CommonSettings):
                 "would count as dead and its stage would run twice"
             )
         return self
+
+    def text_urls(self) -> list[str]:
+        """The text replicas, as configured (paths kept)."""
+        return split_urls(self.text_url)
+
+    def image_urls(self) -> list[str]:
+        return split_urls(self.image_url)
 
     def keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

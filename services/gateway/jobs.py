@@ -28,7 +28,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
+from pydantic import SecretStr
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
@@ -41,6 +43,7 @@ from services.common.logging import request_id_var
 from services.gateway import assemble, pipeline, signing
 from services.gateway.clients import HttpImage, HttpText, ServiceClient
 from services.gateway.config import GatewaySettings
+from services.gateway.openai_backends import OpenAIImage, OpenAIText
 from services.gateway.previews import PreviewThrottle
 from services.gateway.schemas import ArticleRequest, ErrorInfo
 from services.gateway.store import ArticleStore
@@ -70,22 +73,41 @@ def store_for(config: GatewaySettings) -> ArticleStore:
     return ArticleStore(redis_connection(config), config.data_dir, config.result_ttl_seconds)
 
 
-def _client(config: GatewaySettings, name: str, url: str) -> ServiceClient:
+def _client(
+    config: GatewaySettings, name: str, urls: list[str], api_key: str | None, openai: bool
+) -> ServiceClient:
+    if openai:  # an OpenAI base URL, as the SDK takes it: `/v1` unless a path is given
+        urls = [url if urlsplit(url).path.strip("/") else url + "/v1" for url in urls]
     return ServiceClient(
         name,
-        url,
+        urls,
         config.service_timeout_seconds,
         config.service_attempts,
         config.service_backoff_seconds,
+        api_key=api_key,
+        ready_timeout=config.service_ready_timeout_seconds,
+        ready_cache=config.service_ready_cache_seconds,
     )
 
 
-def text_backend(config: GatewaySettings) -> HttpText:
-    return HttpText(_client(config, "text", config.text_url))
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
-def image_backend(config: GatewaySettings) -> HttpImage:
-    return HttpImage(_client(config, "image", config.image_url))
+def text_backend(config: GatewaySettings) -> HttpText | OpenAIText:
+    openai = config.text_backend == "openai"
+    client = _client(config, "text", config.text_urls(), _secret(config.text_api_key), openai)
+    if openai:
+        return OpenAIText(client, config.text_openai_model, config.text_openai_stream_usage)
+    return HttpText(client)
+
+
+def image_backend(config: GatewaySettings) -> HttpImage | OpenAIImage:
+    openai = config.image_backend == "openai"
+    client = _client(config, "image", config.image_urls(), _secret(config.image_api_key), openai)
+    if openai:
+        return OpenAIImage(client, config.image_openai_model, config.image_openai_extensions)
+    return HttpImage(client)
 
 
 # --- submission and cancellation ---
@@ -412,10 +434,12 @@ def image_job(article_id: str, index: int) -> None:
         else:
             publish()
 
+    backend = image_backend(config)
+    if not backend.step_progress:  # drawing, with no steps to show (an OpenAI image server)
+        store.put(article_id, **{f"image_started:{index}": time.time()})
+        store.publish(article_id)
     try:
-        reply = asyncio.run(
-            image_backend(config).generate(pipeline.image_body(request, prompt, seed), on_step)
-        )
+        reply = asyncio.run(backend.generate(pipeline.image_body(request, prompt, seed), on_step))
     except Stopped:
         logger.info("article %s: image %d stopped (article over)", article_id, index)
         return

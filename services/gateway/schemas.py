@@ -334,6 +334,13 @@ class ImageProgress(BaseModel):
         description="Steps the scheduler runs in all; null until the image starts.",
         examples=[30],
     )
+    step_progress: bool = Field(
+        default=True,
+        description="False when the image server reports no steps (ARTICLEFORGE_IMAGE_BACKEND="
+        "`openai`): the image is `drawing` from its start to its end with `step` 0, `steps` "
+        "null and no `preview`, and it counts toward `percent` only once it is done.",
+        examples=[True],
+    )
     preview: str | None = Field(
         default=None,
         description="While `drawing`: the latest step preview as a `data:image/png;base64,` "
@@ -377,6 +384,7 @@ class Progress(BaseModel):
                     "state": "done",
                     "step": 30,
                     "steps": 30,
+                    "step_progress": True,
                     "preview": None,
                     "preview_step": None,
                     "url": "http://127.0.0.1:8000/v1/images/img_9b1e2c?signature=m1Xc0yP3kQ2r",
@@ -386,6 +394,7 @@ class Progress(BaseModel):
                     "state": "drawing",
                     "step": 12,
                     "steps": 30,
+                    "step_progress": True,
                     "preview": PREVIEW_EXAMPLE,
                     "preview_step": 10,
                     "url": None,

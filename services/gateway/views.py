@@ -70,8 +70,14 @@ def image_progress(fields: dict[str, str]) -> list[ImageProgress]:
         if f"image_step:{k}" in fields:
             done, total = fields[f"image_step:{k}"].split("/")
             step, steps = int(done), int(total)
+        # An image server without step progress (the `openai` backend) marks the start only.
+        unstepped = f"image_started:{k}" in fields
         entry = ImageProgress(
-            index=k, state="drawing" if steps else "queued", step=step, steps=steps
+            index=k,
+            state="drawing" if steps or unstepped else "queued",
+            step=step,
+            steps=steps,
+            step_progress=not unstepped,
         )
         if f"image:{k}" in fields:
             record = json.loads(fields[f"image:{k}"])

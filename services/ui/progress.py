@@ -48,7 +48,12 @@ def render_images(images: list[dict[str, Any]]) -> None:
         with columns[position % per_row]:
             index, state = int(entry.get("index", position)), entry.get("state", "queued")
             steps = entry.get("steps")
-            counter = f"step {entry.get('step', 0)}/{steps}" if steps else "not started"
+            if steps:
+                counter = f"step {entry.get('step', 0)}/{steps}"
+            elif entry.get("step_progress") is False and state != "queued":
+                counter = "the image server reports no steps"  # ARTICLEFORGE_IMAGE_BACKEND=openai
+            else:
+                counter = "not started"
             label = "featured image" if index == 0 else f"image {index}"
             st.markdown(f"**{label.capitalize()}** · {state} · {counter}")
             if entry.get("preview"):

@@ -37,6 +37,7 @@ def test_create_answers_202_and_queues_the_job_graph(
                 "state": "queued",
                 "step": 0,
                 "steps": None,
+                "step_progress": True,
                 "preview": None,
                 "preview_step": None,
                 "url": None,
