@@ -18,6 +18,7 @@ import redis
 
 from services.gateway import editorial, jobs
 from services.gateway.schemas import EditInfo
+from tests.processes import free_port
 from tests.publish.conftest import (
     base_env,
     client_for,
@@ -230,3 +231,68 @@ def test_republishing_and_a_new_revision_update_the_same_post_and_duplicate_noth
     published = [h for h in hooks(article_id) if h["type"] == "article.published"]
     assert len(published) == 3  # one per publish, each with its own webhook-id
     assert len({h["webhook-id"] for h in published}) == 3
+
+
+def test_a_refusal_fails_at_once_a_dead_cms_is_retried_and_the_article_stays_intact(
+    env: dict[str, str],
+    connection: redis.Redis,
+    site: WordPressSite,
+    hook_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = site.api()
+    posts_before = total(api, "/wp/v2/posts", status="publish,draft")
+    monkeypatch.setenv("ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD", "abcd efgh ijkl mnop")
+    jobs.settings.cache_clear()
+    article_id = written_article(connection, {**BODY, "webhook": {"url": hook_url}})
+    drain(connection)
+    with client_for() as client:
+        refused = publish_state(client, article_id)
+        article = client.get(f"/v1/articles/{article_id}").json()["article"]
+    # A 401 is not retried: one attempt, WordPress's own error code in the message.
+    assert refused["state"] == "failed" and refused["attempts"] == 1, refused
+    assert refused["error"]["type"] == "cms_rejected"
+    assert refused["error"]["status_code"] == 401
+    assert "rest_cannot_create" in refused["error"]["message"]  # WordPress's own code
+    assert "ARTICLEFORGE_PUBLISH_WORDPRESS_USER and _APP_PASSWORD" in refused["error"]["message"]
+    assert refused["post_id"] is None and article["title"] == "The Future of Solar Power"
+    assert total(api, "/wp/v2/posts", status="publish,draft") == posts_before
+    assert [h["type"] for h in hooks(article_id)] == ["article.succeeded", "article.publish_failed"]
+    failed_hook = hooks(article_id)[1]["data"]["publish"]["wordpress"]
+    assert failed_hook["error"]["type"] == "cms_rejected"
+
+    # Nobody answers: retried after each of ARTICLEFORGE_PUBLISH_RETRY_INTERVALS (0,0), then
+    # failed; the article is still there.
+    monkeypatch.setenv("ARTICLEFORGE_PUBLISH_WORDPRESS_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD", site.app_password)
+    jobs.settings.cache_clear()
+    with client_for() as client:
+        accepted = client.post(f"/v1/articles/{article_id}/publish", json={"target": "wordpress"})
+        assert accepted.status_code == 202, accepted.text
+        drain(connection)
+        dead = publish_state(client, article_id)
+        assert dead["state"] == "failed" and dead["attempts"] == 3, dead
+        assert dead["error"]["type"] == "cms_unavailable"
+        assert "no answer" in dead["error"]["message"]
+
+    # The right settings again: the same request now publishes.
+    monkeypatch.setenv("ARTICLEFORGE_PUBLISH_WORDPRESS_URL", site.url)
+    jobs.settings.cache_clear()
+    with client_for() as client:
+        assert (
+            client.post(
+                f"/v1/articles/{article_id}/publish", json={"target": "wordpress"}
+            ).status_code
+            == 202
+        )
+        drain(connection)
+        done = publish_state(client, article_id)
+    assert done["state"] == "published" and done["error"] is None and done["status"] == "draft"
+    assert total(api, "/wp/v2/posts", status="publish,draft") == posts_before + 1
+    types = [h["type"] for h in hooks(article_id)]
+    assert types == [
+        "article.succeeded",
+        "article.publish_failed",
+        "article.publish_failed",
+        "article.published",
+    ]

@@ -57,7 +57,17 @@ class WordPress:
         self.client.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return call(self.client, self.name, method, path, **kwargs)
+        try:
+            return call(self.client, self.name, method, path, **kwargs)
+        except PublishRejected as exc:
+            if exc.status_code not in (401, 403):
+                raise
+            # WordPress answers a wrong application password as if none was sent.
+            raise PublishRejected(
+                f"{exc} (check ARTICLEFORGE_PUBLISH_WORDPRESS_USER and _APP_PASSWORD, and that "
+                "the user may edit posts, upload files and manage tags)",
+                exc.status_code,
+            ) from None
 
     # --- media ---
 
