@@ -24,8 +24,10 @@ import jwt
 from services.gateway.publish.common import (
     MediaRecord,
     PublishRecord,
+    PublishTransient,
     Save,
     call,
+    describe,
     post_body,
     sha256,
 )
@@ -126,12 +128,19 @@ class Ghost:
             current = self._call("GET", f"/posts/{record.post_id}/", ok=(200, 404))
             if current.status_code == 200:
                 payload["updated_at"] = current.json()["posts"][0]["updated_at"]
-                post = self._call(
+                response = self._call(
                     "PUT",
                     f"/posts/{record.post_id}/",
                     params={"source": "html"},
                     json={"posts": [payload]},
-                ).json()["posts"][0]
+                    ok=(200, 409),
+                )
+                if response.status_code == 409:  # an editor saved in between: read it again
+                    raise PublishTransient(
+                        f"ghost PUT /posts/{record.post_id}/ answered 409 {describe(response)}",
+                        409,
+                    )
+                post = response.json()["posts"][0]
             else:
                 logger.warning(
                     "article %s: post %s is gone from Ghost; creating a new one",

@@ -50,10 +50,10 @@ def publish_article(
     store: StoreDep,
 ) -> PublishInfo:
     current = load(store, article_id, scope)  # 404 for unknown ids and other keys' articles
+    check_target(settings, body.target, "target")
     if current.status != "succeeded" or current.article is None:
         raise Conflict(
             f"article {article_id} is {current.status}; only a succeeded article can be published",
             param="id",
         )
-    check_target(settings, body.target, "target")
     return enqueue_publish(store, settings, article_id, body, request_id_of(request))
