@@ -234,7 +234,6 @@ def publish_job(article_id: str, target: str) -> None:
         raise InvalidRequest(f"this worker has no settings for the publishing target {target!r}")
     record.state, record.attempts = "publishing", record.attempts + 1
     save_record(store, article_id, record)
-    store.publish(article_id)
     client = make_target(config, target)
     try:
         for _ in range(MAX_ROUNDS):
@@ -261,7 +260,6 @@ def publish_job(article_id: str, target: str) -> None:
     save_record(store, article_id, record)
     _release(store, article_id, target)
     _refresh_disk_copy(store, article_id)
-    store.publish(article_id)
     logger.info(
         "article %s: published to %s as post %s (%s)",
         article_id,
@@ -310,5 +308,4 @@ def on_publish_failure(
     record.state, record.error = "failed", error_info(value)
     save_record(store, article_id, record)
     _refresh_disk_copy(store, article_id)
-    store.publish(article_id)
     _announce(store, config, article_id, record, "article.publish_failed")
