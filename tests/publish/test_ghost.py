@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import re
 import threading
@@ -273,14 +274,14 @@ def test_the_job_sends_ghost_the_documented_requests_and_updates_the_same_post(
     assert sent["custom_excerpt"] == article["excerpt"]
     assert sent["feature_image"] == "http://ghost.test/content/images/2026/12/upload-1.png"
     assert sent["feature_image_alt"] == featured["alt"]
-    assert sent["feature_image_caption"] == featured["caption"]
+    assert sent["feature_image_caption"] == html.escape(featured["caption"], quote=False)
     assert sent["tags"] == [{"name": t} for t in article["tags"]]
     assert sent["meta_description"] == article["meta_description"]
-    html = sent["html"]
-    assert "<h1" not in html and "upload-1.png" not in html and "http://testserver" not in html
+    body = sent["html"]
+    assert "<h1" not in body and "upload-1.png" not in body and "http://testserver" not in body
     assert (
-        html.count("<img") == 1
-        and 'src="http://ghost.test/content/images/2026/12/upload-2.png"' in html
+        body.count("<img") == 1
+        and 'src="http://ghost.test/content/images/2026/12/upload-2.png"' in body
     )
     assert (
         state["post_id"] == f"{1:024x}" and state["url"] == f"http://ghost.test/{article['slug']}/"

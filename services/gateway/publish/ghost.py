@@ -13,6 +13,7 @@ token and the requests against the Admin API's documented format.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections.abc import Mapping
@@ -114,7 +115,10 @@ class Ghost:
             "meta_description": article.meta_description[:500] or None,
             "feature_image": record.media[featured.id].url if featured else None,
             "feature_image_alt": featured.alt[:191] if featured else None,
-            "feature_image_caption": featured.caption if featured else None,
+            # Ghost renders the caption as HTML; ours is text.
+            "feature_image_caption": html.escape(featured.caption, quote=False)
+            if featured
+            else None,
         }
         return payload
 
