@@ -33,6 +33,7 @@ from services.gateway.auth import key_scope
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import ArticleRequest
 from tests.processes import free_port
+from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_server import OwnRedis
 
 KEY = "sk-publisher"
@@ -55,6 +56,18 @@ class Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[WordPressSite]:
+    """One real WordPress for the session (tests compare counts before and after, so they
+    share it); skipped, saying why, where the packages are missing."""
+    reason = missing()
+    if reason:
+        pytest.skip(f"no real WordPress here: {reason}")
+    wordpress = WordPressSite().start()
+    yield wordpress
+    wordpress.stop()
 
 
 @pytest.fixture(scope="module")

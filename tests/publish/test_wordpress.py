@@ -8,7 +8,6 @@ nothing. A refusal fails at once and a dead CMS is retried; neither touches the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import redis
 
 from services.gateway import editorial, jobs
+from services.gateway.publish.job import load_record, save_record
 from services.gateway.schemas import EditInfo
 from tests.processes import free_port
 from tests.publish.conftest import (
@@ -27,7 +27,7 @@ from tests.publish.conftest import (
     set_env,
     written_article,
 )
-from tests.publish.wordpress_site import WordPressSite, missing
+from tests.publish.wordpress_site import WordPressSite
 from tests.redis_server import OwnRedis
 
 BODY: dict[str, Any] = {
@@ -37,16 +37,6 @@ BODY: dict[str, Any] = {
     "images": {"count": 2, "size": "256x256", "seed": 100},
     "publish": {"target": "wordpress", "status": "publish"},
 }
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[WordPressSite]:
-    reason = missing()
-    if reason:
-        pytest.skip(f"no real WordPress here: {reason}")
-    wordpress = WordPressSite().start()
-    yield wordpress
-    wordpress.stop()
 
 
 @pytest.fixture()
@@ -101,6 +91,15 @@ def commit_revision(connection: redis.Redis, article_id: str, index: int, text: 
     )
 
 
+def forget_post_id(article_id: str) -> None:
+    """The record as an attempt leaves it when WordPress made the post but the answer never
+    came back: media known, no post id."""
+    store = jobs.store_for(jobs.settings())
+    record = load_record(store, article_id, "wordpress")
+    assert record is not None and record.post_id is not None
+    save_record(store, article_id, record.model_copy(update={"post_id": None}))
+
+
 def publish_state(client: Any, article_id: str) -> dict[str, Any]:
     status = client.get(f"/v1/articles/{article_id}").json()
     assert status["status"] == "succeeded", status  # publishing never changes the article's
@@ -113,7 +112,7 @@ def test_an_article_with_two_images_is_published_and_reads_back_from_wordpress(
     api = site.api()
     # A tag the site already has: WordPress answers `term_exists` with its id.
     existing = api.post("/wp/v2/tags", json={"name": "photovoltaics"}).json()["id"]
-    tags_before = total(api, "/wp/v2/tags")
+    names_before = {t["name"] for t in api.get("/wp/v2/tags", params={"per_page": 100}).json()}
     article_id = written_article(connection, {**BODY, "webhook": {"url": hook_url}})
     drain(connection)
 
@@ -130,7 +129,7 @@ def test_an_article_with_two_images_is_published_and_reads_back_from_wordpress(
     post = api.get(f"/wp/v2/posts/{state['post_id']}", params={"context": "edit"}).json()
     assert post["link"] == state["url"] and post["status"] == "publish"
     assert post["title"]["raw"] == article["title"] == "The Future of Solar Power"
-    assert post["slug"] == article["slug"]
+    assert post["slug"].startswith(article["slug"])  # WordPress may append -2 to a taken one
     assert post["excerpt"]["raw"] == article["excerpt"]
     assert post["featured_media"] == int(media_ids[featured_image["id"]])
     assert post["meta"]["_yoast_wpseo_metadesc"] == article["meta_description"]
@@ -170,7 +169,8 @@ def test_an_article_with_two_images_is_published_and_reads_back_from_wordpress(
     tags = api.get("/wp/v2/tags", params={"include": ",".join(state["tag_ids"])}).json()
     assert sorted(t["name"] for t in tags) == sorted(article["tags"])
     assert str(existing) in state["tag_ids"]
-    assert total(api, "/wp/v2/tags") == tags_before + len(article["tags"]) - 1
+    assert "photovoltaics" in names_before
+    assert total(api, "/wp/v2/tags") == len(names_before | set(article["tags"]))
     assert sorted(post["tags"]) == sorted(int(t) for t in state["tag_ids"])
 
     events = hooks(article_id)
@@ -207,6 +207,19 @@ def test_republishing_and_a_new_revision_update_the_same_post_and_duplicate_noth
         post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
         assert post["status"] == "draft"
 
+        # The answer to the post's creation lost (the worker died after WordPress made it):
+        # the next publish finds the post by its marker instead of making a second one.
+        forget_post_id(article_id)
+        assert (
+            client.post(
+                f"/v1/articles/{article_id}/publish",
+                json={"target": "wordpress", "status": "draft"},
+            ).status_code
+            == 202
+        )
+        drain(connection)
+        assert publish_state(client, article_id)["post_id"] == first["post_id"]
+
         # A new revision (the editorial loop's commit, section 2 rewritten) is published by
         # itself, into the same post.
         commit_revision(
@@ -229,8 +242,8 @@ def test_republishing_and_a_new_revision_update_the_same_post_and_duplicate_noth
         } == counts
 
     published = [h for h in hooks(article_id) if h["type"] == "article.published"]
-    assert len(published) == 3  # one per publish, each with its own webhook-id
-    assert len({h["webhook-id"] for h in published}) == 3
+    assert len(published) == 4  # one per publish, each with its own webhook-id
+    assert len({h["webhook-id"] for h in published}) == 4
 
 
 def test_a_refusal_fails_at_once_a_dead_cms_is_retried_and_the_article_stays_intact(

@@ -17,9 +17,13 @@ saying which is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -209,26 +213,55 @@ class WordPressSite:
         (self.dir / "router.php").write_text(ROUTER % self._values())
         reply = self._php(INSTALL % self._values())
         self.app_password = json.loads(reply[reply.index("{") :])["app_password"]
+        self.start_server()
+        self.started_in = time.monotonic() - started
+        return self
+
+    def start_server(self) -> None:
+        """`php -S` on the site's port (again, after ``stop_server``: the site is unchanged)."""
         self.proc = subprocess.Popen(
             ["php", "-S", f"127.0.0.1:{self.port}", "-t", str(WORDPRESS_ROOT), "router.php"],
             cwd=self.dir,
             env={"PATH": "/usr/bin:/bin", "PHP_CLI_SERVER_WORKERS": "4"},
-            stdout=open(self.dir / "server.log", "wb"),  # noqa: SIM115
+            stdout=open(self.dir / "server.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
+            # Its own process group: PHP_CLI_SERVER_WORKERS forks workers that keep the port
+            # open when only the parent is stopped.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while True:
             try:
                 if httpx.get(f"{self.url}/wp-json/", timeout=5).status_code == 200:
-                    break
+                    return
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 log = (self.dir / "server.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"WordPress did not answer at {self.url}/wp-json/\n{log}")
             time.sleep(0.1)
-        self.started_in = time.monotonic() - started
-        return self
+
+    def stop_server(self) -> None:
+        """Stops `php -S` (the site is down: connections are refused); the data stays."""
+        if self.proc is None:
+            return
+        group = self.proc.pid  # the server and its forked workers
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the workers have let go of the port
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
     def api(self) -> httpx.Client:
         """An authenticated client of the site's REST API (reads back what was published)."""
@@ -239,14 +272,7 @@ class WordPressSite:
         )
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        self.stop_server()
         try:
             self._php(DROP % self._values())
         finally:

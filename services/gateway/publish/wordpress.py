@@ -157,7 +157,8 @@ class WordPress:
             "GET",
             "/wp/v2/posts",
             params={
-                "slug": article.slug,
+                # WordPress searches post content too; the slug may have been made unique.
+                "search": f"articleforge:{article.id}",
                 "status": ANY_STATUS,
                 "context": "edit",
                 "_fields": "id,content",
