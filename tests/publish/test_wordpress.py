@@ -309,3 +309,29 @@ def test_a_refusal_fails_at_once_a_dead_cms_is_retried_and_the_article_stays_int
         "article.publish_failed",
         "article.published",
     ]
+
+
+def test_an_article_whose_redis_record_expired_is_still_published_into_the_same_post(
+    env: dict[str, str], connection: redis.Redis, site: WordPressSite
+) -> None:
+    api = site.api()
+    article_id = written_article(connection, BODY)
+    drain(connection)
+    with client_for() as client:
+        first = publish_state(client, article_id)
+        posts = total(api, "/wp/v2/posts", status="publish,draft")
+        # The record outlived ARTICLEFORGE_RESULT_TTL_SECONDS: only the disk copies remain.
+        connection.delete(f"af:article:{article_id}")
+        accepted = client.post(
+            f"/v1/articles/{article_id}/publish", json={"target": "wordpress", "status": "draft"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["post_id"] == first["post_id"]
+        drain(connection)
+        again = publish_state(client, article_id)  # served from the disk copy
+    assert not connection.exists(f"af:article:{article_id}")  # not brought back half-made
+    assert again["state"] == "published" and again["status"] == "draft"
+    assert again["post_id"] == first["post_id"] and again["media_ids"] == first["media_ids"]
+    assert total(api, "/wp/v2/posts", status="publish,draft") == posts
+    post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
+    assert post["status"] == "draft"
