@@ -20,6 +20,8 @@ from tests.publish.conftest import KEY, base_env, drain, set_env, written_articl
 from tests.publish.wordpress_site import WordPressSite
 from tests.redis_server import OwnRedis
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture()
 def env(
