@@ -65,7 +65,7 @@ def site() -> Iterator[WordPressSite]:
     reason = missing()
     if reason:
         pytest.skip(f"no real WordPress here: {reason}")
-    wordpress = WordPressSite().start()
+    wordpress = WordPressSite(webhook_secret=SECRET).start()
     yield wordpress
     wordpress.stop()
 

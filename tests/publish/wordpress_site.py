@@ -4,12 +4,13 @@ the MariaDB at 127.0.0.1:3306 (root, no password; CI has the same).
 ``WordPressSite`` makes a site of its own: a fresh database and user, Debian's per-site config
 (``/etc/wordpress/config-<name>.php``, the file the package's ``wp-config.php`` reads; the
 router picks it by setting ``WORDPRESS_CONFIG``, as Apache's ``SetEnv`` would), its own
-``wp-content`` (uploads, and a must-use plugin registering the SEO post meta for REST exactly
-as docs/api.md tells a site owner to), ``php -S`` on a free loopback port with a router script
-so that `/wp-json/` and `/wp-content/` work, then ``wp_install`` and an application password
-made through WordPress's own PHP (``WP_Application_Passwords``). Application passwords need
-HTTPS unless the environment type is `local`, which the config sets. ``stop()`` removes all of
-it: server, database, user, config and files.
+``wp-content`` (uploads, and as must-use plugins the two PHP files docs/api.md tells a site
+owner to install: the SEO post meta registered for REST, and the webhook receiver), ``php -S``
+on a free loopback port with a router script so that `/wp-json/` and `/wp-content/` work, then
+``wp_install`` and an application password made through WordPress's own PHP
+(``WP_Application_Passwords``). Application passwords need HTTPS unless the environment type is
+`local`, which the config sets. ``stop()`` removes all of it: server, database, user, config
+and files.
 
 ``.ci/run`` installs the packages (`wordpress php-cli php-mysql`); without them the tests skip,
 saying which is missing.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,22 +40,17 @@ DEBIAN_CONFIG_DIR = Path("/etc/wordpress")
 MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
 ADMIN = "editor"
 
-# The snippet docs/api.md gives site owners ("SEO post meta"), word for word.
-SEO_META_PLUGIN = """<?php
-/* Plugin Name: articleforge SEO meta over REST */
-add_action( 'init', function () {
-    $keys = array( '_yoast_wpseo_metadesc', '_yoast_wpseo_title',
-                   'rank_math_description', 'rank_math_title' );
-    foreach ( $keys as $key ) {
-        register_post_meta( 'post', $key, array(
-            'type'          => 'string',
-            'single'        => true,
-            'show_in_rest'  => true,
-            'auth_callback' => function () { return current_user_can( 'edit_posts' ); },
-        ) );
-    }
-} );
-"""
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+def docs_php(needle: str) -> str:
+    """The ```php block of docs/api.md that contains ``needle``: the tests run what the docs
+    tell a site owner to install, word for word."""
+    blocks = re.findall(r"```php\n(.*?)```", DOCS.read_text(), flags=re.S)
+    [block] = [b for b in blocks if needle in b]
+    return block
+
+
 # No mail leaves a test site (wp_install notifies the admin).
 NO_MAIL_PLUGIN = "<?php add_filter( 'pre_wp_mail', '__return_false' );\n"
 
@@ -154,7 +151,8 @@ def missing() -> str | None:
 
 
 class WordPressSite:
-    def __init__(self) -> None:
+    def __init__(self, webhook_secret: str) -> None:
+        self.webhook_secret = webhook_secret
         token = secrets.token_hex(4)
         self.name = f"af-test-{token}"  # Debian's config name: [a-zA-Z0-9-]+
         self.db = f"af_wp_{token}"
@@ -199,8 +197,16 @@ class WordPressSite:
         started = time.monotonic()
         for sub in ("uploads", "mu-plugins", "plugins", "themes"):
             (self.content / sub).mkdir(parents=True)
-        (self.content / "mu-plugins" / "af-seo-meta.php").write_text(SEO_META_PLUGIN)
-        (self.content / "mu-plugins" / "af-no-mail.php").write_text(NO_MAIL_PLUGIN)
+        plugins = self.content / "mu-plugins"
+        (plugins / "af-seo-meta.php").write_text(docs_php("register_post_meta( 'post', $key"))
+        # The webhook receiver of docs/api.md, its secret, and its post meta readable over REST.
+        (plugins / "af-0-secret.php").write_text(
+            f"<?php define('ARTICLEFORGE_WEBHOOK_SECRET', '{self.webhook_secret}');\n"
+            "add_action('init', function () { register_post_meta('post', 'articleforge_id', "
+            "array('type' => 'string', 'single' => true, 'show_in_rest' => true)); });\n"
+        )
+        (plugins / "af-webhook.php").write_text(docs_php("function articleforge_verify_webhook"))
+        (plugins / "af-no-mail.php").write_text(NO_MAIL_PLUGIN)
         salts = "\n".join(
             f"define('{name}', '{secrets.token_hex(32)}');"
             for name in (
