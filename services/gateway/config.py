@@ -122,7 +122,8 @@ class GatewaySettings(CommonSettings):
     # --- Publishing (services/gateway/publish): WordPress and Ghost targets ---
     # A target is configured when its URL and credentials are all set; an article request's
     # `publish.target` and POST /v1/articles/{id}/publish accept only configured targets.
-    # WordPress site URL (the REST API is at {url}/wp-json/, so pretty permalinks must be on).
+    # WordPress site URL, without /wp-json (the REST API is found at {url}/wp-json/, or at
+    # {url}/?rest_route=/ on a site with plain permalinks).
     publish_wordpress_url: str | None = None
     # WordPress user that owns the application password (Users -> Profile -> Application
     # Passwords); it needs the `edit_posts`, `upload_files` and `manage_categories` capabilities.

@@ -294,3 +294,27 @@ def test_an_article_whose_redis_record_expired_is_still_published_into_the_same_
     assert total(api, "/wp/v2/posts", status="publish,draft") == posts
     post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
     assert post["status"] == "draft"
+
+
+def test_a_site_with_plain_permalinks_is_reached_through_rest_route(
+    env: dict[str, str], connection: redis.Redis, site: WordPressSite
+) -> None:
+    article_id = written_article(connection, {k: v for k, v in BODY.items() if k != "publish"})
+    drain(connection)
+    site.set_option("permalink_structure", "")  # "Plain" in Settings -> Permalinks
+    try:
+        home = httpx.get(f"{site.url}/wp-json/wp/v2/posts")
+        assert "json" not in home.headers.get("content-type", "")  # no API there now
+        with client_for() as client:
+            accepted = client.post(
+                f"/v1/articles/{article_id}/publish", json={"target": "wordpress"}
+            )
+            assert accepted.status_code == 202, accepted.text
+            drain(connection)
+            state = publish_state(client, article_id)
+    finally:
+        site.set_option("permalink_structure", "/%postname%/")
+    assert state["state"] == "published", state
+    assert state["url"] == f"{site.url}/?p={state['post_id']}"
+    post = site.api().get(f"/wp/v2/posts/{state['post_id']}", params={"context": "edit"}).json()
+    assert post["featured_media"] == int(state["featured_media"]) and len(state["media_ids"]) == 2

@@ -127,6 +127,18 @@ list($password, $item) = WP_Application_Passwords::create_new_application_passwo
 echo json_encode(array('app_password' => $password, 'user_id' => $user->ID));
 """
 
+SET_OPTION = """<?php
+$_SERVER['WORDPRESS_CONFIG'] = '%(config)s';
+$_SERVER['HTTP_HOST'] = '127.0.0.1:%(port)d';
+require '/usr/share/wordpress/wp-load.php';
+if ('%(option)s' === 'permalink_structure') {  // as Settings -> Permalinks saves it
+    $GLOBALS['wp_rewrite']->set_permalink_structure('%(value)s');
+    flush_rewrite_rules(false);
+} else {
+    update_option('%(option)s', '%(value)s');
+}
+"""
+
 DROP = """<?php
 $root = new mysqli('%(host)s', 'root', '', null, %(mysql_port)d);
 $root->query("DROP DATABASE IF EXISTS `%(db)s`");
@@ -268,6 +280,10 @@ class WordPressSite:
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
+
+    def set_option(self, name: str, value: str) -> None:
+        """Sets a WordPress option through WordPress's PHP (as wp-admin would)."""
+        self._php(SET_OPTION % {**self._values(), "option": name, "value": value})
 
     def api(self) -> httpx.Client:
         """An authenticated client of the site's REST API (reads back what was published)."""

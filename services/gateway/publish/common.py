@@ -101,18 +101,21 @@ def call(
     method: str,
     path: str,
     ok: tuple[int, ...] = (200, 201),
+    shown: str | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """One request; an answer outside ``ok`` raises PublishTransient or PublishRejected with the
-    CMS's own error code and message. Callers that handle a status themselves list it in ok."""
+    CMS's own error code and message (naming the request as ``shown``, by default ``path``).
+    Callers that handle a status themselves list it in ``ok``."""
+    shown = shown or path
     try:
         response = client.request(method, path, **kwargs)
     except httpx.TransportError as exc:
-        raise PublishTransient(f"{target} {method} {path}: no answer ({exc!r})") from exc
+        raise PublishTransient(f"{target} {method} {shown}: no answer ({exc!r})") from exc
     if response.status_code in ok:
         return response
     detail = describe(response)
-    message = f"{target} {method} {path} answered {response.status_code} {detail}".rstrip()
+    message = f"{target} {method} {shown} answered {response.status_code} {detail}".rstrip()
     if response.status_code == 429 or response.status_code >= 500:
         raise PublishTransient(message, response.status_code)
     raise PublishRejected(message, response.status_code)

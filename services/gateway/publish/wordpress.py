@@ -1,4 +1,5 @@
-"""WordPress through its REST API (`/wp-json/wp/v2/`), with an application password.
+"""WordPress through its REST API (`/wp-json/wp/v2/`, or `?rest_route=` on a site with plain
+permalinks), with an application password.
 
 One publish: each PNG goes to `/media` once (alt text, caption, title; reused while its bytes
 are the same), tags are found or created by name (`term_exists` carries the id of the tag that
@@ -47,18 +48,42 @@ class WordPress:
     def __init__(self, url: str, user: str, app_password: str, timeout: float) -> None:
         self.site = url.rstrip("/")
         self.client = httpx.Client(
-            base_url=f"{self.site}/wp-json",
+            base_url=self.site,
             auth=httpx.BasicAuth(user, app_password),
             timeout=timeout,
             headers={"User-Agent": "articleforge-publisher"},
         )
 
+        # `/wp-json/...` with pretty permalinks, `/?rest_route=/...` without (see _discover).
+        self.plain_permalinks = False
+
     def close(self) -> None:
         self.client.close()
 
+    def _discover(self) -> None:
+        """Finds the REST API: `/wp-json/`, or `?rest_route=` on a site with plain permalinks
+        (where `/wp-json/` is the home page or a 404)."""
+        for plain in (False, True):
+            self.plain_permalinks = plain
+            response = self._call("GET", "/", ok=(200, 404))
+            try:
+                index = response.json()
+            except ValueError:  # the home page: WordPress did not route /wp-json/ to the API
+                continue
+            if isinstance(index, dict) and "wp/v2" in index.get("namespaces", []):
+                return
+        raise PublishRejected(
+            f"no WordPress REST API at {self.site}/wp-json/ nor {self.site}/?rest_route=/ "
+            "(ARTICLEFORGE_PUBLISH_WORDPRESS_URL must be the site's URL, without /wp-json)"
+        )
+
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self.plain_permalinks:
+            url, kwargs["params"] = "/", {"rest_route": path, **kwargs.get("params", {})}
+        else:
+            url = "/wp-json" + path
         try:
-            return call(self.client, self.name, method, path, **kwargs)
+            return call(self.client, self.name, method, url, shown=path, **kwargs)
         except PublishRejected as exc:
             if exc.status_code not in (401, 403):
                 raise
@@ -172,6 +197,7 @@ class WordPress:
     def publish(
         self, article: Article, pngs: Mapping[str, bytes], record: PublishRecord, save: Save
     ) -> PublishRecord:
+        self._discover()
         self._media(article, pngs, record, save)
         images = {
             image_id: (media.url, {"class": f"wp-image-{media.id}"})
