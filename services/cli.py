@@ -128,7 +128,7 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: random).")] = None,
 ) -> None:
     """Run an RQ worker for the article pipeline (it never loads a model)."""
-    from services.common.logging import redact, redact_url, setup_logging
+    from services.common.logging import redact, redact_url, redact_values, setup_logging
     from services.gateway.config import GatewaySettings
     from services.gateway.jobs import redis_connection, settings
     from services.gateway.worker import article_worker
@@ -136,6 +136,7 @@ def worker(
     load_settings(GatewaySettings)  # a bad setting exits with its variable, not a traceback
     config = settings()
     setup_logging(config.log_level)
+    redact_values(config.publish_secrets())
     connection = redis_connection(config)
     try:
         connection.ping()

@@ -30,6 +30,7 @@ from services.gateway import (
     signing,
 )
 from services.gateway.config import GatewaySettings
+from services.gateway.publish import routes as publish_routes
 from services.gateway.store import ArticleStore
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # Created now, not in the middle of a delivery or an image request.
         webhook_secret = settings.resolved_webhook_secret()
         app.state.signing_key = signing.signing_key(settings)
-        redact_values([*settings.keys(), webhook_secret, app.state.signing_key.decode()])
+        redact_values(
+            [
+                *settings.keys(),
+                webhook_secret,
+                app.state.signing_key.decode(),
+                *settings.publish_secrets(),
+            ]
+        )
         app.state.redis_problem = await anyio.to_thread.run_sync(check_redis)
         if app.state.redis_problem:
             logger.warning("gateway: %s", app.state.redis_problem)
@@ -145,6 +153,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         image_routes.router,
         editorial_routes.router,
         export_routes.router,
+        publish_routes.router,
     ):
         openapi.document_errors(router, routes.RESPONSES)
         app.include_router(router)

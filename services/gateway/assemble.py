@@ -256,7 +256,7 @@ def provenance(
     fallbacks: list[str],
 ) -> Provenance:
     parameters: dict[str, Any] = request.model_dump(
-        mode="json", exclude={"webhook", "metadata", "image_prompts"}
+        mode="json", exclude={"webhook", "metadata", "image_prompts", "publish"}
     )
     return Provenance(
         text_model=text_model or "unknown",

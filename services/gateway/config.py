@@ -185,7 +185,29 @@ class GatewaySettings(CommonSettings):
             raise ValueError(f"it names the same replica twice: {value}")
         return value
 
-    @field_validator("webhook_retry_intervals", mode="before")
+    # --- Publishing (services/gateway/publish): WordPress and Ghost targets ---
+    # A target is configured when its URL and credentials are all set; an article request's
+    # `publish.target` and POST /v1/articles/{id}/publish accept only configured targets.
+    # WordPress site URL, without /wp-json (the REST API is found at {url}/wp-json/, or at
+    # {url}/?rest_route=/ on a site with plain permalinks).
+    publish_wordpress_url: str | None = None
+    # WordPress user that owns the application password (Users -> Profile -> Application
+    # Passwords); it needs the `edit_posts`, `upload_files` and `manage_categories` capabilities.
+    publish_wordpress_user: str | None = None
+    # The application password, as WordPress shows it (spaces are ignored by WordPress).
+    publish_wordpress_app_password: str | None = None
+    # Ghost site URL (the Admin API is at {url}/ghost/api/admin/).
+    publish_ghost_url: str | None = None
+    # Ghost Admin API key, `id:secret` as Ghost shows it (Settings -> Integrations); the secret
+    # is hex.
+    publish_ghost_admin_key: str | None = None
+    # Seconds to wait for one CMS request (an image upload included).
+    publish_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Seconds between publish attempts after a 429, a 5xx or a transport error (RQ Retry); one
+    # retry per entry. A 4xx from the CMS fails the publish at once, with the CMS's message.
+    publish_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[5, 30, 120, 600])
+
+    @field_validator("webhook_retry_intervals", "publish_retry_intervals", mode="before")
     @classmethod
     def _split_intervals(cls, value: object) -> object:
         if isinstance(value, str):
@@ -210,6 +232,38 @@ class GatewaySettings(CommonSettings):
                 f"({self.worker_job_monitoring_interval_seconds}): a worker one heartbeat late "
                 "would count as dead and its stage would run twice"
             )
+        if self.publish_ghost_admin_key is not None:
+            key_id, _, secret = self.publish_ghost_admin_key.partition(":")
+            try:
+                bytes.fromhex(secret)
+            except ValueError:
+                secret = ""
+            if not key_id or not secret:
+                raise ValueError(
+                    "ARTICLEFORGE_PUBLISH_GHOST_ADMIN_KEY must be Ghost's Admin API key, "
+                    "`id:secret` with a hex secret (Settings -> Integrations -> Admin API key)"
+                )
+        for name, values in (
+            (
+                "WORDPRESS",
+                (
+                    self.publish_wordpress_url,
+                    self.publish_wordpress_user,
+                    self.publish_wordpress_app_password,
+                ),
+            ),
+            ("GHOST", (self.publish_ghost_url, self.publish_ghost_admin_key)),
+        ):
+            if any(values) and not all(values):
+                needed = (
+                    "_URL, _USER and _APP_PASSWORD"
+                    if name == "WORDPRESS"
+                    else "_URL and _ADMIN_KEY"
+                )
+                raise ValueError(
+                    f"publishing to {name.lower()} needs all of ARTICLEFORGE_PUBLISH_{name}"
+                    f"{needed}; set the missing ones or unset them all"
+                )
         return self
 
     def text_urls(self) -> list[str]:
@@ -218,6 +272,22 @@ class GatewaySettings(CommonSettings):
 
     def image_urls(self) -> list[str]:
         return split_urls(self.image_url)
+
+    def publish_targets(self) -> list[str]:
+        """The publishing targets whose settings are complete, in a fixed order."""
+        targets = []
+        if self.publish_wordpress_url and self.publish_wordpress_user:
+            targets.append("wordpress")
+        if self.publish_ghost_url and self.publish_ghost_admin_key:
+            targets.append("ghost")
+        return targets
+
+    def publish_secrets(self) -> list[str]:
+        """The CMS credentials, for log redaction."""
+        values = [self.publish_wordpress_app_password, self.publish_ghost_admin_key]
+        if self.publish_ghost_admin_key:
+            values.append(self.publish_ghost_admin_key.partition(":")[2])
+        return [v for v in values if v]
 
     def keys(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

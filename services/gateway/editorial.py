@@ -561,6 +561,9 @@ def _commit(
     store.refresh_ttl(article_id)
     store.publish(article_id)
     enqueue_event(store, config, article_id, "article.updated", f"r{revision}", revision)
+    from services.gateway.publish.job import republish_after_revision
+
+    republish_after_revision(store, config, article_id)  # the same post gets the new revision
 
 
 # --- webhooks of the editorial loop ---

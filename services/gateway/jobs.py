@@ -235,6 +235,11 @@ def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
             ret_val,
         )
         return
+    if job.meta.get("stage") == "publish":  # so does a publish
+        from services.gateway.publish.job import on_publish_failure
+
+        on_publish_failure(job, job.connection, AbandonedJobError, AbandonedJobError(), None)
+        return
     if job.meta.get("stage") == "edit":  # a regeneration fails alone; the article stays
         from services.gateway.editorial import on_edit_failure
 
@@ -503,6 +508,7 @@ def assemble_job(article_id: str) -> None:
     if store.status(article_id) == "succeeded":
         # A re-run: the last worker died after `succeeded` and maybe before the webhook.
         enqueue_webhook(store, config, article_id, "article.succeeded")
+        _publish_when_asked(store, config, article_id)
         return
     try:
         request = _begin(store, article_id, "assemble", "assembling")
@@ -545,7 +551,19 @@ def assemble_job(article_id: str) -> None:
     store.save_article(final)
     if store.transition(article_id, "succeeded", stage="done"):
         enqueue_webhook(store, config, article_id, "article.succeeded")
+        _publish_when_asked(store, config, article_id)
     logger.info("article %s: succeeded (%d words)", article_id, article.word_count)
+
+
+def _publish_when_asked(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
+    """The request's `publish`, queued once (a re-run finds the record and leaves it)."""
+    from services.gateway.publish.job import enqueue_publish, load_record
+
+    request = ArticleRequest.model_validate(store.get(article_id, "request"))
+    if request.publish is None or load_record(store, article_id, request.publish.target):
+        return
+    request_id = str(store.get(article_id, "request_id") or "")
+    enqueue_publish(store, config, article_id, request.publish, request_id)
 
 
 # --- webhooks ---

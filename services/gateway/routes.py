@@ -19,6 +19,7 @@ from services.gateway import editorial, jobs, metrics
 from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.pipeline import estimate_tokens
+from services.gateway.publish.job import check_target
 from services.gateway.schemas import (
     TERMINAL,
     Accepted,
@@ -83,6 +84,8 @@ def create_article(
 ) -> JSONResponse:
     if body.webhook is not None:
         check_url(str(body.webhook.url), settings.webhook_allow_private)
+    if body.publish is not None:
+        check_target(settings, body.publish.target, "publish.target")
     article_id = "art_" + secrets.token_hex(12)
     if idempotency_key is not None:
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.image.config import SchedulerName
 
 Status = Literal[
@@ -243,6 +244,14 @@ class ArticleRequest(BaseModel):
         "written: PUT /v1/articles/{id}/outline or POST /v1/articles/{id}/approve continues it; "
         "left unanswered for ARTICLEFORGE_REVIEW_TIMEOUT_SECONDS it is `cancelled`.",
         examples=["outline"],
+    )
+    publish: PublishOptions | None = Field(
+        default=None,
+        description="Publish the finished article into a CMS configured on the gateway: an RQ "
+        "job after assemble, with retries; `publish` in the status shows how it went, and "
+        "`article.published` / `article.publish_failed` webhooks announce it. POST "
+        "/v1/articles/{id}/publish does the same later.",
+        examples=[{"target": "wordpress", "status": "draft"}],
     )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
@@ -593,6 +602,32 @@ class ArticleStatus(BaseModel):
         default=None, description="The latest section or image regeneration, if any."
     )
     error: ErrorInfo | None = Field(default=None, description="Present once `failed`.")
+    publish: dict[str, PublishInfo] = Field(
+        default_factory=dict,
+        description="By target (`wordpress`, `ghost`): where publishing the article stands, "
+        "once asked for (the request's `publish`, or POST /v1/articles/{id}/publish).",
+        examples=[
+            {
+                "wordpress": {
+                    "target": "wordpress",
+                    "state": "published",
+                    "status": "draft",
+                    "post_id": "42",
+                    "url": "https://blog.example.com/?p=42",
+                    "edit_url": "https://blog.example.com/wp-admin/post.php?post=42&action=edit",
+                    "media_ids": {"img_9b1e2c0d4f6a8b0c2e4f6a8b": "57"},
+                    "featured_media": "57",
+                    "tag_ids": ["12"],
+                    "seo_meta": ["_yoast_wpseo_metadesc"],
+                    "revision": 1,
+                    "attempts": 1,
+                    "error": None,
+                    "requested_at": "2026-11-26T06:31:00Z",
+                    "published_at": "2026-11-26T06:31:04Z",
+                }
+            }
+        ],
+    )
     timestamps: dict[str, str] = Field(
         description="ISO times: created, started, finished; `review_expires` while "
         "`awaiting_review`.",

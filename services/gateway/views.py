@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from services.gateway.publish.schemas import PublishInfo
 from services.gateway.schemas import (
     TERMINAL,
     Article,
@@ -114,6 +115,14 @@ def status_view(
     edit = EditInfo.model_validate_json(fields["edit"]) if "edit" in fields else None
     # Revision 1 is the assembled article; editorial jobs count up from there.
     revision = int(fields.get("revision", "1")) if "article" in fields else None
+    # The public part of each target's record (services.gateway.publish.job).
+    publish = {
+        name.removeprefix("publish:"): PublishInfo.model_validate(
+            {k: v for k, v in json.loads(value).items() if k in PublishInfo.model_fields}
+        )
+        for name, value in sorted(fields.items())
+        if name.startswith("publish:")
+    }
     return ArticleStatus(
         id=article_id,
         status=fields.get("status", "queued"),
@@ -130,6 +139,7 @@ def status_view(
         outline=outline,
         edit=edit,
         error=error,
+        publish=publish,
         timestamps=timestamps,
         metadata=request.get("metadata", {}),
     )

@@ -1,0 +1,221 @@
+"""What the WordPress and Ghost targets share: the record of what exists remotely, the post
+body made from the article, and HTTP calls whose failures say whether a retry can help."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, Field
+
+from services.gateway.publish.schemas import PublishError, PublishInfo
+from services.gateway.schemas import Article
+
+logger = logging.getLogger(__name__)
+
+
+class PublishTransient(Exception):
+    """A 429, a 5xx or no answer at all: the next attempt (RQ Retry) may succeed."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class PublishRejected(Exception):
+    """The CMS refused the request (a 4xx other than 429); repeating it would not help."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def error_info(exc: BaseException, retries_left: int = 0) -> PublishError:
+    if isinstance(exc, PublishRejected):
+        return PublishError(type="cms_rejected", message=str(exc), status_code=exc.status_code)
+    if isinstance(exc, PublishTransient):
+        message = str(exc) + (f" ({retries_left} retries left)" if retries_left else "")
+        return PublishError(type="cms_unavailable", message=message, status_code=exc.status_code)
+    return PublishError(type="publish_failed", message=f"{type(exc).__name__}: {exc}")
+
+
+class MediaRecord(BaseModel):
+    """One article image as it exists in the CMS, and the bytes it was made from."""
+
+    id: str = Field(description="WordPress media id; Ghost has none and repeats the URL.")
+    url: str
+    sha256: str
+    alt: str = ""
+    caption: str = ""
+    title: str = ""
+    attached: bool = False  # WordPress: attached to the post (its "Uploaded to")
+
+
+class PublishRecord(PublishInfo):
+    """``PublishInfo`` plus the private bookkeeping that makes publishing idempotent."""
+
+    media: dict[str, MediaRecord] = Field(default_factory=dict)
+    seq: int = 0  # counts publish requests; webhook ids are stable per request
+
+    def info(self) -> PublishInfo:
+        return PublishInfo.model_validate(self.model_dump(exclude={"media", "seq"}))
+
+
+Save = Callable[[PublishRecord], None]
+
+
+class Target(Protocol):
+    name: str
+
+    def publish(
+        self, article: Article, pngs: Mapping[str, bytes], record: PublishRecord, save: Save
+    ) -> PublishRecord:
+        """Creates or updates the post for ``article``; calls ``save`` after every remote
+        change, so that an attempt that dies half-way is resumed, never repeated."""
+        ...
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def marker(article_id: str) -> str:
+    """An HTML comment at the top of the post body, to find a post whose creation answer was
+    lost (the CMS made it, the worker never heard)."""
+    return f"<!-- articleforge:{article_id} -->"
+
+
+def call(
+    client: httpx.Client,
+    target: str,
+    method: str,
+    path: str,
+    ok: tuple[int, ...] = (200, 201),
+    shown: str | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One request; an answer outside ``ok`` raises PublishTransient or PublishRejected with the
+    CMS's own error code and message (naming the request as ``shown``, by default ``path``).
+    Callers that handle a status themselves list it in ``ok``."""
+    shown = shown or path
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise PublishTransient(f"{target} {method} {shown}: no answer ({exc!r})") from exc
+    if response.status_code in ok:
+        return response
+    detail = describe(response)
+    message = f"{target} {method} {shown} answered {response.status_code} {detail}".rstrip()
+    if response.status_code == 429 or response.status_code >= 500:
+        raise PublishTransient(message, response.status_code)
+    raise PublishRejected(message, response.status_code)
+
+
+def describe(response: httpx.Response) -> str:
+    """The error a CMS put in its body: WordPress `{code, message}`, Ghost `{errors: [...]}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict) and "code" in body:
+        return f"{body.get('code')}: {body.get('message', '')}"
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        first = body["errors"][0]
+        context = f" ({first['context']})" if first.get("context") else ""
+        return f"{first.get('type', 'error')}: {first.get('message', '')}{context}"
+    return str(body)[:300]
+
+
+class _Body(HTMLParser):
+    """Re-serializes the article's HTML as a post body: the `<h1>` dropped (the post has its
+    own title), the featured image's figure dropped (the CMS shows it as the featured image; in
+    the body as well it would appear twice), every `<img src>` pointed at the CMS's copy."""
+
+    def __init__(
+        self, images: Mapping[str, tuple[str, dict[str, str]]], featured_src: str | None
+    ) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images = images
+        self.featured_src = featured_src
+        self.out: list[str] = []
+        self.skip_h1 = False
+        self.figure_start: int | None = None
+        self.drop_figure = False
+
+    def _attrs(self, attrs: list[tuple[str, str | None]]) -> str:
+        return "".join(f' {k}="{html.escape(v or "", quote=True)}"' for k, v in attrs)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.skip_h1:
+            return
+        if tag == "h1":
+            self.skip_h1 = True
+            return
+        if tag == "figure":
+            self.figure_start, self.drop_figure = len(self.out), False
+        if tag == "img":
+            self._img(attrs)
+            return
+        self.out.append(f"<{tag}{self._attrs(attrs)}>")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            if not self.skip_h1:
+                self._img(attrs)
+            return
+        if not self.skip_h1:
+            self.out.append(f"<{tag}{self._attrs(attrs)} />")
+
+    def _img(self, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        src = values.get("src") or ""
+        if self.featured_src is not None and src == self.featured_src:
+            self.drop_figure = True
+            return
+        if src in self.images:
+            new_src, extra = self.images[src]
+            values["src"] = new_src
+            for name, value in extra.items():
+                values[name] = f"{values[name]} {value}" if values.get(name) else value
+        self.out.append(f"<img{self._attrs(list(values.items()))} />")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.skip_h1:
+            self.skip_h1 = tag != "h1"
+            return
+        if tag == "img":
+            return
+        self.out.append(f"</{tag}>")
+        if tag == "figure" and self.figure_start is not None:
+            if self.drop_figure:
+                del self.out[self.figure_start :]
+            self.figure_start, self.drop_figure = None, False
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip_h1:
+            self.out.append(html.escape(data, quote=False))
+
+
+def post_body(
+    article: Article,
+    images: Mapping[str, tuple[str, dict[str, str]]],
+    drop_featured: bool = True,
+) -> str:
+    """``article.html`` made into a post body. ``images`` maps an article image id to the CMS's
+    URL for it and attributes to add to its `<img>` (WordPress: its `wp-image-ID` class)."""
+    by_src = {image.url: images[image.id] for image in article.images if image.id in images}
+    featured = article.featured_image.url if drop_featured and article.featured_image else None
+    parser = _Body(by_src, featured)
+    parser.feed(article.html)
+    parser.close()
+    return "".join(parser.out).strip()

@@ -1,0 +1,311 @@
+"""The publish job: one RQ job per article and target, with retries, and its record.
+
+``enqueue_publish`` claims the article's publish slot for the target (a Redis key with a
+lifetime: one publish at a time per article and target; a request meanwhile gets the current
+state back), writes the record as `queued` and queues ``publish_job``. The job uploads what is
+missing, writes the post, and notes every remote change in the record as it goes (Redis field
+``publish:{target}`` and ``DATA_DIR/publish/{id}/{target}.json``), so a retry resumes where the
+last attempt stopped and a republish updates the same post with the same media.
+
+Failures (``on_publish_failure``): a 429, a 5xx or a transport error is retried after each of
+ARTICLEFORGE_PUBLISH_RETRY_INTERVALS; a CMS 4xx fails at once. Either way the article itself is
+untouched: only the record turns `failed`, `article.publish_failed` is sent, and the slot is
+free for another POST /v1/articles/{id}/publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Callback, Queue, Retry
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
+
+from services.common.errors import InvalidRequest
+from services.common.logging import request_id_var
+from services.gateway import jobs
+from services.gateway.config import GatewaySettings
+from services.gateway.publish.common import (
+    PublishRecord,
+    PublishTransient,
+    Target,
+    error_info,
+    now_iso,
+)
+from services.gateway.publish.ghost import Ghost
+from services.gateway.publish.schemas import PublishInfo, PublishOptions
+from services.gateway.publish.wordpress import WordPress
+from services.gateway.schemas import Article
+from services.gateway.store import ArticleStore, _atomic_write
+from services.gateway.views import status_view
+
+logger = logging.getLogger(__name__)
+
+# Revisions committed while a publish ran are published by the same job, at most this often.
+MAX_ROUNDS = 3
+
+
+def job_id(article_id: str, target: str) -> str:
+    return f"{article_id}-publish-{target}"
+
+
+def job_timeout(config: GatewaySettings) -> int:
+    # Up to 8 uploads, 10 tags, the post and a few lookups, each bounded by the timeout.
+    return int(config.publish_timeout_seconds * 25) + 60
+
+
+def check_target(config: GatewaySettings, target: str, param: str) -> None:
+    configured = config.publish_targets()
+    if target not in configured:
+        known = "wordpress (ARTICLEFORGE_PUBLISH_WORDPRESS_URL, _USER, _APP_PASSWORD) or ghost "
+        known += "(ARTICLEFORGE_PUBLISH_GHOST_URL, _ADMIN_KEY)"
+        raise InvalidRequest(
+            f"{param} must be a publishing target configured on this gateway "
+            f"({', '.join(configured) or 'none is'}); got {target!r}. Targets: {known}",
+            param=param,
+        )
+
+
+def make_target(config: GatewaySettings, target: str) -> Target:
+    if target == "wordpress":
+        assert config.publish_wordpress_url and config.publish_wordpress_user
+        return WordPress(
+            config.publish_wordpress_url,
+            config.publish_wordpress_user,
+            config.publish_wordpress_app_password or "",
+            config.publish_timeout_seconds,
+        )
+    if target == "ghost":
+        assert config.publish_ghost_url and config.publish_ghost_admin_key
+        return Ghost(
+            config.publish_ghost_url, config.publish_ghost_admin_key, config.publish_timeout_seconds
+        )
+    raise ValueError(f"unknown publishing target {target!r}")
+
+
+# --- the record ---
+
+
+def record_path(data_dir: Path, article_id: str, target: str) -> Path:
+    return data_dir / "publish" / article_id / f"{target}.json"
+
+
+def load_record(store: ArticleStore, article_id: str, target: str) -> PublishRecord | None:
+    """Redis first, then the disk copy (which outlives the Redis record)."""
+    raw = store.redis.hget(store.key(article_id), f"publish:{target}")
+    if raw is not None:
+        return PublishRecord.model_validate_json(raw)
+    path = record_path(store.data_dir, article_id, target)
+    if path.exists():
+        return PublishRecord.model_validate_json(path.read_text())
+    return None
+
+
+def save_record(store: ArticleStore, article_id: str, record: PublishRecord) -> None:
+    text = record.model_dump_json()
+    _atomic_write(record_path(store.data_dir, article_id, record.target), text.encode())
+    key = store.key(article_id)
+    if store.redis.exists(key):  # an expired record is not brought back half-made
+        store.redis.hset(key, f"publish:{record.target}", text)
+
+
+def _lock_key(store: ArticleStore, article_id: str, target: str) -> str:
+    return f"{store.key(article_id)}:publishing:{target}"
+
+
+def _release(store: ArticleStore, article_id: str, target: str) -> None:
+    store.redis.delete(_lock_key(store, article_id, target))
+
+
+def _refresh_disk_copy(store: ArticleStore, article_id: str) -> None:
+    """The finished article on disk shows the publish state too (it is what GET serves once
+    the Redis record has expired)."""
+    fields = store.fields(article_id)
+    if fields.get("status") == "succeeded":
+        store.save_article(status_view(article_id, fields))
+        return
+    found = store.load_article_with_owner(article_id)
+    if found is not None:
+        status, owner = found
+        records = {
+            p.stem: PublishRecord.model_validate_json(p.read_text()).info()
+            for p in sorted((store.data_dir / "publish" / article_id).glob("*.json"))
+        }
+        store.save_article(status.model_copy(update={"publish": records}), owner)
+
+
+def current_article(store: ArticleStore, article_id: str) -> Article | None:
+    raw = store.redis.hget(store.key(article_id), "article")
+    if raw is not None:
+        return Article.model_validate_json(raw)
+    status = store.load_article(article_id)
+    return None if status is None else status.article
+
+
+# --- queueing ---
+
+
+def enqueue_publish(
+    store: ArticleStore,
+    config: GatewaySettings,
+    article_id: str,
+    options: PublishOptions,
+    request_id: str = "",
+) -> PublishInfo:
+    """Queues a publish unless one is queued or running for this article and target; returns
+    the record's public state either way."""
+    target = options.target
+    intervals = config.publish_retry_intervals
+    hold = job_timeout(config) * (len(intervals) + 1) + sum(intervals) + 60
+    record = load_record(store, article_id, target) or PublishRecord(
+        target=target, state="queued", status=options.status
+    )
+    if not store.redis.set(
+        _lock_key(store, article_id, target), request_id or "1", nx=True, ex=hold
+    ):
+        return record.info()
+    record = record.model_copy(
+        update={
+            "state": "queued",
+            "status": options.status,
+            "attempts": 0,
+            "error": None,
+            "requested_at": now_iso(),
+            "seq": record.seq + 1,
+        }
+    )
+    save_record(store, article_id, record)
+    try:
+        Queue(jobs.ARTICLES_QUEUE, connection=store.redis).enqueue(
+            publish_job,
+            article_id,
+            target,
+            job_id=job_id(article_id, target),
+            job_timeout=job_timeout(config),
+            result_ttl=3600,
+            failure_ttl=config.result_ttl_seconds,
+            retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+            on_failure=Callback(on_publish_failure),
+            meta={
+                "article_id": article_id,
+                "stage": "publish",
+                "target": target,
+                "request_id": request_id,
+            },
+        )
+    except RedisError:
+        _release(store, article_id, target)
+        raise
+    logger.info("article %s: publish to %s queued (%s)", article_id, target, options.status)
+    return record.info()
+
+
+def republish_after_revision(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
+    """A new revision goes to every target the article was published to (the same post)."""
+    for target in config.publish_targets():
+        record = load_record(store, article_id, target)
+        if record is not None and record.post_id is not None:
+            enqueue_publish(
+                store, config, article_id, PublishOptions(target=target, status=record.status)
+            )
+
+
+# --- the job ---
+
+
+def publish_job(article_id: str, target: str) -> None:
+    config = jobs.settings()
+    store = jobs.store_for(config)
+    request_id = store.get(article_id, "request_id")
+    if request_id:
+        request_id_var.set(str(request_id))
+    record = load_record(store, article_id, target)
+    if record is None:
+        logger.warning(
+            "article %s: publish record for %s is gone; nothing to do", article_id, target
+        )
+        _release(store, article_id, target)
+        return
+    if target not in config.publish_targets():
+        raise InvalidRequest(f"this worker has no settings for the publishing target {target!r}")
+    record.state, record.attempts = "publishing", record.attempts + 1
+    save_record(store, article_id, record)
+    client = make_target(config, target)
+    try:
+        for _ in range(MAX_ROUNDS):
+            article = current_article(store, article_id)
+            if article is None:
+                raise InvalidRequest(f"article {article_id} has no finished article to publish")
+            pngs = {image.id: store.image_path(image.id).read_bytes() for image in article.images}
+            record = client.publish(
+                article, pngs, record, lambda r: save_record(store, article_id, r)
+            )
+            record.revision = article.revision
+            save_record(store, article_id, record)
+            latest = current_article(store, article_id)
+            if latest is None or latest.revision == article.revision:
+                break
+            logger.info(
+                "article %s: revision %d came meanwhile; publishing it", article_id, latest.revision
+            )
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+    record.state, record.error, record.published_at = "published", None, now_iso()
+    save_record(store, article_id, record)
+    _release(store, article_id, target)
+    _refresh_disk_copy(store, article_id)
+    logger.info(
+        "article %s: published to %s as post %s (%s)",
+        article_id,
+        target,
+        record.post_id,
+        record.url,
+    )
+    _announce(store, config, article_id, record, "article.published")
+
+
+def _announce(
+    store: ArticleStore, config: GatewaySettings, article_id: str, record: PublishRecord, event: str
+) -> None:
+    from services.gateway.editorial import enqueue_event
+
+    kind = event.rsplit(".", 1)[-1]
+    enqueue_event(store, config, article_id, event, f"{record.target}-{record.seq}-{kind}")
+
+
+def on_publish_failure(
+    job: Job, connection: Redis, exc_type: type[BaseException], value: BaseException, tb: Any
+) -> None:
+    """RQ calls this for every failed attempt; RQ reads ``retries_left`` right after it."""
+    config = jobs.settings()
+    store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
+    article_id, target = job.meta["article_id"], job.meta["target"]
+    record = load_record(store, article_id, target)
+    transient = issubclass(exc_type, (PublishTransient, AbandonedJobError, RedisError))
+    if transient and job.retries_left:
+        logger.warning(
+            "article %s: publish to %s failed (%s); retrying (%d left)",
+            article_id,
+            target,
+            value,
+            job.retries_left,
+        )
+        if record is not None:
+            record.state, record.error = "queued", error_info(value, job.retries_left)
+            save_record(store, article_id, record)
+        return
+    job.retries_left = 0
+    logger.error("article %s: publish to %s failed: %s", article_id, target, value)
+    _release(store, article_id, target)
+    if record is None:
+        return
+    record.state, record.error = "failed", error_info(value)
+    save_record(store, article_id, record)
+    _refresh_disk_copy(store, article_id)
+    _announce(store, config, article_id, record, "article.publish_failed")
