@@ -149,6 +149,24 @@ def editing_job_ids(connection: Redis) -> list[str]:
     return [f"{a}-edit-{raw.decode().split(':')[0]}" for a, raw in claims if raw]
 
 
+def publishing_job_ids(connection: Redis) -> list[str]:
+    """The publish jobs queued or running (``services.gateway.publish.job``): their articles
+    are finished, yet a publish job can be lost the same way. An entry whose publish slot has
+    expired (its job long gone) is dropped."""
+    from services.gateway.publish.job import PUBLISHING, job_id, lock_key
+
+    redis: Any = connection
+    entries = [e.decode().rsplit(":", 1) for e in redis.smembers(PUBLISHING)]
+    pipe = connection.pipeline(transaction=False)
+    for article_id, target in entries:
+        pipe.exists(lock_key(article_id, target))
+    held = pipe.execute()
+    stale = [f"{a}:{t}" for (a, t), live in zip(entries, held, strict=True) if not live]
+    if stale:
+        redis.srem(PUBLISHING, *stale)
+    return [job_id(a, t) for (a, t), live in zip(entries, held, strict=True) if live]
+
+
 def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS) -> list[str]:
     """Puts back on its queue a stage job that a dead worker had popped but not yet registered.
 
@@ -157,8 +175,9 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
     find it. A worker that dies in between leaves a job that is `queued` but on no queue and in
     no registry, forever. RQ's own guard, the intermediate queue (BLMOVE), exists only for
     workers on a single queue, and waits a minute. So, in each maintenance pass (one worker at a
-    time), the jobs of active articles that are `queued` yet on no queue list are noted, and
-    pushed back at the front once they have stayed so for ``lost_after`` seconds. Marks are
+    time), the jobs of active articles, of regenerations and of publishes that are `queued` yet
+    on no queue list are noted, and pushed back at the front once they have stayed so for
+    ``lost_after`` seconds. Marks are
     keyed by the job's enqueue time, so a later enqueue of the same job starts afresh.
     """
     redis: Any = connection  # redis-py's annotations mix sync/async and bytes/str replies
@@ -167,7 +186,7 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
     for article_id in active:
         pipe.hget(f"af:article:{article_id}", "jobs")
     job_ids = [j for raw in pipe.execute() if raw for j in json.loads(raw)]
-    job_ids += editing_job_ids(connection)
+    job_ids += editing_job_ids(connection) + publishing_job_ids(connection)
     requeued = []
     for job in Job.fetch_many(job_ids, connection=connection):
         if job is None or job.get_status(refresh=False) != JobStatus.QUEUED:

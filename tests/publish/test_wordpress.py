@@ -318,3 +318,31 @@ def test_a_site_with_plain_permalinks_is_reached_through_rest_route(
     assert state["url"] == f"{site.url}/?p={state['post_id']}"
     post = site.api().get(f"/wp/v2/posts/{state['post_id']}", params={"context": "edit"}).json()
     assert post["featured_media"] == int(state["featured_media"]) and len(state["media_ids"]) == 2
+
+
+def test_a_publish_popped_by_a_dead_worker_is_queued_again_and_publishes(
+    env: dict[str, str], connection: redis.Redis, site: WordPressSite
+) -> None:
+    """An accepted publish is never lost: a worker that popped its job (BLPOP) and died before
+    registering it leaves the job `queued` on no queue; the supervisor puts it back."""
+    from services.gateway.publish.job import PUBLISHING, job_id
+    from services.gateway.worker import requeue_lost_jobs
+
+    body = {k: v for k, v in BODY.items() if k != "publish"}
+    article_id = written_article(connection, body)
+    drain(connection)  # assembled; nothing to publish yet
+    with client_for() as client:
+        accepted = client.post(f"/v1/articles/{article_id}/publish", json={"target": "wordpress"})
+        assert accepted.status_code == 202, accepted.text
+        lost = job_id(article_id, "wordpress")
+        assert connection.lrem("rq:queue:articles", 0, lost) == 1  # popped, then the worker died
+        assert requeue_lost_jobs(connection, lost_after=0) == []  # first seen: maybe registering
+        assert requeue_lost_jobs(connection, lost_after=0) == [lost]
+        drain(connection)
+        state = publish_state(client, article_id)
+    assert state["state"] == "published" and state["post_id"] is not None, state
+    post = site.api().get(f"/wp/v2/posts/{state['post_id']}", params={"context": "edit"})
+    assert post.status_code == 200 and post.json()["status"] == "draft"
+    # Done: the supervisor no longer watches it.
+    assert not connection.sismember(PUBLISHING, f"{article_id}:wordpress")
+    assert requeue_lost_jobs(connection, lost_after=0) == []

@@ -113,12 +113,20 @@ def save_record(store: ArticleStore, article_id: str, record: PublishRecord) -> 
         store.redis.hset(key, f"publish:{record.target}", text)
 
 
-def _lock_key(store: ArticleStore, article_id: str, target: str) -> str:
-    return f"{store.key(article_id)}:publishing:{target}"
+# `{article_id}:{target}` of every publish queued or running: the lost-job supervisor
+# (services.gateway.worker.requeue_lost_jobs) looks after their jobs, as after the stages'.
+PUBLISHING = "af:publishing"
+
+
+def lock_key(article_id: str, target: str) -> str:
+    return f"{ArticleStore.key(article_id)}:publishing:{target}"
 
 
 def _release(store: ArticleStore, article_id: str, target: str) -> None:
-    store.redis.delete(_lock_key(store, article_id, target))
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.delete(lock_key(article_id, target))
+    pipe.srem(PUBLISHING, f"{article_id}:{target}")
+    pipe.execute()
 
 
 def _refresh_disk_copy(store: ArticleStore, article_id: str) -> None:
@@ -164,10 +172,9 @@ def enqueue_publish(
     record = load_record(store, article_id, target) or PublishRecord(
         target=target, state="queued", status=options.status
     )
-    if not store.redis.set(
-        _lock_key(store, article_id, target), request_id or "1", nx=True, ex=hold
-    ):
+    if not store.redis.set(lock_key(article_id, target), request_id or "1", nx=True, ex=hold):
         return record.info()
+    store.redis.sadd(PUBLISHING, f"{article_id}:{target}")
     record = record.model_copy(
         update={
             "state": "queued",
