@@ -71,6 +71,19 @@ def forget_post_id(article_id: str) -> None:
     save_record(store, article_id, record.model_copy(update={"post_id": None}))
 
 
+def forget_upload(article_id: str) -> str:
+    """The record as an attempt leaves it when WordPress stored an image but the answer never
+    came back: that image unknown. Returns its media id."""
+    store = jobs.store_for(jobs.settings())
+    record = load_record(store, article_id, "wordpress")
+    assert record is not None and record.media
+    image_id = sorted(record.media)[-1]
+    media = record.media.pop(image_id)
+    record.media_ids.pop(image_id, None)
+    save_record(store, article_id, record)
+    return media.id
+
+
 def publish_state(client: Any, article_id: str) -> dict[str, Any]:
     status = client.get(f"/v1/articles/{article_id}").json()
     assert status["status"] == "succeeded", status  # publishing never changes the article's
@@ -192,6 +205,20 @@ def test_republishing_updates_the_same_post_and_duplicates_nothing(
         drain(connection)
         assert publish_state(client, article_id)["post_id"] == first["post_id"]
 
+        # The answer to an image's upload lost: found by the marker in its description, and
+        # reused instead of uploaded a second time.
+        media_id = forget_upload(article_id)
+        assert (
+            client.post(
+                f"/v1/articles/{article_id}/publish",
+                json={"target": "wordpress", "status": "draft"},
+            ).status_code
+            == 202
+        )
+        drain(connection)
+        found = publish_state(client, article_id)
+        assert found["media_ids"] == first["media_ids"] and media_id in found["media_ids"].values()
+
         post = api.get(f"/wp/v2/posts/{first['post_id']}", params={"context": "edit"}).json()
         assert post["status"] == "draft"
         assert {
@@ -201,8 +228,8 @@ def test_republishing_updates_the_same_post_and_duplicates_nothing(
         } == counts
 
     published = [h for h in hooks(article_id) if h["type"] == "article.published"]
-    assert len(published) == 3  # one per publish, each with its own webhook-id
-    assert len({h["webhook-id"] for h in published}) == 3
+    assert len(published) == 4  # one per publish, each with its own webhook-id
+    assert len({h["webhook-id"] for h in published}) == 4
 
 
 def test_a_refusal_fails_at_once_a_dead_cms_is_retried_and_the_article_stays_intact(

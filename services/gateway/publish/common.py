@@ -95,6 +95,12 @@ def marker(article_id: str) -> str:
     return f"<!-- articleforge:{article_id} -->"
 
 
+def media_marker(article_id: str, png_sha256: str) -> str:
+    """A word in an uploaded image's description (a hidden HTML comment), to find an upload
+    whose answer was lost: the article's id and the first 16 hex digits of the PNG's SHA-256."""
+    return f"articleforge:{article_id}:{png_sha256[:16]}"
+
+
 def call(
     client: httpx.Client,
     target: str,

@@ -24,6 +24,7 @@ from services.gateway.publish.common import (
     Save,
     call,
     marker,
+    media_marker,
     post_body,
     sha256,
 )
@@ -107,20 +108,48 @@ class WordPress:
         ).json()
         return {str(item["id"]) for item in found}
 
-    def _upload(self, article: Article, image: ImageRef, png: bytes, k: int) -> MediaRecord:
-        filename = f"{article.slug or article.id}-{k + 1}.png"
-        title = article.title if k == 0 else image.caption
-        reply = self._call(
-            "POST",
+    def _find_lost_upload(self, article: Article, digest: str) -> dict[str, Any] | None:
+        """Media of this article with these very bytes, uploaded by an attempt whose answer
+        never arrived (found by the marker in its description)."""
+        word = media_marker(article.id, digest)
+        found = self._call(
+            "GET",
             "/wp/v2/media",
-            files={"file": (filename, png, "image/png")},
-            data={"alt_text": image.alt, "caption": image.caption, "title": title},
+            params={"search": word, "context": "edit", "_fields": "id,source_url,description"},
         ).json()
-        logger.info("article %s: image %s uploaded as media %s", article.id, image.id, reply["id"])
+        for item in found:
+            if word in (item.get("description") or {}).get("raw", ""):
+                return dict(item)
+        return None
+
+    def _upload(self, article: Article, image: ImageRef, png: bytes, k: int) -> MediaRecord:
+        digest = sha256(png)
+        title = article.title if k == 0 else image.caption
+        fields = {"alt_text": image.alt, "caption": image.caption, "title": title}
+        lost = self._find_lost_upload(article, digest)
+        if lost is not None:
+            reply = self._call("POST", f"/wp/v2/media/{lost['id']}", json=fields).json()
+            logger.info(
+                "article %s: image %s was already uploaded as media %s (its answer was lost)",
+                article.id,
+                image.id,
+                reply["id"],
+            )
+        else:
+            filename = f"{article.slug or article.id}-{k + 1}.png"
+            reply = self._call(
+                "POST",
+                "/wp/v2/media",
+                files={"file": (filename, png, "image/png")},
+                data={**fields, "description": f"<!-- {media_marker(article.id, digest)} -->"},
+            ).json()
+            logger.info(
+                "article %s: image %s uploaded as media %s", article.id, image.id, reply["id"]
+            )
         return MediaRecord(
             id=str(reply["id"]),
             url=reply["source_url"],
-            sha256=sha256(png),
+            sha256=digest,
             alt=image.alt,
             caption=image.caption,
             title=title,
