@@ -310,7 +310,10 @@ def main() -> None:
     adapter = args.models / f"{args.text_shape}-adapter"
     image_folder = args.models / args.image_shape
     dtype = "float16" if args.device.startswith("cuda") else "float32"
-    if not folder_is_current(text_folder, args.text_shape):
+    needs_adapter = args.baseline and not (adapter / "adapter_config.json").exists()
+    if not folder_is_current(text_folder, args.text_shape) or needs_adapter:
+        # The adapter is made on the model in memory: a current folder without one (built by
+        # a run without --baseline) is built again, which takes seconds on the GPU.
         lm, info = build_model_folder(text_folder, args.text_shape, args.device)
         if args.baseline:
             info["adapter"] = build_adapter(lm, adapter)
