@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,9 @@ import httpx
 import redis
 
 from tests.processes import free_port, running
+from tests.webhook_receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"reliability-tests-secret-0123456").decode()
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    deliveries: list[tuple[dict[str, str], bytes]]
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @dataclass
@@ -197,7 +185,7 @@ def stack(
         **(extra_env or {}),
     }
     deliveries: list[tuple[dict[str, str], bytes]] = []
-    handler = type("Receiver", (_Receiver,), {"deliveries": deliveries})
+    handler = type("Receiver", (Receiver,), {"deliveries": deliveries})
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     with ExitStack() as exit_stack:

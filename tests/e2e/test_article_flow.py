@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import nh3
@@ -24,6 +25,7 @@ from standardwebhooks import Webhook
 
 from services.gateway.assemble import xhtml
 from tests.processes import free_port, running, serve_all
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +43,8 @@ class Stack:
     data_dir: Path
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+class _Receiver(Receiver):
+    deliveries: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Stack(
             gateway=f"http://127.0.0.1:{ports['gateway']}",
             env=env,
-            hooks=_Receiver.received,
+            hooks=_Receiver.deliveries,
             hook_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
             data_dir=data_dir,
         )

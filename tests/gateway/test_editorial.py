@@ -15,9 +15,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from html.parser import HTMLParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -33,6 +33,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.worker import article_worker
 from tests.gateway.conftest import flushed_db
 from tests.processes import free_port, serve_all
+from tests.webhook_receiver import Receiver
 
 REDIS_URL = "redis://127.0.0.1:6379/6"
 KEY = "sk-editor"
@@ -48,17 +49,8 @@ BODY: dict[str, Any] = {
 }
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    deliveries: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+class _Receiver(Receiver):
+    deliveries: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
 
 @dataclass

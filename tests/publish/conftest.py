@@ -16,9 +16,9 @@ import random
 import secrets
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -35,6 +35,7 @@ from services.gateway.schemas import ArticleRequest
 from tests.processes import free_port
 from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_server import OwnRedis
+from tests.webhook_receiver import Receiver as WebhookReceiver
 
 KEY = "sk-publisher"
 SECRET = "whsec_cHVibGlzaGluZy10ZXN0cy1zZWNyZXQtMDEyMzQ1Njc4OQ=="
@@ -45,17 +46,8 @@ BODIES = [
 ]
 
 
-class Receiver(BaseHTTPRequestHandler):
-    deliveries: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["content-length"]))
-        self.deliveries.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+class Receiver(WebhookReceiver):
+    deliveries: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +98,33 @@ def base_env(own_redis: OwnRedis, data_dir: Path) -> dict[str, str]:
         "ARTICLEFORGE_PUBLISH_RETRY_INTERVALS": "0,0",
         "ARTICLEFORGE_PUBLISH_TIMEOUT_SECONDS": "20",
     }
+
+
+def wordpress_env(
+    site: WordPressSite, own_redis: OwnRedis, data_dir: Path, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The settings of a gateway and workers that publish into ``site``."""
+    return {
+        **base_env(own_redis, data_dir),
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
+        **(extra or {}),
+    }
+
+
+@pytest.fixture()
+def env(
+    site: WordPressSite,
+    own_redis: OwnRedis,
+    connection: redis.Redis,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    """``wordpress_env``, set for this test (a module may override it with more settings)."""
+    values = wordpress_env(site, own_redis, tmp_path / "data")
+    set_env(monkeypatch, values)
+    return values
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:

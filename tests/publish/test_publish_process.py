@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.processes import free_port, running
-from tests.publish.conftest import KEY, base_env, drain, set_env, written_article
+from tests.publish.conftest import KEY, drain, set_env, wordpress_env, written_article
 from tests.publish.wordpress_site import WordPressSite
 from tests.redis_server import OwnRedis
 
@@ -31,14 +31,11 @@ def env(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
-    values = {
-        **base_env(own_redis, tmp_path / "data"),
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
+    extra = {
         "ARTICLEFORGE_PUBLISH_RETRY_INTERVALS": "2,2,2",
         "ARTICLEFORGE_PUBLISH_TIMEOUT_SECONDS": "5",
     }
+    values = wordpress_env(site, own_redis, tmp_path / "data", extra)
     set_env(monkeypatch, values)
     return values
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.processes import free_port, serve_all
-from tests.publish.conftest import base_env, client_for, drain, hooks, set_env, written_article
+from tests.publish.conftest import client_for, drain, hooks, set_env, wordpress_env, written_article
 from tests.publish.wordpress_site import WordPressSite
 from tests.redis_server import OwnRedis
 
@@ -38,13 +38,7 @@ def env(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
-    values = {
-        **base_env(own_redis, tmp_path / "data"),
-        "ARTICLEFORGE_TEXT_URL": text_url,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
-    }
+    values = wordpress_env(site, own_redis, tmp_path / "data", {"ARTICLEFORGE_TEXT_URL": text_url})
     set_env(monkeypatch, values)
     return values
 

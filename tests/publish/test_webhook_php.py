@@ -7,36 +7,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from services.gateway.webhooks import sign
-from tests.publish.conftest import SECRET, base_env, client_for, drain, set_env, written_article
+from tests.publish.conftest import SECRET, client_for, drain, written_article
 from tests.publish.wordpress_site import WordPressSite
-from tests.redis_server import OwnRedis
 
 OTHER_SECRET = "whsec_bm90LXRoZS1zZWNyZXQtb2YtdGhpcy1zaXRlLTAxMjM0NTY3"
-
-
-@pytest.fixture()
-def env(
-    site: WordPressSite,
-    own_redis: OwnRedis,
-    connection: redis.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    values = {
-        **base_env(own_redis, tmp_path / "data"),
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
-    }
-    set_env(monkeypatch, values)
-    return values
 
 
 def receiver(site: WordPressSite) -> str:
