@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -93,12 +94,27 @@ def _md_line(text: str) -> str:
     return md_escape(" ".join(text.split()))
 
 
-def _figure(image: ImageRef) -> str:
+def figure(image: ImageRef, src: str | None = None, attrs: Mapping[str, str] | None = None) -> str:
+    """An image's `<figure>` with its caption; ``src`` and ``attrs`` put a copy elsewhere (a
+    CMS's media URL and class) in place of the gateway's URL."""
+    extra = "".join(f' {k}="{html.escape(v)}"' for k, v in (attrs or {}).items())
     return (
-        f'<figure><img src="{html.escape(image.url)}" alt="{html.escape(image.alt)}" '
-        f'width="{image.width}" height="{image.height}">'
+        f'<figure><img src="{html.escape(src or image.url)}" alt="{html.escape(image.alt)}" '
+        f'width="{image.width}" height="{image.height}"{extra}>'
         f"<figcaption>{html.escape(image.caption)}</figcaption></figure>"
     )
+
+
+def sections_html(sections: list[Section], image: Callable[[ImageRef], str] = figure) -> str:
+    """The sections as HTML: each heading, its image (as ``image`` draws it) and its body
+    (already sanitized), without the title or the featured image."""
+    parts = []
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        if section.image:
+            parts.append(image(section.image))
+        parts.append(section.html)
+    return "\n".join(parts)
 
 
 def _plain(markdown: str) -> str:
@@ -185,15 +201,13 @@ def assemble(
     html_parts = [f"<h1>{html.escape(outline.title)}</h1>"]
     if featured:
         md_parts.append(f"![{_md_line(featured.alt)}]({featured.url})")
-        html_parts.append(_figure(featured))
+        html_parts.append(figure(featured))
+    html_parts.append(sections_html(sections))
     for section in sections:
         md_parts.append(f"## {_md_line(section.heading)}")
-        html_parts.append(f"<h2>{html.escape(section.heading)}</h2>")
         if section.image:
             md_parts.append(f"![{_md_line(section.image.alt)}]({section.image.url})")
-            html_parts.append(_figure(section.image))
         md_parts.append(section.markdown)
-        html_parts.append(section.html)
 
     body_text = _plain(" ".join(bodies))
     words = len(body_text.split())

@@ -4,18 +4,17 @@ body made from the article, and HTTP calls whose failures say whether a retry ca
 from __future__ import annotations
 
 import hashlib
-import html
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel, Field
 
+from services.gateway.assemble import figure, sections_html, xhtml
 from services.gateway.publish.schemas import PublishError, PublishInfo
-from services.gateway.schemas import Article
+from services.gateway.schemas import Article, ImageRef
 
 logger = logging.getLogger(__name__)
 
@@ -142,86 +141,15 @@ def describe(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-class _Body(HTMLParser):
-    """Re-serializes the article's HTML as a post body: the `<h1>` dropped (the post has its
-    own title), the featured image's figure dropped (the CMS shows it as the featured image; in
-    the body as well it would appear twice), every `<img src>` pointed at the CMS's copy."""
+def post_body(article: Article, images: Mapping[str, tuple[str, dict[str, str]]]) -> str:
+    """The article's sections as a post body, drawn as the article's own HTML is
+    (``assemble.sections_html``) but without the title (the post has its own) or the featured
+    figure (the CMS shows the featured image; in the body too it would appear twice). ``images``
+    maps an article image id to the CMS's URL for it and attributes for its `<img>`
+    (WordPress: its `wp-image-ID` class)."""
 
-    def __init__(
-        self, images: Mapping[str, tuple[str, dict[str, str]]], featured_src: str | None
-    ) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images = images
-        self.featured_src = featured_src
-        self.out: list[str] = []
-        self.skip_h1 = False
-        self.figure_start: int | None = None
-        self.drop_figure = False
+    def image(ref: ImageRef) -> str:
+        src, attrs = images.get(ref.id, (ref.url, {}))
+        return figure(ref, src, attrs)
 
-    def _attrs(self, attrs: list[tuple[str, str | None]]) -> str:
-        return "".join(f' {k}="{html.escape(v or "", quote=True)}"' for k, v in attrs)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.skip_h1:
-            return
-        if tag == "h1":
-            self.skip_h1 = True
-            return
-        if tag == "figure":
-            self.figure_start, self.drop_figure = len(self.out), False
-        if tag == "img":
-            self._img(attrs)
-            return
-        self.out.append(f"<{tag}{self._attrs(attrs)}>")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            if not self.skip_h1:
-                self._img(attrs)
-            return
-        if not self.skip_h1:
-            self.out.append(f"<{tag}{self._attrs(attrs)} />")
-
-    def _img(self, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        src = values.get("src") or ""
-        if self.featured_src is not None and src == self.featured_src:
-            self.drop_figure = True
-            return
-        if src in self.images:
-            new_src, extra = self.images[src]
-            values["src"] = new_src
-            for name, value in extra.items():
-                values[name] = f"{values[name]} {value}" if values.get(name) else value
-        self.out.append(f"<img{self._attrs(list(values.items()))} />")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.skip_h1:
-            self.skip_h1 = tag != "h1"
-            return
-        if tag == "img":
-            return
-        self.out.append(f"</{tag}>")
-        if tag == "figure" and self.figure_start is not None:
-            if self.drop_figure:
-                del self.out[self.figure_start :]
-            self.figure_start, self.drop_figure = None, False
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip_h1:
-            self.out.append(html.escape(data, quote=False))
-
-
-def post_body(
-    article: Article,
-    images: Mapping[str, tuple[str, dict[str, str]]],
-    drop_featured: bool = True,
-) -> str:
-    """``article.html`` made into a post body. ``images`` maps an article image id to the CMS's
-    URL for it and attributes to add to its `<img>` (WordPress: its `wp-image-ID` class)."""
-    by_src = {image.url: images[image.id] for image in article.images if image.id in images}
-    featured = article.featured_image.url if drop_featured and article.featured_image else None
-    parser = _Body(by_src, featured)
-    parser.feed(article.html)
-    parser.close()
-    return "".join(parser.out).strip()
+    return xhtml(sections_html(article.sections, image))
