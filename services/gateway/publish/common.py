@@ -60,10 +60,13 @@ class PublishRecord(PublishInfo):
     """``PublishInfo`` plus the private bookkeeping that makes publishing idempotent."""
 
     media: dict[str, MediaRecord] = Field(default_factory=dict)
+    # Image id -> SHA-256 of an upload sent but not answered yet: only such an image can be in
+    # the CMS unrecorded (its answer lost), so only such an image is looked for before upload.
+    uploading: dict[str, str] = Field(default_factory=dict)
     seq: int = 0  # counts publish requests; webhook ids are stable per request
 
     def info(self) -> PublishInfo:
-        return PublishInfo.model_validate(self.model_dump(exclude={"media", "seq"}))
+        return PublishInfo.model_validate(self.model_dump(exclude={"media", "uploading", "seq"}))
 
 
 Save = Callable[[PublishRecord], None]

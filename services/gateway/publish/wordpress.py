@@ -122,11 +122,25 @@ class WordPress:
                 return dict(item)
         return None
 
-    def _upload(self, article: Article, image: ImageRef, png: bytes, k: int) -> MediaRecord:
+    def _upload(
+        self,
+        article: Article,
+        image: ImageRef,
+        png: bytes,
+        k: int,
+        record: PublishRecord,
+        save: Save,
+    ) -> MediaRecord:
         digest = sha256(png)
         title = article.title if k == 0 else image.caption
         fields = {"alt_text": image.alt, "caption": image.caption, "title": title}
-        lost = self._find_lost_upload(article, digest)
+        # An earlier attempt that sent these bytes and never heard back may have stored them.
+        lost = None
+        if record.uploading.get(image.id) == digest:
+            lost = self._find_lost_upload(article, digest)
+        else:
+            record.uploading[image.id] = digest
+            save(record)
         if lost is not None:
             reply = self._call("POST", f"/wp/v2/media/{lost['id']}", json=fields).json()
             logger.info(
@@ -163,7 +177,8 @@ class WordPress:
             png = pngs[image.id]
             known = record.media.get(image.id)
             if known is None or known.sha256 != sha256(png) or known.id not in still_there:
-                record.media[image.id] = self._upload(article, image, png, k)
+                record.media[image.id] = self._upload(article, image, png, k, record, save)
+                record.uploading.pop(image.id, None)
                 save(record)
                 continue
             title = article.title if k == 0 else image.caption
