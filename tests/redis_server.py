@@ -39,6 +39,13 @@ class OwnRedis:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def __enter__(self) -> OwnRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM

@@ -44,10 +44,8 @@ DATA_URL = "data:image/png;base64,"
 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis(free_port())
-    server.start()
-    yield server
-    server.stop()
+    with OwnRedis(free_port()) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
