@@ -108,17 +108,18 @@ class WordPress:
         ).json()
         return {str(item["id"]) for item in found}
 
-    def _find_lost_upload(self, article: Article, digest: str) -> dict[str, Any] | None:
-        """Media of this article with these very bytes, uploaded by an attempt whose answer
-        never arrived (found by the marker in its description)."""
-        word = media_marker(article.id, digest)
+    def _find_marked(
+        self, path: str, word: str, field: str, **params: str
+    ) -> dict[str, Any] | None:
+        """The item under ``path`` whose raw ``field`` carries ``word``: what an attempt whose
+        answer never arrived made (WordPress's search looks in the content and descriptions)."""
         found = self._call(
             "GET",
-            "/wp/v2/media",
-            params={"search": word, "context": "edit", "_fields": "id,source_url,description"},
+            path,
+            params={"search": word, "context": "edit", "_fields": f"id,{field}", **params},
         ).json()
         for item in found:
-            if word in (item.get("description") or {}).get("raw", ""):
+            if word in (item.get(field) or {}).get("raw", ""):
                 return dict(item)
         return None
 
@@ -137,7 +138,8 @@ class WordPress:
         # An earlier attempt that sent these bytes and never heard back may have stored them.
         lost = None
         if record.uploading.get(image.id) == digest:
-            lost = self._find_lost_upload(article, digest)
+            word = media_marker(article.id, digest)
+            lost = self._find_marked("/wp/v2/media", word, "description")
         else:
             record.uploading[image.id] = digest
             save(record)
@@ -220,24 +222,6 @@ class WordPress:
 
     # --- the post ---
 
-    def _find_lost_post(self, article: Article) -> dict[str, Any] | None:
-        """A post of this article made by an attempt whose answer never arrived."""
-        found = self._call(
-            "GET",
-            "/wp/v2/posts",
-            params={
-                # WordPress searches post content too; the slug may have been made unique.
-                "search": f"articleforge:{article.id}",
-                "status": ANY_STATUS,
-                "context": "edit",
-                "_fields": "id,content",
-            },
-        ).json()
-        for post in found:
-            if marker(article.id) in post.get("content", {}).get("raw", ""):
-                return dict(post)
-        return None
-
     def publish(
         self, article: Article, pngs: Mapping[str, bytes], record: PublishRecord, save: Save
     ) -> PublishRecord:
@@ -261,7 +245,19 @@ class WordPress:
         }
         if meta:
             payload["meta"] = meta
-        if record.post_id is None and (lost := self._find_lost_post(article)) is not None:
+        if (
+            record.post_id is None
+            and (
+                lost := self._find_marked(
+                    # the slug may have been made unique, the marker stays
+                    "/wp/v2/posts",
+                    f"articleforge:{article.id}",
+                    "content",
+                    status=ANY_STATUS,
+                )
+            )
+            is not None
+        ):
             record.post_id = str(lost["id"])
             logger.warning("article %s: found post %s from a lost answer", article.id, lost["id"])
         post = None
