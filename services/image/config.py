@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -65,6 +67,12 @@ class ImageSettings(CommonSettings):
     image_compile_mode: Literal[
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "reduce-overhead"
+    # Where torch.compile keeps what it compiled (inductor's graph and kernel caches). A restart
+    # of the same model, card and versions then loads its graphs from there instead of compiling
+    # them again; put it on a volume (docker-compose.yml does: the image service's /cache).
+    # Unset: TORCHINDUCTOR_CACHE_DIR when that is set, else `compile/` under
+    # ARTICLEFORGE_CACHE_DIR.
+    image_compile_cache_dir: Path | None = None
     # Fuse each attention block's Q, K and V projections into one matmul (diffusers'
     # `fuse_qkv_projections`, UNet and VAE). Unset: on with CUDA, off on the CPU.
     image_fuse_qkv: bool | None = None
@@ -135,6 +143,15 @@ class ImageSettings(CommonSettings):
             )
         self.warmup_sizes()  # raises on a malformed entry
         return self
+
+    def compile_cache_dir(self) -> Path:
+        """The folder that inductor's caches go to (see ``image_compile_cache_dir``)."""
+        if self.image_compile_cache_dir is not None:
+            return self.image_compile_cache_dir.expanduser()
+        inductor_own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if inductor_own:
+            return Path(inductor_own).expanduser()
+        return self.resolved_cache_dir() / "compile"
 
     def batch_buckets(self) -> list[int]:
         """The compiled batch sizes, ascending."""

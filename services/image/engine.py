@@ -34,7 +34,7 @@ import torch
 from services.common.errors import ArticleforgeError, InvalidRequest, Overloaded
 from services.common.handles import EngineHandle
 from services.image import metrics
-from services.image.acceleration import StepCache
+from services.image.acceleration import StepCache, compile_cache_counts
 from services.image.config import ImageSettings
 from services.image.deep_cache import DeepCache
 from services.image.infotext import ImageParameters, encode_png
@@ -165,6 +165,7 @@ class ImageEngine:
         accel = loaded.acceleration
         sizes = settings.warmup_sizes() or [(loaded.default_width, loaded.default_height)]
         buckets = accel.buckets if accel.compiled else [1]
+        began = time.monotonic()
         for width, height in sizes:
             for size in buckets:
                 job = ImageJob(
@@ -207,6 +208,16 @@ class ImageEngine:
                         job.steps,
                         time.monotonic() - started,
                     )
+        if accel.compiled:
+            hits, misses = compile_cache_counts()
+            logger.info(
+                "image model %s: warm-up done in %.1fs; compiled graphs: %d loaded from the "
+                "compile cache, %d compiled anew",
+                loaded.model_name,
+                time.monotonic() - began,
+                hits,
+                misses,
+            )
 
     # --- the caller's side -------------------------------------------------------------------
 
