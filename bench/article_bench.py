@@ -286,6 +286,12 @@ def main() -> None:
     parser.add_argument("--image-scenarios", action="store_true")
     parser.add_argument("--image-concurrency", default="1,2,4,8,16,32")
     parser.add_argument("--baseline", action="store_true")
+    parser.add_argument(
+        "--prepare-baseline",
+        action="store_true",
+        help="build the seed flow's adapter but do not run the flow (a later --baseline call "
+        "on the same machine then starts at once)",
+    )
     parser.add_argument("--baseline-tokens", type=int, default=1100)
     parser.add_argument("--ready-timeout", type=float, default=900)
     parser.add_argument("--out", type=Path, required=True)
@@ -310,12 +316,13 @@ def main() -> None:
     adapter = args.models / f"{args.text_shape}-adapter"
     image_folder = args.models / args.image_shape
     dtype = "float16" if args.device.startswith("cuda") else "float32"
-    needs_adapter = args.baseline and not (adapter / "adapter_config.json").exists()
+    wants_adapter = args.baseline or args.prepare_baseline
+    needs_adapter = wants_adapter and not (adapter / "adapter_config.json").exists()
     if not folder_is_current(text_folder, args.text_shape) or needs_adapter:
         # The adapter is made on the model in memory: a current folder without one (built by
         # a run without --baseline) is built again, which takes seconds on the GPU.
         lm, info = build_model_folder(text_folder, args.text_shape, args.device)
-        if args.baseline:
+        if wants_adapter:
             info["adapter"] = build_adapter(lm, adapter)
         del lm
         import torch
