@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -117,6 +118,21 @@ async def burst(url: str, concurrency: int, n: int, body: dict[str, Any], rounds
         "failed": len(failed),
         "errors": [r.get("error") for r in failed][:3],
     }
+
+
+WARMUP_DONE = re.compile(
+    r"warm-up done in ([\d.]+)s; compiled graphs: (\d+) loaded from the compile cache, "
+    r"(\d+) compiled anew"
+)
+
+
+def warmup_summary(log: Path) -> dict[str, Any] | None:
+    """The service's own count of the warm-up: seconds, graphs loaded and graphs compiled."""
+    found = WARMUP_DONE.findall(log.read_text(errors="replace")) if log.exists() else []
+    if not found:
+        return None
+    seconds, loaded, compiled = found[-1]
+    return {"s": float(seconds), "graphs_loaded": int(loaded), "graphs_compiled": int(compiled)}
 
 
 def service_env(folder: Path, args: argparse.Namespace, steps: int) -> dict[str, str]:
@@ -258,6 +274,11 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--pndm", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="then start the service again on the same compile cache and time its start-up",
+    )
     parser.add_argument("--baseline-batches", default="1,8", help="eager diffusers' batch sizes")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=Path("/tmp"))
@@ -305,7 +326,30 @@ def main() -> None:
             report["metrics"] = server.metrics()[:60]
     except Exception as exc:  # keep what was measured
         report["error"] = repr(exc)[:3000]
+    report["warmup"] = warmup_summary(server.log_path)
     save()
+    if args.restart:
+        # The same settings, so the same compile cache (ARTICLEFORGE_IMAGE_COMPILE_CACHE_DIR,
+        # or its default under ARTICLEFORGE_CACHE_DIR): a restart that should load every graph.
+        again = Server(
+            f"image-{args.shape}-restart",
+            service_env(folder, args, step_counts[-1]),
+            args.logs / f"image_{args.shape}_restart.log",
+            ready_timeout=900,
+            service="image",
+        )
+        try:
+            with again.running():
+                restart: dict[str, Any] = {"ready_s": round(again.ready_s or 0, 1)}
+                print(f"image service ready again in {restart['ready_s']} s", flush=True)
+                one = argparse.Namespace(**{**vars(args), "concurrency": "1", "n8": False})
+                one.stream = False
+                restart["one_request"] = asyncio.run(scenarios(again.url, one, step_counts[-1]))
+        except Exception as exc:
+            restart = {"error": repr(exc)[:3000]}
+        restart["warmup"] = warmup_summary(again.log_path)
+        report["restart"] = restart
+        save()
     if not args.no_baseline:
         try:
             report["eager_diffusers"] = eager_diffusers(folder, args, step_counts)
