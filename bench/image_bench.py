@@ -283,6 +283,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
+    if args.n8 and args.max_batch < 8:
+        parser.error(f"--n8 needs --max-batch 8 or more (the service refuses n > {args.max_batch})")
     args.logs.mkdir(parents=True, exist_ok=True)
 
     folder = Path(args.models) / args.shape

@@ -1,0 +1,66 @@
+"""bench/image_bench.py measures the image service on the GPU machine; here it runs end to end on
+the CPU with the small random-weight SD-1.5 shape: a real service, real HTTP, the restart on
+the same settings, and eager diffusers as the baseline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_image_benchmark_runs_every_scenario_and_a_restart(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "image_bench_cpu.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.image_bench",
+            "--shape=sd15-small",
+            "--device=cpu",
+            "--compile=false",
+            "--steps=2",
+            "--concurrency=1,2",
+            "--rounds=1",
+            "--max-batch=8",
+            "--n8",
+            "--stream",
+            "--restart",
+            "--baseline-batches=1",
+            f"--models={tmp_path / 'models'}",
+            f"--logs={tmp_path / 'logs'}",
+            f"--out={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "error" not in report, report["error"]
+    assert report["ready_s"] > 0 and report["build"]["unet_params_M"] > 0
+    (run,) = report["runs"]
+    assert [level["concurrency"] for level in run["sweep"]] == [1, 2]
+    for level in [*run["sweep"], run["n=8"]]:
+        assert level["failed"] == 0 and level["errors"] == []
+        assert level["s_per_image"] > 0 and level["inference_s_median"] > 0
+    assert sum(run["n=8"]["requests_by_batch_size"].values()) == 1
+    stream = run["stream"]
+    assert stream["stream"]["failed"] == stream["no stream"]["failed"] == 0
+    assert stream["stream"]["previews"] == 0  # 2 steps: a preview comes every 5
+    # Eager: no compile, so the service logs no compiled-graph counts, and says none were read.
+    assert report["warmup"] is None
+    restart = report["restart"]
+    assert "error" not in restart, restart
+    assert restart["ready_s"] > 0 and restart["warmup"] is None
+    assert restart["one_request"]["sweep"][0]["failed"] == 0
+    (eager,) = report["eager_diffusers"]
+    assert eager["batch"] == 1 and eager["steps"] == 2 and eager["s"] > 0
