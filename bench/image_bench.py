@@ -306,15 +306,19 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 
     step_counts = [int(s) for s in args.steps.split(",")]
-    # One service for every step count: the compiled shapes do not depend on it, and the
-    # batcher's step times are per step. Its default (what the warm-up times) is the last.
-    server = Server(
-        f"image-{args.shape}",
-        service_env(folder, args, step_counts[-1]),
-        args.logs / f"image_{args.shape}.log",
-        ready_timeout=900,
-        service="image",
-    )
+
+    def image_server(suffix: str = "") -> Server:
+        # One service for every step count: the compiled shapes do not depend on it, and the
+        # batcher's step times are per step. Its default (what the warm-up times) is the last.
+        return Server(
+            f"image-{args.shape}{suffix}",
+            service_env(folder, args, step_counts[-1]),
+            args.logs / f"image_{args.shape}{suffix}.log",
+            ready_timeout=900,
+            service="image",
+        )
+
+    server = image_server()
     try:
         with server.running():
             report["ready_s"] = round(server.ready_s or 0, 1)
@@ -333,13 +337,7 @@ def main() -> None:
     if args.restart:
         # The same settings, so the same compile cache (ARTICLEFORGE_IMAGE_COMPILE_CACHE_DIR,
         # or its default under ARTICLEFORGE_CACHE_DIR): a restart that should load every graph.
-        again = Server(
-            f"image-{args.shape}-restart",
-            service_env(folder, args, step_counts[-1]),
-            args.logs / f"image_{args.shape}_restart.log",
-            ready_timeout=900,
-            service="image",
-        )
+        again = image_server("_restart")
         try:
             with again.running():
                 restart: dict[str, Any] = {"ready_s": round(again.ready_s or 0, 1)}
