@@ -126,9 +126,10 @@ WARMUP_DONE = re.compile(
 )
 
 
-def warmup_summary(log: Path) -> dict[str, Any] | None:
-    """The service's own count of the warm-up: seconds, graphs loaded and graphs compiled."""
-    found = WARMUP_DONE.findall(log.read_text(errors="replace")) if log.exists() else []
+def warmup_summary(log: str) -> dict[str, Any] | None:
+    """The image service's own count of its warm-up, from its log: seconds, graphs loaded from
+    the compile cache and graphs compiled. None when it compiled nothing (compile off)."""
+    found = WARMUP_DONE.findall(log)
     if not found:
         return None
     seconds, loaded, compiled = found[-1]
@@ -332,7 +333,7 @@ def main() -> None:
             report["metrics"] = server.metrics()[:60]
     except Exception as exc:  # keep what was measured
         report["error"] = repr(exc)[:3000]
-    report["warmup"] = warmup_summary(server.log_path)
+    report["warmup"] = warmup_summary(server.log_tail(chars=1 << 24))
     save()
     if args.restart:
         # The same settings, so the same compile cache (ARTICLEFORGE_IMAGE_COMPILE_CACHE_DIR,
@@ -342,12 +343,13 @@ def main() -> None:
             with again.running():
                 restart: dict[str, Any] = {"ready_s": round(again.ready_s or 0, 1)}
                 print(f"image service ready again in {restart['ready_s']} s", flush=True)
-                one = argparse.Namespace(**{**vars(args), "concurrency": "1", "n8": False})
-                one.stream = False
+                one = argparse.Namespace(
+                    **{**vars(args), "concurrency": "1", "n8": False, "stream": False}
+                )
                 restart["one_request"] = asyncio.run(scenarios(again.url, one, step_counts[-1]))
         except Exception as exc:
             restart = {"error": repr(exc)[:3000]}
-        restart["warmup"] = warmup_summary(again.log_path)
+        restart["warmup"] = warmup_summary(again.log_tail(chars=1 << 24))
         report["restart"] = restart
         save()
     if not args.no_baseline:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,10 +142,7 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
     import torch._inductor.config as inductor
     from torch import _dynamo
 
-    # Inductor takes its cache folder from the environment only, and reads it when it first
-    # compiles, which is after this.
-    cache = settings.compile_cache_dir()
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    cache = settings.export_compile_cache_dir()  # before anything compiles
     # 1x1 convolutions as matmuls: what diffusers' own speed guide sets for its UNets.
     inductor.conv_1x1_as_mm = True
     # Every (size, bucket, guidance on/off) is its own static graph; keep them all.
@@ -185,7 +181,8 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
 
 
 def compile_cache_counts() -> tuple[int, int]:
-    """Graphs that inductor found in its cache, and graphs that it compiled, in this process."""
+    """Graphs that inductor found in its cache, and graphs that it compiled, in this process so
+    far."""
     from torch._dynamo.utils import counters
 
     inductor = counters["inductor"]

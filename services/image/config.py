@@ -153,6 +153,13 @@ class ImageSettings(CommonSettings):
             return Path(inductor_own).expanduser()
         return self.resolved_cache_dir() / "compile"
 
+    def export_compile_cache_dir(self) -> Path:
+        """Points inductor at ``compile_cache_dir``. Inductor takes its cache folder from the
+        environment only, when it first compiles: call this before."""
+        path = self.compile_cache_dir()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+        return path
+
     def batch_buckets(self) -> list[int]:
         """The compiled batch sizes, ascending."""
         if self.image_batch_buckets is None:

@@ -165,7 +165,7 @@ class ImageEngine:
         accel = loaded.acceleration
         sizes = settings.warmup_sizes() or [(loaded.default_width, loaded.default_height)]
         buckets = accel.buckets if accel.compiled else [1]
-        began = time.monotonic()
+        began, (hits_before, misses_before) = time.monotonic(), compile_cache_counts()
         for width, height in sizes:
             for size in buckets:
                 job = ImageJob(
@@ -215,8 +215,8 @@ class ImageEngine:
                 "compile cache, %d compiled anew",
                 loaded.model_name,
                 time.monotonic() - began,
-                hits,
-                misses,
+                hits - hits_before,
+                misses - misses_before,
             )
 
     # --- the caller's side -------------------------------------------------------------------

@@ -7,13 +7,13 @@ processes that share a cache folder: the first compiles (about 80 s here), the s
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from bench.image_bench import warmup_summary
 from services.image.config import ImageSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +39,6 @@ image = loaded.pipe(
 ).images
 np.save(sys.argv[1], image)
 """
-
-DONE = re.compile(r"warm-up done in [\d.]+s; compiled graphs: (\d+) loaded .*, (\d+) compiled anew")
 
 
 def test_the_compile_cache_folder_follows_the_settings(tmp_path: Path, monkeypatch) -> None:
@@ -72,9 +70,9 @@ def test_a_restart_loads_its_graphs_from_the_compile_cache(
             timeout=600,
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        found = DONE.search(done.stdout)
-        assert found, done.stdout[-3000:]
-        counts.append((int(found[1]), int(found[2])))
+        summary = warmup_summary(done.stdout)  # the warm-up's own log line
+        assert summary is not None, done.stdout[-3000:]
+        counts.append((summary["graphs_loaded"], summary["graphs_compiled"]))
         images.append(np.load(out))
     (loaded_first, compiled_first), (loaded_second, compiled_second) = counts
     # The denoiser and the VAE decoder: at least one graph each.

@@ -98,17 +98,10 @@ def base_env(own_redis: OwnRedis, data_dir: Path) -> dict[str, str]:
     }
 
 
-def wordpress_env(
-    site: WordPressSite, own_redis: OwnRedis, data_dir: Path, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The settings of a gateway and workers that publish into ``site``."""
-    return {
-        **base_env(own_redis, data_dir),
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
-        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
-        **(extra or {}),
-    }
+@pytest.fixture()
+def env_extra() -> dict[str, str]:
+    """Settings that a module adds to ``env``'s (it overrides this fixture)."""
+    return {}
 
 
 @pytest.fixture()
@@ -116,11 +109,19 @@ def env(
     site: WordPressSite,
     own_redis: OwnRedis,
     connection: redis.Redis,
+    env_extra: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
-    """``wordpress_env``, set for this test (a module may override it with more settings)."""
-    values = wordpress_env(site, own_redis, tmp_path / "data")
+    """The settings of a gateway and workers that publish into ``site``, with ``env_extra``,
+    set for this test."""
+    values = {
+        **base_env(own_redis, tmp_path / "data"),
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": site.url,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": site.user,
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": site.app_password,
+        **env_extra,
+    }
     set_env(monkeypatch, values)
     return values
 

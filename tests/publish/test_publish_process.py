@@ -16,28 +16,18 @@ import pytest
 import redis
 
 from tests.processes import free_port, running
-from tests.publish.conftest import KEY, drain, set_env, wordpress_env, written_article
+from tests.publish.conftest import KEY, drain, written_article
 from tests.publish.wordpress_site import WordPressSite
-from tests.redis_server import OwnRedis
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture()
-def env(
-    site: WordPressSite,
-    own_redis: OwnRedis,
-    connection: redis.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    extra = {
+def env_extra() -> dict[str, str]:
+    return {
         "ARTICLEFORGE_PUBLISH_RETRY_INTERVALS": "2,2,2",
         "ARTICLEFORGE_PUBLISH_TIMEOUT_SECONDS": "5",
     }
-    values = wordpress_env(site, own_redis, tmp_path / "data", extra)
-    set_env(monkeypatch, values)
-    return values
 
 
 @pytest.fixture()

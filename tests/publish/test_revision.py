@@ -15,9 +15,8 @@ import pytest
 import redis
 
 from tests.processes import free_port, serve_all
-from tests.publish.conftest import client_for, drain, hooks, set_env, wordpress_env, written_article
+from tests.publish.conftest import client_for, drain, hooks, written_article
 from tests.publish.wordpress_site import WordPressSite
-from tests.redis_server import OwnRedis
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +29,8 @@ def text_url(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture()
-def env(
-    site: WordPressSite,
-    text_url: str,
-    own_redis: OwnRedis,
-    connection: redis.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, str]:
-    values = wordpress_env(site, own_redis, tmp_path / "data", {"ARTICLEFORGE_TEXT_URL": text_url})
-    set_env(monkeypatch, values)
-    return values
+def env_extra(text_url: str) -> dict[str, str]:
+    return {"ARTICLEFORGE_TEXT_URL": text_url}
 
 
 def count(api: httpx.Client, path: str, **params: Any) -> int:
