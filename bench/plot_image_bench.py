@@ -1,10 +1,13 @@
 """Images per second against concurrency, over HTTP, beside eager diffusers (PNG for docs).
 
-Takes an image_bench report (its sweep and its same-call eager baseline) and, optionally, an
-earlier article_bench report whose image sweep is drawn too, for the before-and-after.
+Takes an image_bench report: one line per step count the service ran, and a dashed line for
+each of its same-call eager diffusers batches at that step count and scheduler. Optionally an
+earlier article_bench report, whose image sweep is drawn too, for the before-and-after.
 
     python -m bench.plot_image_bench bench/results/image_bench_sd15_h200.json \
         docs/img/image_bench_h200.png --before bench/results/article_bench_h200_f0a103a.json
+    python -m bench.plot_image_bench bench/results/image_bench_sd-turbo_h200_d220cf7.json \
+        docs/img/image_bench_sd-turbo_h200.png
 """
 
 from __future__ import annotations
@@ -12,6 +15,34 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+# What each shape draws, for the title (bench/image_models.py builds them).
+SHAPES = {
+    "sd15": ("SD-1.5", 512),
+    "sd15-small": ("small SD-1.5", 256),
+    "sdxl": ("SDXL", 1024),
+    "sd-turbo": ("SD-Turbo", 512),
+}
+# Eager diffusers' batches, smallest first: dotted for one image, then dashed.
+LINESTYLES = [":", "--", "-.", (0, (5, 1))]
+SCHEDULERS = {"dpmpp_2m": "DPM++ 2M", "euler": "Euler", "pndm": "PNDM", "ddim": "DDIM"}
+
+
+def plural(steps: int) -> str:
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
+
+
+def title(data: dict[str, Any]) -> str:
+    args = data["args"]
+    name, side = SHAPES.get(data["shape"], (data["shape"], None))
+    size = f", {side}x{side}" if side else ""
+    steps = "/".join(str(run["steps"]) for run in data["runs"])
+    steps = plural(int(steps)) if "/" not in steps else f"{steps} steps"
+    guidance = float(args["guidance"])
+    cfg = f"CFG {guidance:g}" if guidance > 1 else "no CFG"
+    scheduler = SCHEDULERS.get(args["scheduler"], args["scheduler"])
+    return f"{name} shape{size}, {scheduler} {steps}, {cfg} ({data['card']})"
 
 
 def main() -> None:
@@ -26,12 +57,36 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     data = json.loads(args.report.read_text())
-    sweep = data["runs"][0]["sweep"]
-    xs = [s["concurrency"] for s in sweep]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    ax.plot(xs, [s["images_per_s"] for s in sweep], marker="o", label="image service (now)")
+    several = len(data["runs"]) > 1
+    fig, ax = plt.subplots(figsize=(9.6 if several else 6.4, 4.0), dpi=120)
+    xs: set[int] = set()
+    for run in data["runs"]:
+        sweep = run["sweep"]
+        xs.update(s["concurrency"] for s in sweep)
+        line = ax.plot(
+            [s["concurrency"] for s in sweep],
+            [s["images_per_s"] for s in sweep],
+            marker="o",
+            label=f"image service, {plural(run['steps'])}" if several else "image service (now)",
+        )
+        color = line[0].get_color()
+        eager = [
+            b
+            for b in data.get("eager_diffusers", [])
+            if b["scheduler"] == data["args"]["scheduler"] and b["steps"] == run["steps"]
+        ]
+        for i, b in enumerate(eager):
+            steps = f", {plural(b['steps'])}" if several else ""
+            ax.axhline(
+                1 / b["s_per_image"],
+                linestyle=LINESTYLES[i % len(LINESTYLES)],
+                color=color if several else ("grey" if b["batch"] == 1 else "black"),
+                alpha=0.7,
+                label=f"eager diffusers in process, batch {b['batch']}{steps} (same call)",
+            )
     if args.before is not None:
         before = json.loads(args.before.read_text())["image_scenarios"]["sweep"]
+        xs.update(s["concurrency"] for s in before)
         ax.plot(
             [s["concurrency"] for s in before],
             [s["images_per_s"] for s in before],
@@ -39,23 +94,18 @@ def main() -> None:
             alpha=0.6,
             label="image service (previous stop, another call)",
         )
-    for b in data.get("eager_diffusers", []):
-        if b["scheduler"] != "dpmpp_2m":
-            continue
-        ax.axhline(
-            1 / b["s_per_image"],
-            linestyle="--",
-            color="grey" if b["batch"] == 1 else "black",
-            label=f"eager diffusers in process, batch {b['batch']} (same call)",
-        )
+    ticks = sorted(xs)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xticks(ticks, [str(x) for x in ticks])
     ax.set_xlabel("concurrent HTTP requests (1 image each)")
     ax.set_ylabel("images / s")
-    ax.set_title(f"SD-1.5 shape, 512x512, DPM++ 2M 25 steps, CFG 7.5 ({data['card']})")
+    ax.set_title(title(data))
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if several:  # one more line per step count: the legend goes beside the plot
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)

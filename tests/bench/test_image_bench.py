@@ -64,3 +64,37 @@ def test_the_image_benchmark_runs_every_scenario_and_a_restart(tmp_path: Path) -
     assert restart["one_request"]["sweep"][0]["failed"] == 0
     (eager,) = report["eager_diffusers"]
     assert eager["batch"] == 1 and eager["steps"] == 2 and eager["s"] > 0
+    png = tmp_path / "plot.png"
+    plotted = subprocess.run(
+        [sys.executable, "-m", "bench.plot_image_bench", str(out), str(png)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        (
+            "image_bench_sd15_h200.json",
+            "SD-1.5 shape, 512x512, DPM++ 2M 25 steps, CFG 7.5 (NVIDIA H200)",
+        ),
+        (
+            "image_bench_sd-turbo_h200_d220cf7.json",
+            "SD-Turbo shape, 512x512, Euler 1/4 steps, no CFG (NVIDIA H200)",
+        ),
+        (
+            "image_bench_sdxl_h200_d220cf7.json",
+            "SDXL shape, 1024x1024, Euler 30 steps, CFG 5 (NVIDIA H200)",
+        ),
+    ],
+)
+def test_the_plot_titles_name_what_each_stored_report_measured(report: str, expected: str) -> None:
+    from bench.plot_image_bench import title
+
+    data = json.loads((ROOT / "bench" / "results" / report).read_text())
+    assert title(data) == expected
