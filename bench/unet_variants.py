@@ -221,7 +221,7 @@ def main() -> None:
     variants = [
         ("service", {"conv_1x1_as_mm": True}, False),
         (
-            "guide+cudnn",
+            "guide-cudnn",  # no "+": a file name the device tool brings back
             {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False},
             True,
         ),
