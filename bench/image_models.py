@@ -150,6 +150,13 @@ for _name in list(SHAPES):
     SHAPES[f"{_name}-small"] = _small(SHAPES[_name])
 
 
+def native_side(shape_name: str) -> int:
+    """The side in pixels of what the shape's pipeline draws by default: the UNet's latent side
+    times the VAE's downscaling (2 per VAE block after the first), as diffusers derives it."""
+    shape = SHAPES[shape_name]
+    return shape["unet"]["sample_size"] * 2 ** (len(shape["vae"]["block_out_channels"]) - 1)
+
+
 def _text_encoder(spec: dict[str, Any], tokenizer: Any) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

@@ -17,16 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-# What each shape draws, for the title (bench/image_models.py builds them).
-SHAPES = {
-    "sd15": ("SD-1.5", 512),
-    "sd15-small": ("small SD-1.5", 256),
-    "sdxl": ("SDXL", 1024),
-    "sd-turbo": ("SD-Turbo", 512),
-}
+from bench.image_models import native_side
+from services.image.schedulers import SCHEDULERS
+
+NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL", "sd-turbo": "SD-Turbo"}
 # Eager diffusers' batches, smallest first: dotted for one image, then dashed.
 LINESTYLES = [":", "--", "-.", (0, (5, 1))]
-SCHEDULERS = {"dpmpp_2m": "DPM++ 2M", "euler": "Euler", "pndm": "PNDM", "ddim": "DDIM"}
 
 
 def plural(steps: int) -> str:
@@ -35,14 +31,16 @@ def plural(steps: int) -> str:
 
 def title(data: dict[str, Any]) -> str:
     args = data["args"]
-    name, side = SHAPES.get(data["shape"], (data["shape"], None))
-    size = f", {side}x{side}" if side else ""
-    steps = "/".join(str(run["steps"]) for run in data["runs"])
-    steps = plural(int(steps)) if "/" not in steps else f"{steps} steps"
+    shape = data["shape"]
+    base = shape.removesuffix("-small")
+    name = NAMES.get(base, base) + (" (small)" if shape != base else "")
+    side = native_side(shape)
+    counts = [run["steps"] for run in data["runs"]]
+    steps = plural(counts[0]) if len(counts) == 1 else "/".join(map(str, counts)) + " steps"
     guidance = float(args["guidance"])
     cfg = f"CFG {guidance:g}" if guidance > 1 else "no CFG"
-    scheduler = SCHEDULERS.get(args["scheduler"], args["scheduler"])
-    return f"{name} shape{size}, {scheduler} {steps}, {cfg} ({data['card']})"
+    sampler = SCHEDULERS[args["scheduler"]].sampler
+    return f"{name} shape, {side}x{side}, {sampler} {steps}, {cfg} ({data['card']})"
 
 
 def main() -> None:

@@ -98,3 +98,15 @@ def test_the_plot_titles_name_what_each_stored_report_measured(report: str, expe
 
     data = json.loads((ROOT / "bench" / "results" / report).read_text())
     assert title(data) == expected
+
+
+@pytest.mark.parametrize("shape", ["sd15-small", "sdxl-small", "sd-turbo-small"])
+def test_the_native_side_is_what_the_pipeline_draws(shape: str, tmp_path: Path) -> None:
+    from diffusers import AutoPipelineForText2Image
+
+    from bench.image_models import build, native_side
+
+    build(shape, tmp_path / shape, device="cpu", dtype="float32")
+    pipe = AutoPipelineForText2Image.from_pretrained(tmp_path / shape)
+    (image,) = pipe("a lighthouse", num_inference_steps=1, output_type="pil").images
+    assert image.size == (native_side(shape), native_side(shape))
