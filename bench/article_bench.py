@@ -10,8 +10,11 @@ Starts the whole stack as real processes on one GPU:
 Then, through `POST /v1/articles` with an outside client: one article alone (its stage times),
 then M articles submitted at once (800 words in 5 sections, 3 images each), each followed to
 `succeeded`. Reports p50/p95 latency, articles per hour, GPU utilization (nvidia-smi, sampled),
-and the time per stage from each article's `provenance.timings`. Optionally the image service's
-own HTTP scenarios (bench/image_bench.py) run first, against the same warm service.
+the time per stage from each article's `provenance.timings`, and the prompt tokens the text
+service computed against those it was sent (its prefix cache's counters, read from /metrics
+before and after each phase; null where the service has no such counter). Optionally the
+image service's own HTTP scenarios (bench/image_bench.py) run first, against the same warm
+service.
 
 The baseline, in the same call once the stack is down, is the seed paper's sequential flow:
 HF `generate` on the nf4 base + LoRA r=64 of about 1,100 tokens, then 3 images with PNDM at 50
@@ -70,6 +73,17 @@ TOPICS = [
     "night photography",
     "composting in small spaces",
 ]
+
+
+# The text service's prompt counters (summed over their labels). The two prefix-cache ones come
+# with the shared-prefix KV cache; a service without it has none, and the report says null.
+PROMPT_COUNTERS = {
+    "submitted": "articleforge_text_prompt_tokens_total",
+    "prefix_cache_hit_tokens": "articleforge_text_prefix_cache_hit_tokens_total",
+    "prefix_cache_hit_requests": "articleforge_text_prefix_cache_hits_total",
+}
+# The goal: prompt tokens computed at least 40 % fewer than submitted.
+COMPUTED_SHARE_GOAL = 0.6
 
 
 class Stack:
@@ -232,6 +246,69 @@ def summarize(records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
     }
 
 
+def text_counters(text_url: str) -> dict[str, float | None]:
+    """PROMPT_COUNTERS as the text service's /metrics shows them now; None for each one it does
+    not show (or all, when /metrics does not answer)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float | None] = dict.fromkeys(PROMPT_COUNTERS)
+    try:
+        reply = httpx.get(f"{text_url}/metrics", timeout=10)
+        reply.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"text /metrics unreadable: {exc!r}", flush=True)
+        return found
+    names = {name: key for key, name in PROMPT_COUNTERS.items()}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            key = names.get(sample.name)
+            if key is not None:
+                found[key] = (found[key] or 0.0) + float(sample.value)
+    return found
+
+
+def prompt_tokens(
+    before: dict[str, float | None], after: dict[str, float | None]
+) -> dict[str, Any]:
+    """What the phase between two reads of the counters cost in prompt tokens: submitted, taken
+    from the prefix cache, requests with a hit, and the share computed (1 - hit / submitted)."""
+    delta: dict[str, Any] = {}
+    for key in PROMPT_COUNTERS:
+        a, b = before.get(key), after.get(key)
+        delta[key] = None if a is None or b is None else int(round(b - a))
+    submitted, hit = delta["submitted"], delta["prefix_cache_hit_tokens"]
+    known = submitted is not None and hit is not None
+    delta["computed"] = submitted - hit if known else None
+    share = round(1 - hit / submitted, 3) if known and submitted else None
+    delta["computed_share"] = share
+    delta["goal_computed_share_max"] = COMPUTED_SHARE_GOAL
+    delta["goal_met"] = None if share is None else share <= COMPUTED_SHARE_GOAL
+    return delta
+
+
+def prompt_table(phases: dict[str, dict[str, Any]]) -> str:
+    """The prompt-token figures of each phase as a Markdown table (— where unknown)."""
+
+    def cell(value: Any, percent: bool = False) -> str:
+        if value is None:
+            return "—"
+        return f"{100 * value:.1f} %" if percent else f"{value:,}"
+
+    lines = [
+        "| phase | prompt tokens submitted | from the prefix cache | requests with a hit "
+        "| computed | share computed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in phases.items():
+        lines.append(
+            f"| {name} | {cell(t['submitted'])} | {cell(t['prefix_cache_hit_tokens'])} "
+            f"| {cell(t['prefix_cache_hit_requests'])} | {cell(t['computed'])} "
+            f"| {cell(t['computed_share'], percent=True)} |"
+        )
+    return "\n".join(lines)
+
+
 def seed_flow_baseline(
     text_folder: Path, adapter: Path, image_folder: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -381,9 +458,12 @@ def main() -> None:
             {n: f"{u}/readyz" for n, u in urls.items()}, args.ready_timeout
         )
         save()
+        counters = text_counters(urls["text"])
         t0 = time.perf_counter()
         alone = asyncio.run(run_articles(urls["gateway"], [article_body(TOPICS[0], args)]))
         report["one_article"] = {**summarize(alone, time.perf_counter() - t0), "record": alone[0]}
+        counters, before = text_counters(urls["text"]), counters
+        report["one_article"]["prompt_tokens"] = prompt_tokens(before, counters)
         print(json.dumps(report["one_article"]), flush=True)
         save()
         bodies = [article_body(TOPICS[k % len(TOPICS)], args) for k in range(args.articles)]
@@ -392,9 +472,16 @@ def main() -> None:
             t0 = time.perf_counter()
             records = asyncio.run(run_articles(urls["gateway"], bodies))
             wall = time.perf_counter() - t0
+        counters, before = text_counters(urls["text"]), counters
         report["concurrent"] = {**summarize(records, wall), "gpu": sampler.summary()}
+        report["concurrent"]["prompt_tokens"] = prompt_tokens(before, counters)
         report["concurrent"]["records"] = records
         print(json.dumps({k: v for k, v in report["concurrent"].items() if k != "records"}))
+        phases = {
+            "one alone": report["one_article"]["prompt_tokens"],
+            f"{args.articles} at once": report["concurrent"]["prompt_tokens"],
+        }
+        print(prompt_table(phases), flush=True)
         save()
         if args.image_scenarios:
             from bench.image_bench import scenarios

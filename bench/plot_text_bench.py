@@ -1,8 +1,11 @@
 """Plots bench/text_bench.py results: aggregate tokens/s and p50 TTFT against concurrency.
 
-One line per result file (and per server: bf16 sweep, nf4 + LoRA levels), log-2 x axis;
-HF `generate` at batch 1 from the same call is drawn as a marker at concurrency 1. With
-``--table`` it also prints each file's Markdown table, as text_bench.py does at the end.
+One line per result file (and per server: bf16 sweep, fp8 and nf4 + LoRA levels), log-2 x
+axis; HF `generate` at batch 1 from the same call is drawn as a marker at concurrency 1. Where
+a file has them, a second row of bars compares servers of the same call: fp8 against bf16 (1
+stream and each common level), and p50 TTFT of prefix-cache hits against misses and of a burst
+right after /readyz against the same burst warm. With ``--table`` it also prints each file's
+Markdown table, as text_bench.py does at the end.
 
     python bench/plot_text_bench.py bench/results/text_bench_h200.json \\
         --out docs/img/text_bench_h200.png
@@ -17,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SERIES = (("sweep", "bf16"), ("nf4_concurrent", "nf4 + LoRA r=64"))
+SERIES = (("sweep", "bf16"), ("fp8_concurrent", "fp8"), ("nf4_concurrent", "nf4 + LoRA r=64"))
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -33,7 +36,18 @@ def plot(runs: list[tuple[str, dict[str, Any]]], out: Path, title: str | None) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_tok, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    compared = [(label, results) for label, results in runs if comparisons(results)]
+    if compared:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8.4), constrained_layout=True)
+        (ax_tok, ax_ttft), (ax_fp8, ax_first) = axes
+        bars(ax_fp8, compared, "fp8")
+        ax_fp8.set_ylabel("tokens/s (from usage)")
+        ax_fp8.set_title("fp8 against bf16, same call")
+        bars(ax_first, compared, "ttft")
+        ax_first.set_ylabel("p50 time to first token, ms (server timings)")
+        ax_first.set_title("prefix cache and first requests")
+    else:
+        fig, (ax_tok, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     cards = sorted({results["card"] for _, results in runs})
     models = sorted({results["settings"]["model"] for _, results in runs})
     ticks: set[int] = set()
@@ -88,6 +102,76 @@ def plot(runs: list[tuple[str, dict[str, Any]]], out: Path, title: str | None) -
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def comparisons(results: dict[str, Any]) -> dict[str, list[tuple[str, float | None]]]:
+    """Bar groups of one file: ``fp8`` (tok/s of bf16 and fp8 side by side) and ``ttft``
+    (p50 TTFT, ms, of prefix hits and misses, burst first and warm); empty where absent."""
+    scenarios = results["scenarios"]
+    groups: dict[str, list[tuple[str, float | None]]] = {}
+    single, fp8 = scenarios.get("single") or {}, scenarios.get("fp8_single") or {}
+    if fp8:
+        groups["fp8"] = [
+            ("bf16\n1 stream", single.get("tok_s_median")),
+            ("fp8\n1 stream", fp8.get("tok_s_median")),
+        ]
+        dense = {lv["concurrency"]: lv for lv in scenarios.get("sweep", [])}
+        for level in scenarios.get("fp8_concurrent", []):
+            c = level["concurrency"]
+            groups["fp8"].append((f"bf16\n{c} in all", dense.get(c, {}).get("aggregate_tok_s")))
+            groups["fp8"].append((f"fp8\n{c} in all", level.get("aggregate_tok_s")))
+    ttft: list[tuple[str, float | None]] = []
+
+    def p50_ms(summary: dict[str, Any] | None) -> float | None:
+        value = (summary or {}).get("ttft_p50_s")
+        return None if value is None else value * 1000
+
+    prefix = scenarios.get("prefix")
+    if prefix:
+        ttft += [
+            ("prefix\nhit", p50_ms(prefix.get("hit"))),
+            ("prefix\nmiss", p50_ms(prefix.get("miss"))),
+        ]
+    shared = scenarios.get("prefix_shared")
+    if shared:
+        c = shared["concurrency"]
+        ttft += [
+            (f"{c} shared\nhit", p50_ms(shared.get("hit"))),
+            (f"{c} shared\nmiss", p50_ms(shared.get("miss"))),
+        ]
+    for key, name in (("burst", "burst"), ("fp8_burst", "fp8 burst")):
+        burst = scenarios.get(key)
+        if burst:
+            ttft += [
+                (f"{name}\nfirst", p50_ms(burst.get("first"))),
+                (f"{name}\nwarm", p50_ms(burst.get("warm"))),
+            ]
+    if ttft:
+        groups["ttft"] = ttft
+    return {k: v for k, v in groups.items() if any(x is not None for _, x in v)}
+
+
+def bars(ax: Any, runs: list[tuple[str, dict[str, Any]]], group: str) -> None:
+    """One bar per (file, figure) of ``group``, the files side by side at each figure."""
+    names: list[str] = []
+    per_run = []
+    for label, results in runs:
+        values = dict(comparisons(results).get(group, []))
+        per_run.append((label, values))
+        names += [n for n in values if n not in names]
+    if not names:
+        ax.set_visible(False)
+        return
+    width = 0.8 / len(per_run)
+    for i, (label, values) in enumerate(per_run):
+        x = [j + (i - (len(per_run) - 1) / 2) * width for j in range(len(names))]
+        heights = [values.get(n) or 0.0 for n in names]
+        drawn = ax.bar(x, heights, width, label=label or None)
+        ax.bar_label(drawn, labels=[f"{h:,.0f}" if h else "" for h in heights], fontsize=7)
+    ax.set_xticks(range(len(names)), names, fontsize=8 if len(names) <= 6 else 7)
+    ax.grid(True, axis="y", alpha=0.3)
+    if any(label for label, _ in per_run):
+        ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:

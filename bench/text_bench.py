@@ -16,33 +16,67 @@ is checked again. Random weights stop at eos only by chance and may emit bytes t
 detokenizer holds back, so tokens are counted from `usage` and time to first token comes from
 the server's `timings`.
 
-Scenarios (`--scenarios`, any of them, in this order):
+Scenarios (`--scenarios`, any of them; default all). They run in this order, server by
+server: baseline, then the bf16 server (burst, single, sweep, prefix), the fp8 server (burst,
+fp8), the nf4 server (nf4):
   baseline  in-process HF `generate`, batch 1, 128-token prompt, 256 new tokens, greedy,
             min_new_tokens so that it makes all 256: on the bf16 model, and (with nf4) on the
             nf4 base + the unmerged LoRA adapter. Runs before any server holds the GPU.
+  burst     a server's first traffic, right after its /readyz (no warm-up request before):
+            `--burst-size` (16) requests at once with the sweep's mix (one request each), then
+            the same burst again on the warm server (same lengths and seeds, other text, so no
+            prefix-cache hits). TTFT p50/p95 (server timings) and aggregate tok/s of each, and
+            the server's start-up time (process start to /readyz). On each server of
+            `--burst-servers` (bf16,fp8) that the call starts.
   single    1 stream, 128-token prompt, 256 new tokens, greedy, `--repeats` times; median tok/s
             (completion tokens over the client's wall time per request).
   sweep     `--levels` concurrent clients (1, 4, 16, 64, 128); prompts of 64-512 tokens drawn
             with a fixed seed, 256 new tokens, temperature 0.7, a seed per request. Each client
             sends `--requests-per-client` requests back to back, but starts none after
             `--level-seconds`. Aggregate tok/s = sum of completion tokens / the level's wall time.
+  prefix    the prefix cache, on the bf16 server, greedy, `--prefix-new-tokens` (8). A prompt P
+            of `--prefix-prompt-tokens` (2000) is sent once; then `--prefix-repeats` (5) times a
+            prompt as long whose first `--prefix-shared-tokens` (1900) tokens are P's and whose
+            next token is not (a hit: the whole pages of the shared part can come from the
+            cache), each followed by a fresh random prompt as long (a miss, the baseline).
+            TTFT of both and `usage.prompt_tokens_details.cached_tokens` of each. Then
+            `--prefix-concurrency` (64) requests at once that share a `--prefix-system-tokens`
+            (1000) prefix, sent once before, each with its own `--prefix-distinct-range`
+            (64-512) tokens, and the same lengths with no shared prefix: TTFT p50/p95 and the
+            share of prompt tokens served from the cache (the delta of the service's counters
+            articleforge_text_prefix_cache_hit_tokens_total / _prompt_tokens_total; null where
+            the service has no such counters).
+  fp8       a server with ARTICLEFORGE_TEXT_QUANTIZATION=fp8 on the same bf16 folder: the
+            single scenario (the same prompts, `--repeats`) and `--fp8-levels` (64) with the
+            bf16 sweep's own request plans, so that fp8/bf16 ratios of the same call land in
+            the JSON (`scenarios.fp8.vs_bf16`) and the table. Where the service refuses fp8
+            (a CPU, a card before Hopper/Ada) the bench records {"refused": "<its sentence>"}
+            and goes on.
   nf4       a second server with ARTICLEFORGE_TEXT_QUANTIZATION=nf4 and the random LoRA adapter
             (r=64, alpha 16, dropout 0.1, all seven linear layers per block) unmerged as
             `writer`: the single scenario (`--nf4-repeats`) and `--nf4-levels` (16) with the
             sweep's mix.
 
-On the GPU machine (after the wheels prelude of shared/device/README.md; about 6 minutes when
-the engine meets issue 10's goals, a build of the model folder included; the JSON is rewritten
-after every phase, so a run cut short keeps what it measured):
+On the GPU machine (after the wheels prelude of shared/device/README.md; the JSON is rewritten
+after every phase, so a run cut short keeps what it measured, and `--time-budget` skips what is
+left rather than letting the device's limit cut the run off):
 
-    python bench/text_bench.py --out "$OUT/text_bench_h200.json"
-    python bench/text_bench.py --scenarios single,sweep --levels 1,16,64 \\
+    python bench/text_bench.py --out "$OUT/text_bench_h200.json"  # all (~7 min, estimated)
+    python bench/text_bench.py --scenarios burst,single,sweep,prefix,fp8 --levels 1,16,64 \
+        --out "$OUT/text_bench_h100_fp8_prefix.json"   # bf16 + fp8 + burst + prefix, no HF
+    python bench/text_bench.py --scenarios single,sweep --levels 1,16,64 \
         --env ARTICLEFORGE_TEXT_CUDA_GRAPHS=false --out "$OUT/no_graphs.json"
+    python bench/text_bench.py --scenarios prefix --env ARTICLEFORGE_TEXT_PREFIX_CACHE=false \
+        --out "$OUT/no_prefix_cache.json"              # the prefix scenario with the cache off
 
-On a CPU, the same code path in a few seconds of work (a 2-layer model, the same tokenizer):
+On a CPU, the same code path in a few seconds of work (a 2-layer model, the same tokenizer;
+fp8 is refused there, and recorded):
 
-    python bench/text_bench.py --model tiny --device cpu --new-tokens 8 --prompt-tokens 16 \\
-        --prompt-range 8,32 --levels 1,2 --requests-per-client 1 --out /tmp/text_bench_cpu.json
+    python bench/text_bench.py --model tiny --device cpu --new-tokens 8 --prompt-tokens 16 \
+        --prompt-range 8,32 --levels 1,2 --fp8-levels 2 --nf4-levels 2 \
+        --requests-per-client 1 --burst-size 4 --prefix-prompt-tokens 200 \
+        --prefix-shared-tokens 150 --prefix-repeats 2 --prefix-concurrency 4 \
+        --prefix-system-tokens 60 --prefix-distinct-range 8,24 --out /tmp/text_bench_cpu.json
 
 Plot one or more result files with bench/plot_text_bench.py.
 """
@@ -100,7 +134,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 FOLDER_VERSION = 1
 LORA: dict[str, Any] = dict(r=64, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear")
 ADAPTER_NAME = "writer"
-SCENARIOS = ("baseline", "single", "sweep", "nf4")
+SCENARIOS = ("baseline", "single", "sweep", "burst", "prefix", "fp8", "nf4")
 BOS, EOS, UNK = 1, 2, 0
 
 
@@ -230,16 +264,38 @@ def build_adapter(base: Any, folder: Path) -> dict[str, Any]:
     }
 
 
-def prompt_text(tokenizer: Any, n_tokens: int, rng: random.Random) -> str:
-    """Random lowercase words that the tokenizer turns into exactly ``n_tokens`` (bos included)."""
+def random_words(count: int, rng: random.Random) -> str:
+    """``count`` characters of random lowercase words, each followed by a space."""
     chars: list[str] = []
-    while len(chars) < n_tokens - 1:
+    while len(chars) < count:
         chars.extend(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9)))
         chars.append(" ")
-    text = "".join(chars[: n_tokens - 1])
+    return "".join(chars[:count])
+
+
+def prompt_text(tokenizer: Any, n_tokens: int, rng: random.Random, head: str = "") -> str:
+    """``head``, then random lowercase words, that the tokenizer turns into exactly ``n_tokens``
+    (bos included). A head of k characters is the prompt's first k+1 tokens."""
+    if len(head) > n_tokens - 1:
+        raise ValueError(f"a head of {len(head)} characters does not fit {n_tokens} tokens")
+    text = head + random_words(n_tokens - 1 - len(head), rng)
     got = len(tokenizer(text).input_ids)
     if got != n_tokens:
         raise RuntimeError(f"prompt meant to be {n_tokens} tokens is {got}")
+    return text
+
+
+def diverging_prompt(tokenizer: Any, base: str, shared: int, rng: random.Random) -> str:
+    """A prompt as long as ``base`` whose first ``shared`` tokens (bos included) are base's and
+    whose next token is not: exactly ``shared`` tokens in common."""
+    n_tokens = len(base) + 1
+    tail = random_words(n_tokens - shared, rng)
+    if tail[0] == base[shared - 1]:  # the first new character must differ from base's
+        tail = ("a" if base[shared - 1] != "a" else "b") + tail[1:]
+    text = prompt_text(tokenizer, n_tokens, rng, head=base[: shared - 1] + tail)
+    ids, base_ids = tokenizer(text).input_ids, tokenizer(base).input_ids
+    if ids[:shared] != base_ids[:shared] or ids[shared] == base_ids[shared]:
+        raise RuntimeError(f"prompt meant to share exactly {shared} tokens with its base does not")
     return text
 
 
@@ -337,6 +393,78 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ServerRefused(RuntimeError):
+    """The server did not start: it exited, or its /readyz named why loading failed."""
+
+    def __init__(self, name: str, sentence: str, log_path: Path) -> None:
+        super().__init__(f"server {name} refused to start: {sentence} (log {log_path})")
+        self.sentence = sentence
+
+
+_CLI_ERROR = re.compile(r"^(configuration error|error|articleforge [a-z ]+): ")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
+
+
+def refusal_sentence(log: str) -> str:
+    """What a server that exited at start-up said: the CLI's own error lines ("configuration
+    error: ...", "articleforge serve text: ..."; rich wraps them at the console's width, so
+    wrapped lines are joined), else an exception's last line, else the last line."""
+    lines = [line.rstrip() for line in log.splitlines()]
+    blocks: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not _CLI_ERROR.match(lines[i]):
+            i += 1
+            continue
+        parts = [lines[i]]
+        i += 1
+        while i < len(lines) and lines[i].strip():
+            line = lines[i]
+            if _CLI_ERROR.match(line) or _LOG_LINE.match(line) or line.startswith("Traceback"):
+                break
+            parts.append(line.strip())
+            i += 1
+        blocks.append(" ".join(parts))
+    if blocks:
+        return " ".join(blocks)
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line.strip()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "(no output)")
+
+
+def load_failure(response: Any) -> str | None:
+    """The reason in a 503 from /readyz once loading has failed (the process stays up then);
+    None while the model is still loading."""
+    if response is None or response.status_code != 503:
+        return None
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None if "still loading" in message else message
+
+
+# The prefix cache's counters (cumulative); a share of prompt tokens served from the cache is
+# the delta of the second over the delta of the first.
+PREFIX_COUNTERS = (
+    "articleforge_text_prompt_tokens_total",
+    "articleforge_text_prefix_cache_hit_tokens_total",
+    "articleforge_text_prefix_cache_hits_total",
+)
+
+
+def counter_delta(
+    before: dict[str, float | None], after: dict[str, float | None]
+) -> dict[str, float | None]:
+    delta: dict[str, float | None] = {}
+    for name, value in after.items():
+        start = before.get(name)
+        delta[name] = None if value is None or start is None else value - start
+    return delta
+
+
 @dataclass
 class Server:
     """`python -m services.cli serve SERVICE` with the given ARTICLEFORGE_* environment."""
@@ -348,6 +476,7 @@ class Server:
     port: int = field(default_factory=free_port)
     service: str = "text"
     ready_s: float | None = None
+    ready_at: float | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -374,20 +503,25 @@ class Server:
             try:
                 while True:
                     if self.proc.poll() is not None:
-                        raise RuntimeError(
-                            f"server {self.name} exited with {self.proc.returncode} before it "
-                            f"was ready; log {self.log_path}:\n{self.log_tail()}"
-                        )
-                    with contextlib.suppress(httpx.HTTPError):
-                        if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                            break
+                        said = refusal_sentence(self.log_tail(20000))
+                        raise ServerRefused(self.name, said, self.log_path)
+                    try:
+                        response = httpx.get(f"{self.url}/readyz", timeout=2)
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code == 200:
+                        break
+                    failed = load_failure(response)
+                    if failed:
+                        raise ServerRefused(self.name, failed, self.log_path)
                     if time.perf_counter() - t0 > self.ready_timeout:
                         raise TimeoutError(
                             f"server {self.name} not ready after {self.ready_timeout:.0f} s; "
                             f"log {self.log_path}:\n{self.log_tail()}"
                         )
                     time.sleep(0.25)
-                self.ready_s = time.perf_counter() - t0
+                self.ready_at = time.perf_counter()
+                self.ready_s = self.ready_at - t0
                 yield self
             finally:
                 self.proc.terminate()
@@ -396,6 +530,22 @@ class Server:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
+
+    def counters(self, names: tuple[str, ...] = PREFIX_COUNTERS) -> dict[str, float | None]:
+        """Counters from /metrics, summed over labels; None for each one the service lacks."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return dict.fromkeys(names)
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in names:
+                    found[sample.name] = found.get(sample.name, 0.0) + sample.value
+        return {name: found.get(name) for name in names}
 
     def metrics(self) -> list[str]:
         """The service's own gauges and counters after a scenario (KV usage, batch sizes...)."""
@@ -442,6 +592,8 @@ async def post_generate(
         server_total_s=timings["total_seconds"],
         server_decode_tok_s=timings["tokens_per_second"],
         tok_s=usage["completion_tokens"] / record["latency_s"],
+        # Prompt tokens served from the prefix cache; None where the service does not say.
+        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
     )
     return record
 
@@ -480,6 +632,18 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q))
 
 
+def cached_sum(records: list[dict[str, Any]]) -> int | None:
+    cached = [r.get("cached_tokens") for r in records]
+    counted = [int(c) for c in cached if c is not None]
+    if not cached or len(counted) != len(cached):
+        return None
+    return sum(counted)
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
 def summarize(records: list[dict[str, Any]], wall: float | None) -> dict[str, Any]:
     ok = [r for r in records if r["ok"]]
     tokens = sum(r["completion_tokens"] for r in ok)
@@ -498,6 +662,8 @@ def summarize(records: list[dict[str, Any]], wall: float | None) -> dict[str, An
         "ttft_p95_s": percentile(ttft, 95),
         "latency_p50_s": percentile([r["latency_s"] for r in ok], 50),
         "latency_p95_s": percentile([r["latency_s"] for r in ok], 95),
+        # From usage.prompt_tokens_details; None where the service does not report it.
+        "cached_tokens": cached_sum(ok),
     }
     if wall is not None:
         summary["wall_s"] = wall
@@ -544,10 +710,19 @@ class Bench:
         rng = random.Random(f"{self.args.seed}/{scenario}")
         return [prompt_text(self.tokenizer, self.args.prompt_tokens, rng) for _ in range(count)]
 
-    async def single(self, server: Server, scenario: str, repeats: int, model: str | None) -> Any:
-        """1 stream, fixed prompt length, greedy; one request after another."""
+    async def single(
+        self,
+        server: Server,
+        scenario: str,
+        repeats: int,
+        model: str | None,
+        prompts_of: str | None = None,
+    ) -> Any:
+        """1 stream, fixed prompt length, greedy; one request after another. ``prompts_of``
+        names the scenario whose prompts to send (fp8 sends bf16's, to compare like with like)."""
         runs: list[dict[str, Any]] = []
-        for i, prompt in enumerate(self.single_prompts(scenario, repeats)):
+        prompts = self.single_prompts(prompts_of or scenario, repeats)
+        for i, prompt in enumerate(prompts):
             if runs and self.out_of_time(f"{scenario} request {i}"):
                 break
             body = {
@@ -570,10 +745,10 @@ class Bench:
         return summary
 
     def sweep_plan(
-        self, scenario: str, level: int, model: str | None
+        self, scenario: str, level: int, model: str | None, plan_of: str | None = None
     ) -> list[list[tuple[dict[str, Any], dict[str, Any]]]]:
         lo, hi = self.args.prompt_range
-        rng = random.Random(f"{self.args.seed}/{scenario}/{level}")
+        rng = random.Random(f"{self.args.seed}/{plan_of or scenario}/{level}")
         plan = []
         for client in range(level):
             requests = []
@@ -594,13 +769,18 @@ class Bench:
         return plan
 
     async def sweep(
-        self, server: Server, scenario: str, levels: list[int], model: str | None
+        self,
+        server: Server,
+        scenario: str,
+        levels: list[int],
+        model: str | None,
+        plan_of: str | None = None,
     ) -> None:
         done: list[dict[str, Any]] = self.results["scenarios"].setdefault(scenario, [])
         for level in levels:
             if self.out_of_time(f"{scenario} c={level}"):
                 continue
-            plan = self.sweep_plan(scenario, level, model)
+            plan = self.sweep_plan(scenario, level, model, plan_of)
             records, wall = await run_clients(server.url, plan, self.args.level_seconds)
             self.records.extend(records)
             summary = {"concurrency": level, **summarize(records, wall)}
@@ -623,6 +803,167 @@ class Bench:
         records, _ = await run_clients(server.url, [[(body, meta)]], 0)
         return records[0]
 
+    async def burst(self, server: Server, scenario: str, model: str | None) -> dict[str, Any]:
+        """``--burst-size`` requests at once, right after /readyz (no warm-up request before),
+        then the same burst again on the now warm server. Both rounds have the same prompt
+        lengths and seeds (the sweep's mix) but their own text, so the second gets no prefix
+        cache hits from the first: first vs warm is start-up cost, not caching."""
+        args = self.args
+        lo, hi = args.prompt_range
+        rng = random.Random(f"{args.seed}/burst/{args.burst_size}")
+        shapes = [(rng.randint(lo, hi), rng.randrange(2**31)) for _ in range(args.burst_size)]
+        result: dict[str, Any] = {"size": args.burst_size, "startup_s": server.ready_s}
+        for round_name in ("first", "warm"):
+            if round_name == "warm" and self.out_of_time(f"{scenario} warm"):
+                break
+            text_rng = random.Random(f"{args.seed}/burst/{round_name}")
+            plan = []
+            for client, (n, seed) in enumerate(shapes):
+                body: dict[str, Any] = {
+                    "prompt": prompt_text(self.tokenizer, n, text_rng),
+                    "max_new_tokens": args.new_tokens,
+                    "temperature": args.temperature,
+                    "seed": seed,
+                }
+                if model:
+                    body["model"] = model
+                meta = {"scenario": f"{scenario}_{round_name}", "concurrency": args.burst_size}
+                meta.update(client=client, index=0, prompt_tokens_sent=n)
+                plan.append([(body, meta)])
+            sent_at = time.perf_counter()
+            records, wall = await run_clients(server.url, plan, 0.0)
+            self.records.extend(records)
+            summary = summarize(records, wall)
+            if round_name == "first" and server.ready_at is not None:
+                summary["sent_after_ready_s"] = sent_at - server.ready_at
+            result[round_name] = summary
+            print(
+                f"  {scenario} {round_name}: TTFT p50 {summary['ttft_p50_s']}, "
+                f"{summary['aggregate_tok_s']:.1f} tok/s in all, "
+                f"{summary['ok']}/{summary['requests']} ok",
+                flush=True,
+            )
+        first, warm = result["first"], result.get("warm", {})
+        result["ttft_p50_first_over_warm"] = ratio(first["ttft_p50_s"], warm.get("ttft_p50_s"))
+        result["ttft_p95_first_over_warm"] = ratio(first["ttft_p95_s"], warm.get("ttft_p95_s"))
+        return result
+
+    async def one_request(
+        self, server: Server, prompt: str, scenario: str, index: int
+    ) -> dict[str, Any]:
+        """One greedy request of ``--prefix-new-tokens``, alone on the server."""
+        body = {
+            "prompt": prompt,
+            "max_new_tokens": self.args.prefix_new_tokens,
+            "temperature": 0.0,
+            "seed": index,
+        }
+        meta = {"scenario": scenario, "concurrency": 1, "client": 0, "index": index}
+        meta["prompt_tokens_sent"] = len(prompt) + 1
+        records, _ = await run_clients(server.url, [[(body, meta)]], 0.0)
+        self.records.extend(records)
+        return records[0]
+
+    async def prefix(self, server: Server) -> dict[str, Any]:
+        """Time to first token when a prompt's first ``--prefix-shared-tokens`` are in the
+        prefix cache (a prompt P was sent once before), against fresh prompts of the same
+        length, one request at a time, hits and misses interleaved."""
+        args = self.args
+        n, shared = args.prefix_prompt_tokens, args.prefix_shared_tokens
+        page = page_size(server.env)
+        rng = random.Random(f"{args.seed}/prefix/{n}/{shared}")
+        base = prompt_text(self.tokenizer, n, rng)
+        result: dict[str, Any] = {
+            "prompt_tokens": n,
+            "shared_tokens": shared,
+            "page_size": page,
+            "cacheable_tokens": shared // page * page,  # whole pages of the shared part
+            "new_tokens": args.prefix_new_tokens,
+        }
+        result["prime"] = await self.one_request(server, base, "prefix_prime", 0)
+        hits: list[dict[str, Any]] = []
+        misses: list[dict[str, Any]] = []
+        for i in range(args.prefix_repeats):
+            if i and self.out_of_time(f"prefix request {i}"):
+                break
+            hit = diverging_prompt(self.tokenizer, base, shared, rng)
+            hits.append(await self.one_request(server, hit, "prefix_hit", i))
+            miss = prompt_text(self.tokenizer, n, rng)
+            misses.append(await self.one_request(server, miss, "prefix_miss", i))
+        for name, records in (("hit", hits), ("miss", misses)):
+            summary = summarize(records, None)
+            summary["cached_tokens_runs"] = [r.get("cached_tokens") for r in records if r["ok"]]
+            summary["ttft_runs_s"] = [r["ttft_s"] for r in records if r["ok"]]
+            result[name] = summary
+        result["ttft_p50_hit_over_miss"] = ratio(
+            result["hit"]["ttft_p50_s"], result["miss"]["ttft_p50_s"]
+        )
+        print(
+            f"  prefix: TTFT p50 hit {result['hit']['ttft_p50_s']}, miss "
+            f"{result['miss']['ttft_p50_s']}, cached {result['hit']['cached_tokens_runs']}",
+            flush=True,
+        )
+        return result
+
+    async def prefix_shared(self, server: Server) -> dict[str, Any]:
+        """``--prefix-concurrency`` requests at once that all begin with the same
+        ``--prefix-system-tokens`` (a system prompt, sent once before so that it is cached),
+        each followed by its own ``--prefix-distinct-range`` tokens; then the same lengths
+        with no shared prefix. The cached share comes from the Prometheus counters' delta."""
+        args = self.args
+        level, system = args.prefix_concurrency, args.prefix_system_tokens
+        lo, hi = args.prefix_distinct_range
+        page = page_size(server.env)
+        rng = random.Random(f"{args.seed}/prefix_shared/{level}/{system}")
+        system_text = prompt_text(self.tokenizer, system, rng)
+        lengths = [system + rng.randint(lo, hi) for _ in range(level)]
+        result: dict[str, Any] = {
+            "concurrency": level,
+            "shared_tokens": system,
+            "distinct_range": [lo, hi],
+            "page_size": page,
+            "cacheable_tokens_per_request": system // page * page,
+            "new_tokens": args.prefix_new_tokens,
+        }
+        result["prime"] = await self.one_request(server, system_text, "prefix_shared_prime", 0)
+        for name, head in (("hit", system_text), ("miss", "")):
+            if name == "miss" and self.out_of_time("prefix_shared miss"):
+                break
+            plan = []
+            for client, n in enumerate(lengths):
+                body = {
+                    "prompt": prompt_text(self.tokenizer, n, rng, head=head),
+                    "max_new_tokens": args.prefix_new_tokens,
+                    "temperature": 0.0,
+                    "seed": client,
+                }
+                meta = {"scenario": f"prefix_shared_{name}", "concurrency": level}
+                meta.update(client=client, index=0, prompt_tokens_sent=n)
+                plan.append([(body, meta)])
+            before = server.counters()
+            records, wall = await run_clients(server.url, plan, 0.0)
+            counters = counter_delta(before, server.counters())
+            self.records.extend(records)
+            summary = summarize(records, wall)
+            summary["counters"] = counters
+            summary["cached_share"] = ratio(
+                counters["articleforge_text_prefix_cache_hit_tokens_total"],
+                counters["articleforge_text_prompt_tokens_total"],
+            )
+            summary["cached_share_usage"] = ratio(
+                summary["cached_tokens"], summary["prompt_tokens"]
+            )
+            result[name] = summary
+            print(
+                f"  prefix_shared {name} c={level}: TTFT p50 {summary['ttft_p50_s']}, "
+                f"p95 {summary['ttft_p95_s']}, cached share {summary['cached_share']}",
+                flush=True,
+            )
+        result["ttft_p50_hit_over_miss"] = ratio(
+            result["hit"]["ttft_p50_s"], result.get("miss", {}).get("ttft_p50_s")
+        )
+        return result
+
 
 # --- the run ------------------------------------------------------------------------------------
 
@@ -633,6 +974,15 @@ def card_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return str(torch.cuda.get_device_name(0))
     return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def fp8_capable(device: str) -> bool:
+    """Whether the card has FP8 tensor cores (compute capability 8.9, Ada, or newer)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return tuple(torch.cuda.get_device_capability(torch.device(device))) >= (8, 9)
 
 
 def card_slug(card: str) -> str:
@@ -669,20 +1019,55 @@ def git_commit() -> dict[str, Any]:
         return {"commit": None, "services_dirty": None}
 
 
-def server_env(args: argparse.Namespace, folder: Path, nf4: bool) -> dict[str, str]:
+# The servers the bench can start, and the quantization each one runs.
+QUANTIZATION = {"bf16": "none", "fp8": "fp8", "nf4_lora": "nf4"}
+
+
+def server_env(args: argparse.Namespace, folder: Path, name: str) -> dict[str, str]:
     device = args.device
+    most = max([*args.levels, *args.nf4_levels, *args.fp8_levels, args.burst_size])
+    most = max(most, args.prefix_concurrency)
     env = {
         "ARTICLEFORGE_TEXT_MODEL": str(folder),
         "ARTICLEFORGE_TEXT_DEVICE": device,
         "ARTICLEFORGE_TEXT_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "ARTICLEFORGE_TEXT_MAX_QUEUE": str(max(256, 2 * max([*args.levels, *args.nf4_levels]))),
-        "ARTICLEFORGE_TEXT_QUANTIZATION": "nf4" if nf4 else "none",
+        "ARTICLEFORGE_TEXT_MAX_QUEUE": str(max(256, 2 * most)),
+        "ARTICLEFORGE_TEXT_QUANTIZATION": QUANTIZATION[name],
         "ARTICLEFORGE_LOG_LEVEL": "INFO",
     }
-    if nf4:
+    if name == "nf4_lora":
         env["ARTICLEFORGE_TEXT_ADAPTER"] = f"{ADAPTER_NAME}={args.work_dir / 'adapter'}"
     env.update(args.env)
     return env
+
+
+def page_size(env: dict[str, str]) -> int:
+    """The server's KV page size: what the prefix cache can share is whole pages."""
+    from services.text.config import TextSettings
+
+    default = TextSettings.model_fields["text_kv_page_size"].default
+    return int(env.get("ARTICLEFORGE_TEXT_KV_PAGE_SIZE", default))
+
+
+def fp8_vs_bf16(scenarios: dict[str, Any]) -> dict[str, Any]:
+    """fp8 over bf16, both servers of the same call: 1 stream and each common sweep level."""
+    single, fp8 = scenarios.get("single") or {}, scenarios.get("fp8_single") or {}
+    out: dict[str, Any] = {
+        "single_tok_s": ratio(fp8.get("tok_s_median"), single.get("tok_s_median")),
+        "single_ttft_p50": ratio(fp8.get("ttft_p50_s"), single.get("ttft_p50_s")),
+        "levels": {},
+    }
+    bf16_levels = {lv["concurrency"]: lv for lv in scenarios.get("sweep", [])}
+    for level in scenarios.get("fp8_concurrent", []):
+        dense = bf16_levels.get(level["concurrency"])
+        if dense is None:
+            continue
+        out["levels"][str(level["concurrency"])] = {
+            "aggregate_tok_s": ratio(level.get("aggregate_tok_s"), dense.get("aggregate_tok_s")),
+            "ttft_p50": ratio(level.get("ttft_p50_s"), dense.get("ttft_p50_s")),
+            "ttft_p95": ratio(level.get("ttft_p95_s"), dense.get("ttft_p95_s")),
+        }
+    return out
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -701,6 +1086,9 @@ def print_table(results: dict[str, Any]) -> None:
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value * 1000:,.0f} ms"
+
+    def times(value: float | None) -> str:
+        return "-" if value is None else f"×{value:.2f}"
 
     rows = [
         f"| scenario ({results['card']}) | tok/s | TTFT p50 | TTFT p95 | baseline, same call |",
@@ -724,10 +1112,89 @@ def print_table(results: dict[str, Any]) -> None:
                 f"| {ms(level['ttft_p50_s'])} | {ms(level['ttft_p95_s'])} | |"
             )
 
+    def burst(key: str, label: str) -> None:
+        if key not in scenarios:
+            return
+        b = scenarios[key]
+        for round_name, what in (("first", "right after /readyz"), ("warm", "again, warm")):
+            s = b.get(round_name)
+            if s is None:
+                continue
+            startup = f", start-up {b['startup_s']:.1f} s" if round_name == "first" else ""
+            rows.append(
+                f"| {label} burst: {b['size']} at once {what}{startup}, {mix} "
+                f"| {num(s['aggregate_tok_s'])} in all | {ms(s['ttft_p50_s'])} "
+                f"| {ms(s['ttft_p95_s'])} | |"
+            )
+        rows.append(
+            f"| {label} burst, first ÷ warm | | {times(b.get('ttft_p50_first_over_warm'))} "
+            f"| {times(b.get('ttft_p95_first_over_warm'))} | |"
+        )
+
     dense = "bf16" if settings["device"].startswith("cuda") else "fp32 (CPU)"
+    burst("burst", dense)
     single("single", dense, f"HF generate {dense}: {num(base)}")
     levels("sweep", dense)
+    fp8 = scenarios.get("fp8")
+    if fp8 is not None and "refused" in fp8:
+        rows.append(f"| fp8: the server refused to start: {fp8['refused']} | | | | |")
+    elif fp8 is not None:
+        burst("fp8_burst", "fp8")
+        dense_single = scenarios.get("single", {}).get("tok_s_median")
+        single("fp8_single", "fp8", f"{dense} server: {num(dense_single)}")
+        levels("fp8_concurrent", "fp8")
+        vs = fp8_vs_bf16(scenarios)
+        rows.append(
+            f"| fp8 ÷ {dense}, 1 stream, same call | {times(vs['single_tok_s'])} "
+            f"| {times(vs['single_ttft_p50'])} | | |"
+        )
+        for level, r in vs["levels"].items():
+            rows.append(
+                f"| fp8 ÷ {dense}, {level} concurrent, same call | {times(r['aggregate_tok_s'])} "
+                f"| {times(r['ttft_p50'])} | {times(r['ttft_p95'])} | |"
+            )
+    prefix = scenarios.get("prefix")
+    if prefix is not None:
+        hit, miss = prefix["hit"], prefix["miss"]
+        cached = [c for c in hit.get("cached_tokens_runs", []) if c is not None]
+        said = (
+            f"cached {min(cached)}-{max(cached)} tokens" if cached else "cached tokens not reported"
+        )
+        rows.append(
+            f"| prefix hit: {prefix['prompt_tokens']}-token prompt, first "
+            f"{prefix['shared_tokens']} as a prompt sent before ({said}; "
+            f"{prefix['cacheable_tokens']} in whole pages), {prefix['new_tokens']} new, greedy "
+            f"({hit['ok']} requests) | | {ms(hit['ttft_p50_s'])} | {ms(hit['ttft_p95_s'])} "
+            f"| no shared prefix: {ms(miss['ttft_p50_s'])} |"
+        )
+        rows.append(
+            f"| prefix miss: fresh {prefix['prompt_tokens']}-token prompts ({miss['ok']}) "
+            f"| | {ms(miss['ttft_p50_s'])} | {ms(miss['ttft_p95_s'])} "
+            f"| hit ÷ miss p50 {times(prefix.get('ttft_p50_hit_over_miss'))} |"
+        )
+    shared = scenarios.get("prefix_shared")
+    if shared is not None:
+        lo, hi = shared["distinct_range"]
+        for name in ("hit", "miss"):
+            s = shared.get(name)
+            if s is None:
+                continue
+            share = s.get("cached_share")
+            what = (
+                f"{shared['shared_tokens']} shared (cached before) + {lo}-{hi} own tokens"
+                if name == "hit"
+                else "no shared prefix, same lengths"
+            )
+            share_text = (
+                "counters missing" if share is None else f"{share:.0%} of prompt tokens cached"
+            )
+            rows.append(
+                f"| {shared['concurrency']} at once, {what}, {shared['new_tokens']} new, greedy "
+                f"({share_text}) | {num(s.get('aggregate_tok_s'))} in all | {ms(s['ttft_p50_s'])} "
+                f"| {ms(s['ttft_p95_s'])} | |"
+            )
     nf4 = "nf4 + unmerged LoRA r=64"
+    burst("nf4_burst", nf4)
     single("nf4_single", nf4, f"HF generate nf4 + LoRA: {num(base4)}")
     levels("nf4_concurrent", nf4)
     if "single" not in scenarios and base is not None:
@@ -747,6 +1214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
 
+    def names(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
     def env_item(text: str) -> tuple[str, str]:
         key, sep, value = text.partition("=")
         if not sep or not key.startswith("ARTICLEFORGE_"):
@@ -761,6 +1231,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"any of {SCENARIOS}")
     p.add_argument("--levels", type=ints, default=[1, 4, 16, 64, 128], help="sweep concurrency")
     p.add_argument("--nf4-levels", type=ints, default=[16], help="nf4 concurrency (sweep mix)")
+    p.add_argument(
+        "--fp8-levels", type=ints, default=[64], help="fp8 concurrency (the bf16 sweep's plans)"
+    )
+    p.add_argument("--burst-size", type=int, default=16, help="requests sent at once by `burst`")
+    p.add_argument(
+        "--burst-servers",
+        type=names,
+        default=["bf16", "fp8"],
+        help="servers whose first requests are the burst, of bf16,fp8,nf4 (those started)",
+    )
+    p.add_argument("--prefix-prompt-tokens", type=int, default=2000, help="`prefix` prompts")
+    p.add_argument(
+        "--prefix-shared-tokens", type=int, default=1900, help="tokens a hit shares with P"
+    )
+    p.add_argument("--prefix-repeats", type=int, default=5, help="hits (and as many misses)")
+    p.add_argument("--prefix-new-tokens", type=int, default=8, help="`prefix`, greedy")
+    p.add_argument(
+        "--prefix-concurrency", type=int, default=64, help="requests at once on a shared prefix"
+    )
+    p.add_argument(
+        "--prefix-system-tokens", type=int, default=1000, help="their shared prefix (bos incl.)"
+    )
+    p.add_argument(
+        "--prefix-distinct-range",
+        type=ints,
+        default=[64, 512],
+        help="their own tokens after the shared prefix",
+    )
     p.add_argument("--prompt-tokens", type=int, default=128, help="single-stream prompt length")
     p.add_argument("--prompt-range", type=ints, default=[64, 512], help="sweep prompt lengths")
     p.add_argument("--new-tokens", type=int, default=256)
@@ -786,7 +1284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=env_item,
         action="append",
         default=[],
-        help="extra ARTICLEFORGE_NAME=value for both servers (repeatable); wins over the bench's",
+        help="extra ARTICLEFORGE_NAME=value for every server (repeatable); wins over the bench's",
     )
     p.add_argument(
         "--work-dir",
@@ -808,6 +1306,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--prompt-range takes LOW,HIGH with 2 <= LOW <= HIGH")
     if args.prompt_tokens < 2:
         p.error("--prompt-tokens must be >= 2 (bos + one byte)")
+    if not 2 <= args.prefix_shared_tokens < args.prefix_prompt_tokens:
+        p.error("--prefix-shared-tokens must be >= 2 and below --prefix-prompt-tokens")
+    if args.prefix_system_tokens < 2:
+        p.error("--prefix-system-tokens must be >= 2 (bos + one byte)")
+    lo_hi = args.prefix_distinct_range
+    if len(lo_hi) != 2 or not 1 <= lo_hi[0] <= lo_hi[1]:
+        p.error("--prefix-distinct-range takes LOW,HIGH with 1 <= LOW <= HIGH")
+    bad_servers = set(args.burst_servers) - {"bf16", "fp8", "nf4"}
+    if bad_servers:
+        p.error(f"--burst-servers: unknown {sorted(bad_servers)}; choose from bf16, fp8, nf4")
+    for option in ("burst_size", "prefix_repeats", "prefix_concurrency", "prefix_new_tokens"):
+        if getattr(args, option) < 1:
+            p.error(f"--{option.replace('_', '-')} must be >= 1")
     args.env = dict(args.env)
     args.work_dir = args.work_dir or Path("/tmp/articleforge-text-bench") / args.model
     return args
@@ -865,23 +1376,33 @@ def run_baselines(bench: Bench, folder: Path, adapter_dir: Path) -> None:
         bench.save()
 
 
-def run_server(bench: Bench, folder: Path, name: str, nf4: bool) -> None:
-    """One server: start, wait for /readyz, warm once, run its scenarios, stop."""
+def run_server(bench: Bench, folder: Path, name: str) -> None:
+    """One server (bf16, fp8 or nf4_lora): start, wait for /readyz, run its scenarios, stop.
+
+    With `burst` the server's first requests are the burst, right after /readyz; otherwise one
+    warm-up request (not counted) goes first."""
     args, scenarios = bench.args, bench.results["scenarios"]
     log_path = bench.out.with_name(f"{bench.out.stem}.server-{name}.log")
-    server = Server(name, server_env(args, folder, nf4), log_path, args.ready_timeout)
+    server = Server(name, server_env(args, folder, name), log_path, args.ready_timeout)
     entry: dict[str, Any] = {"name": name, "env": server.env, "log": str(log_path)}
     bench.results["servers"].append(entry)
     if bench.out_of_time(f"server {name}"):
         return
-    model = ADAPTER_NAME if nf4 else None
+    model = ADAPTER_NAME if name == "nf4_lora" else None
+    short = name.split("_")[0]  # bf16, fp8, nf4: the prefix of its scenarios' keys
     bench.phase(f"starting server {name}")
     try:
         with server.running():
             entry["ready_s"] = round(server.ready_s or 0.0, 1)
             bench.phase(f"server {name} ready after {entry['ready_s']} s")
-            entry["warm_request"] = asyncio.run(bench.warm(server, model))
-            if nf4:
+            if "burst" in args.scenarios and short in args.burst_servers:
+                key = "burst" if name == "bf16" else f"{short}_burst"
+                bench.phase(f"{name}, burst of {args.burst_size} right after /readyz")
+                scenarios[key] = asyncio.run(bench.burst(server, key, model))
+                bench.save()
+            else:
+                entry["warm_request"] = asyncio.run(bench.warm(server, model))
+            if name == "nf4_lora":
                 bench.phase("nf4 + LoRA, 1 stream")
                 scenarios["nf4_single"] = asyncio.run(
                     bench.single(server, "nf4_single", args.nf4_repeats, model)
@@ -889,6 +1410,18 @@ def run_server(bench: Bench, folder: Path, name: str, nf4: bool) -> None:
                 bench.save()
                 bench.phase(f"nf4 + LoRA, concurrency {args.nf4_levels}")
                 asyncio.run(bench.sweep(server, "nf4_concurrent", args.nf4_levels, model))
+            elif name == "fp8":
+                scenarios["fp8"] = {"server": name}
+                bench.phase("fp8, 1 stream (the bf16 server's prompts)")
+                scenarios["fp8_single"] = asyncio.run(
+                    bench.single(server, "fp8_single", args.repeats, None, prompts_of="single")
+                )
+                bench.save()
+                bench.phase(f"fp8, concurrency {args.fp8_levels} (the bf16 sweep's plans)")
+                asyncio.run(
+                    bench.sweep(server, "fp8_concurrent", args.fp8_levels, None, plan_of="sweep")
+                )
+                scenarios["fp8"]["vs_bf16"] = fp8_vs_bf16(scenarios)
             else:
                 if "single" in args.scenarios:
                     bench.phase("dense, 1 stream")
@@ -899,7 +1432,31 @@ def run_server(bench: Bench, folder: Path, name: str, nf4: bool) -> None:
                 if "sweep" in args.scenarios:
                     bench.phase(f"dense, sweep {args.levels}")
                     asyncio.run(bench.sweep(server, "sweep", args.levels, None))
+                if "prefix" in args.scenarios and not bench.out_of_time("prefix"):
+                    bench.phase(
+                        f"prefix cache: {args.prefix_prompt_tokens}-token prompts, "
+                        f"{args.prefix_shared_tokens} shared"
+                    )
+                    scenarios["prefix"] = asyncio.run(bench.prefix(server))
+                    bench.save()
+                if "prefix" in args.scenarios and not bench.out_of_time("prefix_shared"):
+                    bench.phase(
+                        f"prefix cache: {args.prefix_concurrency} at once, "
+                        f"{args.prefix_system_tokens} shared tokens"
+                    )
+                    scenarios["prefix_shared"] = asyncio.run(bench.prefix_shared(server))
             entry["metrics_after"] = server.metrics()
+    except ServerRefused as exc:
+        entry["refused"] = exc.sentence
+        if name == "fp8":  # expected on a CPU or a card before Ada/Hopper: recorded
+            bench.phase(f"server fp8 refused to start: {exc.sentence}")
+            scenarios["fp8"] = {"refused": exc.sentence}
+            if fp8_capable(args.device):  # but a card with FP8 tensor cores should have run it
+                print(server.log_tail(), file=sys.stderr)
+                bench.failed("server_fp8", exc)
+        else:
+            print(server.log_tail(), file=sys.stderr)
+            bench.failed(f"server_{name}", exc)
     except Exception as exc:
         print(server.log_tail(), file=sys.stderr)
         bench.failed(f"server_{name}", exc)
@@ -942,27 +1499,24 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, tokenizer, results, out, started)
 
     run_baselines(bench, folder, adapter_dir)
-    if {"single", "sweep"} & set(args.scenarios):
-        run_server(bench, folder, "bf16", nf4=False)
-    if "nf4" in args.scenarios:
-        run_server(bench, folder, "nf4_lora", nf4=True)
+    chosen = set(args.scenarios)
+    if {"single", "sweep", "prefix"} & chosen or (
+        "burst" in chosen and "bf16" in args.burst_servers
+    ):
+        run_server(bench, folder, "bf16")
+    if "fp8" in chosen:
+        run_server(bench, folder, "fp8")
+    if "nf4" in chosen:
+        run_server(bench, folder, "nf4_lora")
 
     bench.phase(f"done; JSON in {out}")
     bench.save()
     print_table(results)
-    bad = sum(s.get("errors", 0) for s in _summaries(results["scenarios"]))
+    bad = sum(not record["ok"] for record in results["records"])
     if results["errors"] or bad:
         print(f"{len(results['errors'])} phase(s) failed, {bad} request(s) failed", file=sys.stderr)
         return 1
     return 0
-
-
-def _summaries(scenarios: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for value in scenarios.values():
-        if isinstance(value, list):
-            yield from value
-        elif isinstance(value, dict):
-            yield value
 
 
 if __name__ == "__main__":

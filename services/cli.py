@@ -96,8 +96,16 @@ def serve(
         from services.text.app import create_app
         from services.text.config import TextSettings
 
+        from services.common.model_source import ModelLoadError
+        from services.text.loading import check_fp8
+
         settings = load_settings(TextSettings)
         setup_logging(settings.log_level)
+        try:
+            check_fp8(settings)  # refused before the port is bound: one sentence, exit 2
+        except ModelLoadError as exc:
+            typer.echo(f"articleforge serve text: {exc}", err=True)
+            raise typer.Exit(2) from exc
         application = create_app(settings)
         bind = (host or settings.text_host, port or settings.text_port)
     elif service is Service.image:

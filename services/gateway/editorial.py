@@ -381,31 +381,25 @@ def rewrite_prompt(
     index: int,
     instructions: str | None,
 ) -> str:
-    """One section again, with the outline and the neighbouring sections as context."""
+    """One section again, with the outline and the neighbouring sections as context.
+
+    It starts with the article's section preamble, word for word, so that the text service's
+    prefix cache can serve that part from the article's own section prompts; what is particular
+    to this rewrite (the neighbours, the section, the editor's words) comes last."""
     heading = outline.headings[index]
-    plan = "; ".join(f"{k + 1}. {h}" for k, h in enumerate(outline.headings))
-    words, _ = pipeline.section_budget(request, outline)
-    prompt = (
-        f'{pipeline.instruction(request)} The article is titled "{outline.title}" and has '
-        f"these sections: {plan}."
-    )
+    prompt = pipeline.section_preamble(request, outline)
     if index > 0:
         before = " ".join(bodies[index - 1].split())[-300:]
         prompt += f' The section before, "{outline.headings[index - 1]}", ends: "{before}"'
     if index + 1 < len(bodies):
         after = " ".join(bodies[index + 1].split())[:300]
         prompt += f' The section after, "{outline.headings[index + 1]}", begins: "{after}"'
-    prompt += (
-        f' Rewrite only the section "{heading}" (section {index + 1}), about {words} words, '
-        "as Markdown paragraphs without a heading"
-    )
+    prompt += f' Now rewrite only section {index + 1}, "{heading}"'
     links = [
         *(["follows on from the section before"] if index > 0 else []),
         *(["leads into the one after"] if index + 1 < len(bodies) else []),
     ]
     prompt += (", so that it " + " and ".join(links) + ".") if links else "."
-    if request.keywords:
-        prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
     if instructions:
         prompt += f" The editor asks: {instructions}"
     return prompt

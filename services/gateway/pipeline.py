@@ -25,6 +25,11 @@ from services.gateway.schemas import ArticleRequest
 SYSTEM = (
     "You are a skilled writer who writes clear, accurate, well-structured articles for the web."
 )
+# Prompt order matters for speed: the text service keeps the KV of full prompt pages (16 tokens)
+# keyed by their tokens and every token before them, and reuses them for a later prompt that starts
+# the same way. So each prompt puts what many requests share first and what differs last: the
+# system prompt, then the outline's fixed rules (every article), the article's preamble (every
+# section of one article), the image prompts' fixed rules and topic (every image of one article).
 NEGATIVE_PROMPT = "text, watermark, logo, signature, blurry, low quality, deformed"
 MAX_IMAGE_PROMPT_CHARS = 400
 TOKENS_PER_WORD = 1.4  # Llama-2's tokenizer on English prose, with some margin
@@ -156,11 +161,12 @@ def parse_outline(raw: str, sections: int) -> Outline | None:
 
 
 async def write_outline(text: TextBackend, request: ArticleRequest, seed: int) -> Outline:
+    # The fixed rules first (shared by every article with this many sections), the topic last.
     prompt = (
-        f"{instruction(request)} First plan it: the title and the headings in that language. "
-        "Answer with JSON only, in the form "
+        "Plan the article described below: its title and its section headings, in the "
+        "language the article is written in. Answer with JSON only, in the form "
         f'{{"title": "...", "sections": ["...", ...]}} with exactly {request.sections} '
-        "section headings."
+        f"section headings. The article: {instruction(request)}"
     )
     reply = await text.generate(text_body(prompt, request, seed, 48 + 24 * request.sections))
     return parse_outline(reply["text"], request.sections) or fallback_outline(request)
@@ -189,6 +195,28 @@ def fallback_section(heading: str, request: ArticleRequest) -> str:
     return words.section.format(heading=heading, topic=request.topic)
 
 
+def outline_plan(outline: Outline) -> str:
+    """The headings numbered, as the section prompts show the whole outline."""
+    return "; ".join(f"{k + 1}. {h}" for k, h in enumerate(outline.headings))
+
+
+def section_preamble(request: ArticleRequest, outline: Outline) -> str:
+    """What every section prompt of one article starts with, word for word (a rewrite's too):
+    the instruction, the title, the whole outline (so a section leaves the others' ground to
+    them), the keywords and the budget. Only the part after it names the section."""
+    words, _ = section_budget(request, outline)
+    prompt = (
+        f'{instruction(request)} The article is titled "{outline.title}" and has these '
+        f"{len(outline.headings)} sections: {outline_plan(outline)}."
+    )
+    if request.keywords:
+        prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
+    return prompt + (
+        f" Each section is about {words} words, as Markdown paragraphs without a heading, and "
+        "keeps to its own heading: what the other sections cover is left to them."
+    )
+
+
 def section_budget(request: ArticleRequest, outline: Outline) -> tuple[int, int]:
     """(words asked for, max new tokens) of one section: the article's words shared out."""
     words = max(60, request.words // len(outline.headings))
@@ -207,15 +235,11 @@ async def write_sections(
 
     ``on_delta`` sees every streamed token, also those of an attempt that the service client
     retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost."""
-    words, max_new = section_budget(request, outline)
+    _, max_new = section_budget(request, outline)
+    preamble = section_preamble(request, outline)  # shared by all sections: the cache's prefix
 
     async def one(k: int, heading: str) -> str:
-        prompt = (
-            f'{instruction(request)} The article is titled "{outline.title}". Write only the '
-            f'section "{heading}", about {words} words, as Markdown paragraphs without a heading.'
-        )
-        if request.keywords:
-            prompt += " Work in these terms where they fit: " + ", ".join(request.keywords) + "."
+        prompt = f'{preamble} Now write only section {k + 1}, "{heading}".'
         reply = await text.generate(text_body(prompt, request, seed + 1 + k, max_new), on_delta)
         if on_usage is not None:
             on_usage(k, int((reply.get("usage") or {}).get("completion_tokens", 0)))
@@ -296,12 +320,13 @@ async def write_image_prompts(
 
     async def one(k: int, subject: str) -> tuple[str, bool]:
         context = sections[k - 1][:400] if 0 < k <= len(sections) else request.topic
+        # The fixed rules, the language and the topic first (shared by every image of the
+        # article, the rules by every article); the subject and its context last.
         prompt = (
-            f'Describe one illustration for "{subject}" (from an article about '
-            f"{request.topic}) as a Stable Diffusion prompt: a single line of comma-separated "
-            f"visual details, under 40 words, no text in the image, written in "
-            f"{languages.name(request.language)} (it is also the image's alt text). "
-            f"Context: {context}"
+            "Describe one illustration for an article as a Stable Diffusion prompt: a single "
+            "line of comma-separated visual details, under 40 words, no text in the image, "
+            f"written in {languages.name(request.language)} (it is also the image's alt text). "
+            f'The article is about {request.topic}. Illustrate "{subject}". Context: {context}'
         )
         reply = await text.generate(text_body(prompt, request, seed + 100 + k, 64))
         cleaned = clean_image_prompt(reply["text"])

@@ -19,13 +19,17 @@ class TextSettings(CommonSettings):
     # PEFT adapter(s): `path`, or `name=path,name2=path2`. A request picks one with `model`.
     text_adapter: str | None = None
     # `nf4`: bitsandbytes 4-bit NormalFloat, bf16 compute, no double quantization (seed paper).
-    text_quantization: Literal["none", "nf4"] = "none"
+    # `fp8`: the decoder's linear layers in FP8 E4M3 (per-channel weight scales, per-token
+    # activation scales; services/text/fp8.py), from a bf16 or an FP8 checkpoint. Needs FP8
+    # tensor cores (Hopper or Ada); refused at start-up elsewhere.
+    text_quantization: Literal["none", "nf4", "fp8"] = "none"
     # Weights dtype; `auto` is bfloat16 on CUDA and float32 on the CPU.
     text_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # `auto` picks CUDA when present; otherwise `cpu`, `cuda` or `cuda:N`.
     text_device: str = "auto"
-    # Merge a single adapter into a 16/32-bit base at load time (free per token). Adapters on
-    # an nf4 base, or several adapters, always stay unmerged.
+    # Merge a single adapter into a 16/32-bit base at load time (free per token); with fp8
+    # the merged weights are then quantized. Adapters on an nf4 base or an FP8 checkpoint, or
+    # several adapters, always stay unmerged.
     text_merge_adapter: bool = True
     # Most requests decoded together (running rows of the continuous batch). One CUDA graph
     # is captured per batch-size bucket up to this number at start-up.
@@ -41,6 +45,11 @@ class TextSettings(CommonSettings):
     text_prefill_chunk_tokens: int = Field(default=2048, ge=16, le=65536)
     # Tokens per KV-cache page.
     text_kv_page_size: int = Field(default=16, ge=1, le=1024)
+    # Share the KV pages of a common prompt prefix between requests (vLLM's automatic prefix
+    # caching): full pages of prompt tokens are keyed by a hash of the whole prefix and stay
+    # in the cache after their request ends, until the memory is needed. The five section
+    # prompts of one article then prefill their shared prefix once. Native runner only.
+    text_prefix_cache: bool = True
     # Share of the GPU's memory the engine may fill (weights, activations, KV cache); the KV
     # cache gets what is left of it after the weights and a full-size prefill. CUDA only.
     text_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=0.99)

@@ -133,8 +133,14 @@ class TextEngine:
         model: LeanLlama | None = None
         if settings.text_runner != "hf":
             try:
-                model = LeanLlama(loaded.model, self.adapters[1:], self.context)
+                fp8 = settings.text_quantization == "fp8"
+                model = LeanLlama(loaded.model, self.adapters[1:], self.context, fp8)
             except Unsupported as exc:
+                if settings.text_quantization == "fp8":
+                    raise ValueError(
+                        f"ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the native runner only, "
+                        f"which cannot run this model: {exc}; use none or nf4"
+                    ) from exc
                 if settings.text_runner == "native":
                     raise ValueError(
                         f"ARTICLEFORGE_TEXT_RUNNER=native cannot run this model: {exc}; use "
@@ -144,13 +150,17 @@ class TextEngine:
         if model is not None:
             shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
             pages = self._cache_pages(model, shape)
-            self.kv = KVCacheManager(shape, pages, settings.text_kv_page_size, device)
+            self.kv = KVCacheManager(
+                shape, pages, settings.text_kv_page_size, device, settings.text_prefix_cache
+            )
             self.runner = NativeRunner(model, self.kv, rows, self.context, lora)
             vocab = model.vocab
         else:
             shape = CacheShape(0, 0, 0, torch.float32)  # accounting only; HF keeps the tensors
             pages = self._cache_pages(None, shape)
             self.kv = KVCacheManager(shape, pages, settings.text_kv_page_size, device)
+            if settings.text_prefix_cache:
+                logger.info("text engine: prefix cache off (HF runner: a cache per request)")
             names = self.adapters if lora else None
             self.runner = HFRunner(loaded.model, device, names)
             vocab = int(loaded.model.config.vocab_size)
@@ -199,22 +209,52 @@ class TextEngine:
         per_token = max(1, shape.bytes_per_token)
         return min(most, max(2, (2**30 // per_token) // page + 1))
 
-    def _run_warmup_request(self) -> None:
-        assert self.scheduler is not None
-        ids = list(self.tokenizer("warm up").input_ids)
-        params = SamplingParams(max_new_tokens=2, temperature=0.7, top_p=0.9)
-        seq = Sequence(
+    def _warmup_sequence(self, ids: list[int], new_tokens: int) -> Sequence:
+        params = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9)
+        return Sequence(
             handle=None,
             prompt_ids=ids,
             params=params,
-            max_new_tokens=2,
+            max_new_tokens=new_tokens,
             seed=0,
             adapter_index=0,
-            state=DecodeState(self.tokenizer, ids, params, 2, self.eos_ids),
+            state=DecodeState(self.tokenizer, ids, params, new_tokens, self.eos_ids),
             arrival=time.monotonic(),
         )
+
+    def _run_warmup_request(self) -> None:
+        """One request end to end, then the shapes of first real traffic: prompt chunks
+        beside decoding rows (mixed steps), a prompt longer than a chunk, and a prompt whose
+        prefix is cached (prefill attention over cached pages), so that their one-off costs
+        (kernel specializations, library plans, allocator growth) are paid before /readyz."""
+        assert self.scheduler is not None and self.kv is not None
+        seq = self._warmup_sequence(list(self.tokenizer("warm up").input_ids), 2)
         self.scheduler.add(seq)
         while seq.phase is not Phase.DONE or self._pending is not None:
+            self._step()
+        chunk = self.settings.text_prefill_chunk_tokens
+        longest = min(self.context - 8, chunk + 16, self.kv.capacity_tokens // 4 - 8)
+        if longest < 32 or not isinstance(self.runner, NativeRunner):
+            return
+        vocab = self.runner.model.vocab
+        gen = torch.Generator().manual_seed(0)
+
+        def ids(n: int) -> list[int]:
+            return torch.randint(3, vocab, (n,), generator=gen).tolist()
+
+        stream = self._warmup_sequence(ids(8), 8)
+        self.scheduler.add(stream)
+        while stream.phase is not Phase.DECODE:
+            self._step()
+        shared = ids(longest // 2)
+        burst = [
+            self._warmup_sequence(shared + ids(longest // 4), 4),
+            self._warmup_sequence(ids(longest), 4),
+            self._warmup_sequence(shared + ids(longest // 8), 4),  # a hit on the first's pages
+        ]
+        for seq in burst:
+            self.scheduler.add(seq)
+        while any(s.phase is not Phase.DONE for s in [stream, *burst]) or self._pending:
             self._step()
 
     def start(self) -> None:
@@ -475,6 +515,12 @@ class TextEngine:
         if plan.admitted:
             metrics.BATCH_SIZE.observe(len(plan.admitted))
             self._left_queue(sum(1 for s in plan.admitted if s.handle is not None))
+            for seq in plan.admitted:
+                if seq.handle is not None:
+                    metrics.PROMPT_TOKENS.inc(seq.prompt_len)
+                    if seq.cached_tokens:
+                        metrics.PREFIX_CACHE_HIT_TOKENS.inc(seq.cached_tokens)
+                        metrics.PREFIX_CACHE_HITS.inc()
         launched = None
         if not plan.empty:
             try:
@@ -548,7 +594,13 @@ class TextEngine:
                     self._finish(seq, now)
 
     def _fail(self, plan: StepPlan, exc: Exception) -> None:
-        for seq in [*plan.decode, *(c.seq for c in plan.prefill)]:
+        """Fails the step's rows, and every request that shares a page this step was to fill
+        (its keys are dropped first: the page holds garbage)."""
+        assert self.scheduler is not None
+        self.scheduler.kv.forget(plan.hashed)
+        rows = [*plan.decode, *(c.seq for c in plan.prefill)]
+        rows += self.scheduler.holders(plan.hashed)
+        for seq in dict.fromkeys(rows):
             if seq.phase is Phase.DONE:
                 continue
             self._retire(seq)
@@ -564,7 +616,7 @@ class TextEngine:
         result = GenerationResult(
             text=seq.state.text,
             finish_reason=seq.state.finish_reason,
-            usage=Usage(seq.prompt_len, seq.state.completion_tokens),
+            usage=Usage(seq.prompt_len, seq.state.completion_tokens, seq.cached_tokens),
             seed=request.seed,
             model=request.model_name,
             queue_seconds=started - request.arrival,
@@ -575,10 +627,12 @@ class TextEngine:
         handle.push("done", result)
         self.release(handle, "success")
         logger.info(
-            "request %s: %d+%d tokens, %s, %.2fs (%d prefill chunks)",
+            "request %s: %d+%d tokens (%d prompt tokens from the prefix cache), %s, %.2fs "
+            "(%d prefill chunks)",
             request.request_id,
             result.usage.prompt_tokens,
             result.usage.completion_tokens,
+            result.usage.cached_tokens,
             result.finish_reason,
             result.total_seconds,
             seq.prefill_chunks,

@@ -22,12 +22,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from services.text import fp8
 from services.text.attention import (
     decode_attention_torch,
     decode_attention_triton,
     prefill_attention,
     triton_available,
 )
+from services.text.fp8 import Fp8Weight
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,12 @@ class StepInputs:
 
 
 class Projection:
-    """One or several HF linears fused into one: ``x -> cat(q(x), k(x), v(x))``, plus LoRA."""
+    """One or several HF linears fused into one: ``x -> cat(q(x), k(x), v(x))``, plus LoRA.
+
+    The base product is one of: a bf16/fp32 ``weight`` (``F.linear``), an ``fp8`` weight
+    (``torch._scaled_mm`` on per-token quantized rows), or the HF ``modules`` themselves
+    (bitsandbytes' nf4 layers, which cannot be fused).
+    """
 
     def __init__(
         self,
@@ -78,11 +85,19 @@ class Projection:
         bias: torch.Tensor | None,
         modules: list[Callable[[torch.Tensor], torch.Tensor]],
         lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        fp8: Fp8Weight | None = None,
+        quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.weight, self.bias, self.modules, self.lora = weight, bias, modules, lora
+        self.fp8, self.quantize_rows = fp8, quantize_rows
 
     def __call__(self, x: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
-        if self.weight is not None:
+        if self.fp8 is not None:
+            assert self.quantize_rows is not None
+            y = self.fp8.matmul(x, self.quantize_rows)
+            if self.bias is not None:
+                y = y + self.bias
+        elif self.weight is not None:
             y = F.linear(x, self.weight, self.bias)
         elif len(self.modules) == 1:
             y = self.modules[0](x)
@@ -134,21 +149,35 @@ class _Tables:
         return table
 
 
-def _fuse(modules: list[Any], adapters: Sequence[str], tables: _Tables) -> Projection:
+def _bias(bases: Sequence[Any]) -> torch.Tensor | None:
+    if all(b.bias is None for b in bases):
+        return None
+    return torch.cat(
+        [b.bias if b.bias is not None else b.weight.new_zeros(b.weight.shape[0]) for b in bases]
+    ).detach()
+
+
+def _fuse(
+    modules: list[Any],
+    adapters: Sequence[str],
+    tables: _Tables,
+    quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Projection:
+    """``quantize_rows`` set: the fused weight in FP8 (``fp8.py``), rows quantized by it."""
     bases, loras = zip(*(_lora_parts(m) for m in modules), strict=True)
+    dtype = bases[0].weight.dtype
     if any(_is_quantized(b) for b in bases):
         projection = Projection(None, None, list(bases), None)
+        dtype = torch.bfloat16
+    elif quantize_rows is not None:
+        bias = _bias(bases)
+        quantized = Fp8Weight.cat([fp8.from_linear(b) for b in bases])
+        projection = Projection(None, bias, [], None, quantized, quantize_rows)
+        for b in bases:  # the FP8 copy replaces the originals; free them now
+            b.weight.data = b.weight.data.new_empty(0)
     else:
         weight = torch.cat([b.weight for b in bases]) if len(bases) > 1 else bases[0].weight
-        bias = None
-        if any(b.bias is not None for b in bases):
-            bias = torch.cat(
-                [
-                    b.bias if b.bias is not None else b.weight.new_zeros(b.weight.shape[0])
-                    for b in bases
-                ]
-            )
-        projection = Projection(weight.detach(), bias, [], None)
+        projection = Projection(weight.detach(), _bias(bases), [], None)
         if len(bases) > 1:  # the fused copy replaces the originals; free them now
             for b in bases:
                 b.weight.data = b.weight.data.new_empty(0)
@@ -165,8 +194,7 @@ def _fuse(modules: list[Any], adapters: Sequence[str], tables: _Tables) -> Proje
             columns.append((index, a.shape[0]))
     if a_blocks:
         like = a_blocks[0][0]
-        dtype = bases[0].weight.dtype if projection.weight is not None else torch.bfloat16
-        if not dtype.is_floating_point:
+        if not dtype.is_floating_point or dtype.itemsize == 1:
             dtype = torch.bfloat16
         a_all = torch.cat([a for a, _ in a_blocks]).to(dtype)
         b_all = torch.zeros((total_out, a_all.shape[0]), dtype=dtype, device=like.device)
@@ -243,7 +271,11 @@ class _Layer:
 
 
 class LeanLlama:
-    def __init__(self, hf_model: Any, adapters: Sequence[str], context: int) -> None:
+    def __init__(
+        self, hf_model: Any, adapters: Sequence[str], context: int, fp8_linears: bool = False
+    ) -> None:
+        """``fp8_linears``: the decoder blocks' linear layers in FP8 (``fp8.py``); the caller
+        has checked that the device runs FP8 matmuls (the CPU runs torch's reference)."""
         inner = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
         config = inner.config
         if config.model_type not in SUPPORTED:
@@ -267,17 +299,25 @@ class LeanLlama:
             raise Unsupported("an adapter or quantization on lm_head")
         self.lm_head = head_base.weight.detach()
         tables = _Tables(adapters, self.device, self.dtype)
+        quant: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+        if fp8_linears:
+            cuda = self.device.type == "cuda" and triton_available()
+            if cuda:
+                from services.text.kernels import quantize_rows as quant
+            else:
+                quant = fp8.quantize_rows_torch
+        self.fp8 = fp8_linears
         self.layers = []
         for layer in body.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight.detach(),
-                    qkv=_fuse([attn.q_proj, attn.k_proj, attn.v_proj], adapters, tables),
-                    o=_fuse([attn.o_proj], adapters, tables),
+                    qkv=_fuse([attn.q_proj, attn.k_proj, attn.v_proj], adapters, tables, quant),
+                    o=_fuse([attn.o_proj], adapters, tables, quant),
                     post_norm=layer.post_attention_layernorm.weight.detach(),
-                    gate_up=_fuse([mlp.gate_proj, mlp.up_proj], adapters, tables),
-                    down=_fuse([mlp.down_proj], adapters, tables),
+                    gate_up=_fuse([mlp.gate_proj, mlp.up_proj], adapters, tables, quant),
+                    down=_fuse([mlp.down_proj], adapters, tables, quant),
                 )
             )
         positions = torch.arange(context, device=self.device)[None]

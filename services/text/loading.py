@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from services.common.devices import resolve_device, resolve_dtype
+from services.common.model_source import ModelLoadError
 from services.common.tiny import LLAMA2_CHAT_TEMPLATE, resolve_model
+from services.text import fp8
 from services.text.config import TextSettings
 
 logger = logging.getLogger(__name__)
@@ -46,9 +49,28 @@ def nf4_config() -> Any:
     )
 
 
-def load_base(settings: TextSettings) -> tuple[Any, Any, torch.device]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_fp8(settings: TextSettings) -> None:
+    """Refuses ``ARTICLEFORGE_TEXT_QUANTIZATION=fp8`` where FP8 matmuls cannot run, before
+    anything is loaded (``articleforge serve text`` calls it before it binds its port)."""
+    if settings.text_quantization != "fp8":
+        return
+    problem = fp8.unsupported_reason(resolve_device(settings.text_device))
+    if problem is None and settings.text_runner == "hf":
+        problem = (
+            "ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the engine's native runner only; use "
+            "ARTICLEFORGE_TEXT_RUNNER=auto or native"
+        )
+    if problem is not None:
+        raise ModelLoadError(problem)
 
+
+def load_base(settings: TextSettings, allow_cpu_fp8: bool = False) -> tuple[Any, Any, torch.device]:
+    """The HF model and tokenizer. ``allow_cpu_fp8``: skip the fp8 device check (tests and
+    accuracy checks run torch's reference FP8 matmul on the CPU; the service never does)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not allow_cpu_fp8:
+        check_fp8(settings)
     path = resolve_model(settings.text_model, "text", settings.resolved_cache_dir())
     device = resolve_device(settings.text_device)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(settings.text_dtype, device, torch.bfloat16)}
@@ -56,10 +78,30 @@ def load_base(settings: TextSettings) -> tuple[Any, Any, torch.device]:
         kwargs["quantization_config"] = nf4_config()
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": str(device)}
+    config = AutoConfig.from_pretrained(path)
+    method = fp8.checkpoint_method(config)
+    if method is not None:
+        if settings.text_quantization != "fp8":
+            raise ModelLoadError(
+                f"text model {settings.text_model!r} is an FP8 checkpoint ({method}); serve it "
+                "with ARTICLEFORGE_TEXT_QUANTIZATION=fp8"
+            )
+        # Load the E4M3 values as plain weights (exact in bf16); the scales are read below.
+        del config.quantization_config
+        kwargs["config"] = config
     logger.info("text model %s: loading from %s on %s", settings.text_model, path, device)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if settings.text_quantization != "nf4":
         model.to(device)  # type: ignore[arg-type]
+    if method is not None:
+        folder = Path(path)
+        if not folder.is_dir():  # a Hub id: from_pretrained has just put its files in the cache
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(path, allow_patterns=["*.safetensors", "*.json"]))
+        count = fp8.attach_checkpoint_scales(model, fp8.read_weight_scales(folder))
+        setattr(model, "fp8_checkpoint", method)  # noqa: B010 (read back by load_text_model)
+        logger.info("text model %s: FP8 checkpoint (%s), %d scaled layers", path, method, count)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
@@ -68,8 +110,8 @@ def load_base(settings: TextSettings) -> tuple[Any, Any, torch.device]:
     return model, tokenizer, device
 
 
-def load_text_model(settings: TextSettings) -> LoadedModel:
-    model, tokenizer, device = load_base(settings)
+def load_text_model(settings: TextSettings, allow_cpu_fp8: bool = False) -> LoadedModel:
+    model, tokenizer, device = load_base(settings, allow_cpu_fp8)
     adapters = settings.adapters()
     base_name = settings.base_model_name
     served: dict[str, str] = {base_name: BASE_ADAPTER}
@@ -85,7 +127,8 @@ def load_text_model(settings: TextSettings) -> LoadedModel:
             served[name] = name
         merge = (
             settings.text_merge_adapter
-            and settings.text_quantization == "none"
+            and settings.text_quantization != "nf4"
+            and getattr(model, "fp8_checkpoint", None) is None  # scaled E4M3 values: no merge
             and len(adapters) == 1
         )
         if merge:

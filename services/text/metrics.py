@@ -28,6 +28,17 @@ QUEUE_DEPTH = Gauge(
 RUNNING = Gauge("articleforge_text_running_requests", "Requests in the running batch.")
 KV_USAGE = Gauge("articleforge_text_kv_cache_usage", "Share of KV-cache pages held (0 to 1).")
 KV_CAPACITY = Gauge("articleforge_text_kv_cache_tokens", "KV-cache capacity in tokens.")
+PROMPT_TOKENS = Counter(
+    "articleforge_text_prompt_tokens_total", "Prompt tokens of requests admitted to the batch."
+)
+PREFIX_CACHE_HIT_TOKENS = Counter(
+    "articleforge_text_prefix_cache_hit_tokens_total",
+    "Prompt tokens taken from the prefix cache instead of being prefilled.",
+)
+PREFIX_CACHE_HITS = Counter(
+    "articleforge_text_prefix_cache_hits_total",
+    "Admitted requests that found at least one KV page of their prompt in the prefix cache.",
+)
 PREFILL_CHUNKS = Counter(
     "articleforge_text_prefill_chunks_total", "Prompt chunks prefilled (a long prompt has several)."
 )

@@ -118,8 +118,9 @@ class NativeRunner:
             else None,
         )
         if n:
-            width = max(self.kv.pages_for(s.num_cached + 1) for s in plan.decode)
-            table = torch.stack([self._table_row(s)[:width] for s in plan.decode])
+            # Full-width rows, as in the graphs: the Triton decode kernel is specialized on the
+            # table's stride, so a width of its own per step would compile new variants.
+            table = torch.stack([self._table_row(s) for s in plan.decode])
             inputs.block_tables = to_device(table, self.device)
             lengths = [s.num_cached + 1 for s in plan.decode]
             inputs.lengths = to_device(torch.tensor(lengths, dtype=torch.int32), self.device)

@@ -8,6 +8,20 @@ Continuous batching in the shape of vLLM v1 and nano-vllm:
   of admitted requests (a long prompt runs over several steps). So a running stream waits at
   most one chunk's worth of prefill between two of its tokens, and a new request's prefill
   starts at the next step, without waiting for anyone to finish.
+
+With the prefix cache on (``ARTICLEFORGE_TEXT_PREFIX_CACHE``, the default; pages and hash
+chain in ``kv_cache.py``; only full pages of prompt tokens are cached, never generated ones),
+a step is planned in two passes. First the rows of running requests: decode rows, and prompt
+chunks, each chunk registering (hashing) the full prompt pages it completes. Then waiting
+requests are admitted one by one; each is matched against the cache's table, which by then
+holds the pages planned in this very step, so the five section prompts of one article that
+arrive together share their common prefix at once: the lean forward writes every token's K/V
+of a layer before any attention of that layer runs, so a chunk may read pages that another
+chunk of the same step writes. A page becomes hittable only once the chunk that computes it
+is in a plan. An admitted request's prefill starts after its hit (``num_cached``), and the
+hit needs no new pages; the engine counts hits in
+``articleforge_text_prefix_cache_hit_tokens_total`` and ``..._hits_total``. If the step
+fails, ``StepPlan.hashed`` names the pages whose keys must be dropped.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ class StepPlan:
     decode: list[Sequence] = field(default_factory=list)
     prefill: list[Chunk] = field(default_factory=list)
     admitted: list[Sequence] = field(default_factory=list)
+    hashed: list[int] = field(default_factory=list)  # pages this step fills and made hittable
 
     @property
     def sampled(self) -> list[Sequence]:
@@ -63,25 +78,43 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
-        while self.waiting and len(self.running) < self.max_rows:
-            seq = self.waiting[0]
-            if not self.kv.can_allocate(seq.reserved_tokens):
-                break  # first come, first served: later requests do not overtake it
-            self.waiting.popleft()
-            seq.pages = self.kv.allocate(seq.reserved_tokens)
-            seq.phase = Phase.PREFILL
-            self.running.append(seq)
-            plan.admitted.append(seq)
         budget = self.chunk_tokens
         for seq in self.running:
             if seq.phase is Phase.DECODE:
                 if seq.sampled < seq.max_new_tokens:  # else its last token is on the way
                     plan.decode.append(seq)
             elif seq.phase is Phase.PREFILL and budget > 0:
-                length = min(seq.remaining_prompt, budget)
-                plan.prefill.append(Chunk(seq, seq.num_cached, length))
-                budget -= length
+                budget -= self._plan_chunk(plan, seq, budget)
+        while self.waiting and len(self.running) < self.max_rows:
+            seq = self.waiting[0]
+            if seq.page_keys is None:
+                seq.page_keys = self.kv.page_keys(seq.prompt_ids, seq.adapter_index)
+            hits = self.kv.match(seq.prompt_ids, seq.page_keys, seq.adapter_index)
+            if not self.kv.can_allocate(seq.reserved_tokens, hits):
+                break  # first come, first served: later requests do not overtake it
+            self.waiting.popleft()
+            seq.pages = self.kv.allocate(seq.reserved_tokens, hits)
+            seq.num_cached = seq.cached_tokens = len(hits) * self.kv.page_size
+            seq.hashed_pages = len(hits)
+            seq.phase = Phase.PREFILL
+            self.running.append(seq)
+            plan.admitted.append(seq)
+            if budget > 0:
+                budget -= self._plan_chunk(plan, seq, budget)
         return plan
+
+    def _plan_chunk(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
+        """Plans the next prompt chunk of ``seq`` and hashes the full pages it completes."""
+        length = min(seq.remaining_prompt, budget)
+        plan.prefill.append(Chunk(seq, seq.num_cached, length))
+        full = min(len(seq.page_keys or ()), (seq.num_cached + length) // self.kv.page_size)
+        if full > seq.hashed_pages:
+            assert seq.page_keys is not None
+            plan.hashed += self.kv.register(
+                seq.pages, seq.prompt_ids, seq.page_keys, seq.adapter_index, seq.hashed_pages, full
+            )
+            seq.hashed_pages = full
+        return length
 
     def advance(self, plan: StepPlan) -> None:
         """After the step ran: the cache holds one more token per row, and the chunks."""
@@ -90,8 +123,13 @@ class Scheduler:
         for chunk in plan.prefill:
             chunk.seq.num_cached += chunk.length
             chunk.seq.prefill_chunks += 1
-            if chunk.completes_prompt:
+            if chunk.completes_prompt and chunk.seq.phase is Phase.PREFILL:
                 chunk.seq.phase = Phase.DECODE
+
+    def holders(self, pages: list[int]) -> list[Sequence]:
+        """Running requests that hold any of ``pages``."""
+        wanted = set(pages)
+        return [seq for seq in self.running if wanted.intersection(seq.pages)]
 
     def finish(self, seq: Sequence) -> None:
         """Takes a request out (done or cancelled) and frees its pages at once."""

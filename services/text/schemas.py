@@ -63,6 +63,7 @@ class SamplingParams:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass
@@ -257,10 +258,23 @@ class GenerateRequest(_Sampling):
         return self.sampling_params(self.max_new_tokens, self.stop)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(
+        description="Prompt tokens whose KV came from the prefix cache instead of being "
+        "prefilled: whole KV pages of a prefix an earlier (or simultaneous) request shares, "
+        "never the prompt's last token. 0 with ARTICLEFORGE_TEXT_PREFIX_CACHE=false.",
+        examples=[32],
+    )
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int = Field(description="Tokens in the rendered prompt.", examples=[34])
     completion_tokens: int = Field(description="Tokens generated.", examples=[256])
     total_tokens: int = Field(description="The sum of both.", examples=[290])
+    prompt_tokens_details: PromptTokensDetails = Field(
+        description="What the prompt cost, as OpenAI reports it.",
+        examples=[{"cached_tokens": 32}],
+    )
 
 
 class Timings(BaseModel):
@@ -548,4 +562,5 @@ def usage_out(usage: Usage) -> dict[str, Any]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }

@@ -39,6 +39,13 @@ class Sequence:
     # Tokens asked of the sampler so far, handed out or still on the device.
     sampled: int = 0
     pages: list[int] = field(default_factory=list)
+    # The prefix cache: the chained key of every full prompt page (computed once, when the
+    # request first asks to be admitted), the prompt tokens it found cached at admission,
+    # and how many of its leading pages are dealt with: hit, or hashed once the chunk that
+    # fills them was planned (a page another request already holds the key of stays private).
+    page_keys: list[bytes] | None = None
+    cached_tokens: int = 0
+    hashed_pages: int = 0
     slot: int = -1  # row of the sampler's per-request penalty tables
     started: float | None = None  # first scheduled
     first_token_at: float | None = None

@@ -644,7 +644,7 @@ def test_a_regeneration_popped_by_a_dead_worker_is_queued_again(
 
 def test_the_rewrite_prompt_carries_the_outline_the_neighbours_and_the_language() -> None:
     from services.gateway.editorial import rewrite_prompt
-    from services.gateway.pipeline import Outline
+    from services.gateway.pipeline import Outline, section_preamble
     from services.gateway.schemas import ArticleRequest
 
     request = ArticleRequest(topic="Solarenergie", language="de", keywords=["Netzeinspeisung"])
@@ -654,7 +654,7 @@ def test_the_rewrite_prompt_carries_the_outline_the_neighbours_and_the_language(
     for part in (
         '"Sonne auf dem Dach"',
         "1. Kosten; 2. Ersparnis; 3. Erste Schritte",
-        'Rewrite only the section "Ersparnis" (section 2)',
+        'Now rewrite only section 2, "Ersparnis"',
         "ENDE-EINS",  # the end of the section before ...
         "START-DREI",  # ... and the start of the one after
         "Netzeinspeisung",
@@ -665,5 +665,10 @@ def test_the_rewrite_prompt_carries_the_outline_the_neighbours_and_the_language(
     assert "follows on from the section before and leads into the one after" in prompt
     first = rewrite_prompt(request, outline, bodies, 0, None)
     assert "section before" not in first and "The editor asks" not in first
-    assert first.endswith("so that it leads into the one after. Work in these terms where they "
-                          "fit: Netzeinspeisung.")  # fmt: skip
+    assert first.endswith('Now rewrite only section 1, "Kosten", so that it leads into the one '
+                          "after.")  # fmt: skip
+    # Both start with the article's section preamble, word for word, as its section prompts do:
+    # the text service's prefix cache serves that part from them.
+    preamble = section_preamble(request, outline)
+    assert prompt.startswith(preamble) and first.startswith(preamble)
+    assert "ENDE-EINS" not in preamble and "Ersparnis" in preamble  # the whole outline

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,6 +122,123 @@ def test_derived_image_prompts_and_their_fallback() -> None:
     assert prompts[0] == "solar panels on a red roof, morning light, detailed"
     assert prompts[1].startswith("Costs, Solar power") and fallbacks == ["image_prompt:1"]
     assert "Panels cost less now." in backend.bodies[1]["prompt"]  # section text as context
+
+
+# --- prompt order: shared first, different last (the text service's prefix cache) ---------------
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(cache_dir: Path) -> Iterator[Any]:
+    from services.text.config import TextSettings
+    from services.text.engine import TextEngine
+    from services.text.loading import load_text_model
+
+    settings = TextSettings(_env_file=None, text_model="tiny", text_device="cpu")
+    engine = TextEngine(settings, load_text_model(settings))
+    engine.start()
+    yield engine
+    engine.shutdown()
+
+
+class RecordingText:
+    """The real tiny text engine, with every body the pipeline sends it kept."""
+
+    def __init__(self, engine: Any) -> None:
+        from services.gateway.local import LocalText
+
+        self.inner = LocalText(engine)
+        self.bodies: list[dict[str, Any]] = []
+
+    async def generate(
+        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        self.bodies.append(body)
+        reply: dict[str, Any] = await self.inner.generate(body, on_delta)
+        return reply
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    return next(
+        (k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def test_one_articles_section_prompts_share_everything_but_the_section_named_last(
+    tiny_engine: Any,
+) -> None:
+    from services.text.schemas import GenerateRequest
+
+    request = ArticleRequest(
+        topic="The future of solar power",
+        audience="homeowners",
+        sections=4,
+        target_words=240,
+        keywords=["photovoltaics", "net metering"],
+        text={"seed": 3, "temperature": 0.0},
+    )
+    recording = RecordingText(tiny_engine)
+    outline = asyncio.run(pipeline.write_outline(recording, request, 7))
+    asyncio.run(pipeline.write_sections(recording, request, outline, 7))
+    bodies = recording.bodies[1:]
+    prompts = [b["prompt"] for b in bodies]
+    assert len(prompts) == 4 and {b["system"] for b in bodies} == {pipeline.SYSTEM}
+
+    shared = os.path.commonprefix(prompts)
+    assert shared == pipeline.section_preamble(request, outline) + " Now write only section "
+    for part in (
+        "Write an article about The future of solar power for homeowners.",
+        "Write it in English.",
+        f'titled "{outline.title}"',
+        "photovoltaics, net metering",
+        "about 60 words, as Markdown paragraphs without a heading",
+    ):
+        assert part in shared, part
+    # The whole outline, numbered, in every section's shared part.
+    assert (
+        "4 sections: " + "; ".join(f"{k + 1}. {h}" for k, h in enumerate(outline.headings))
+        in shared
+    )
+    for k, (prompt, heading) in enumerate(zip(prompts, outline.headings, strict=True)):
+        assert prompt[len(shared) :] == f'{k + 1}, "{heading}".'  # the section, and only it, last
+
+    # In tokens, as the cache keys them: the prompts (system and chat template included) part
+    # only at the section's number, so all but the last few tokens of each are shared.
+    ids = [tiny_engine.encode_prompt(GenerateRequest.model_validate(b).to_prompt()) for b in bodies]
+    common = min(_common_length(ids[0], other) for other in ids[1:])
+    assert common >= 0.8 * max(len(i) for i in ids) and common >= 64, (
+        common,
+        [len(i) for i in ids],
+    )
+
+
+def test_outline_and_image_prompts_put_their_fixed_rules_first_and_the_subject_last() -> None:
+    solar = ArticleRequest(topic="Solar power", sections=2, images={"count": 3})
+    bees = ArticleRequest(topic="Urban beekeeping", sections=2, images={"count": 3})
+    backend = ScriptedText(["\ufffd"])
+    for request in (solar, bees):
+        asyncio.run(pipeline.write_outline(backend, request, 1))
+    # Every article's outline prompt starts with the same rules; its topic comes after them.
+    fixed = os.path.commonprefix([b["prompt"] for b in backend.bodies])
+    for part in ("JSON only", '{"title": "...", "sections": ["...", ...]}', "exactly 2 section"):
+        assert part in fixed, part
+    assert backend.bodies[0]["prompt"].endswith(
+        "The article: Write an article about Solar power. Write it in English."
+    )
+
+    outline = pipeline.Outline("Solar at home", ["Costs", "Installers"])
+    backend = ScriptedText(["\ufffd"])
+    asyncio.run(pipeline.write_image_prompts(backend, solar, outline, ["Cheap.", "Pick well."], 5))
+    prompts = [b["prompt"] for b in backend.bodies]
+    shared = os.path.commonprefix(prompts)
+    for part in ("under 40 words", "no text in the image", "written in English", "Solar power"):
+        assert part in shared, part
+    assert shared.endswith('Illustrate "')
+    tails = [p[len(shared) :] for p in prompts]
+    assert tails == [
+        'Solar at home". Context: Solar power',
+        'Costs". Context: Cheap.',
+        'Installers". Context: Pick well.',
+    ]
 
 
 def _provenance() -> Any:

@@ -50,6 +50,13 @@ def test_concurrent_requests_batch_and_match_one_at_a_time(cache_dir: Path) -> N
     assert batched_rows == len(bodies)
     assert batches < len(bodies), f"{len(bodies)} requests ran in {batches} batches"
     assert [r["text"] for r in together] == [r["text"] for r in alone]
+    # The same counts, except that the 28-token prompt now finds its first KV page (16
+    # tokens) in the prefix cache, left there by its run alone.
+    cached = [r["usage"].pop("prompt_tokens_details")["cached_tokens"] for r in together]
+    assert cached == [16 if r["usage"]["prompt_tokens"] > 16 else 0 for r in together]
+    assert sum(cached) == 16
+    for r in alone:
+        assert r["usage"].pop("prompt_tokens_details") == {"cached_tokens": 0}
     assert [r["usage"] for r in together] == [r["usage"] for r in alone]
 
 
