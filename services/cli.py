@@ -79,6 +79,8 @@ def quiet_libraries() -> None:
         lib.disable_progress_bar()
         lib.set_verbosity_error()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes asks the `kernels` package for hub kernels; offline it warns on every start.
+    logging.getLogger("kernels").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -93,10 +95,9 @@ def serve(
     from services.common.logging import setup_logging
 
     if service is Service.text:
+        from services.common.model_source import ModelLoadError
         from services.text.app import create_app
         from services.text.config import TextSettings
-
-        from services.common.model_source import ModelLoadError
         from services.text.loading import check_fp8
 
         settings = load_settings(TextSettings)
