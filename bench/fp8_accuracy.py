@@ -32,17 +32,8 @@ sys.path.insert(0, str(ROOT))  # `python bench/fp8_accuracy.py` imports the proj
 
 import torch  # noqa: E402
 
+from bench.text_bench import SHAPES, llama_config  # noqa: E402
 from services.text.llama import LeanLlama, StepInputs  # noqa: E402
-
-LLAMA2_7B: dict[str, Any] = dict(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    max_position_embeddings=4096,
-)
 
 
 def compare_logits(ref: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
@@ -67,7 +58,7 @@ def _lean_logits(lean: LeanLlama, ids: torch.Tensor) -> torch.Tensor:
 
 
 def run_shape(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from services.text import fp8
 
@@ -75,13 +66,13 @@ def run_shape(args: argparse.Namespace) -> dict[str, Any]:
     problem = fp8.unsupported_reason(device)
     if problem is not None:
         return {"refused": problem}
-    config = LlamaConfig(**LLAMA2_7B)
+    config = llama_config(SHAPES["llama2-7b"])  # the shape text_bench serves
     gen = torch.Generator().manual_seed(args.seed)
     batches = [
         torch.randint(3, config.vocab_size, (args.tokens,), generator=gen).to(device)
         for _ in range(args.sequences)
     ]
-    results: dict[str, Any] = {"config": LLAMA2_7B, "sequences": args.sequences}
+    results: dict[str, Any] = {"config": SHAPES["llama2-7b"], "sequences": args.sequences}
     logits: dict[str, list[torch.Tensor]] = {}
     for name, use_fp8 in (("bf16", False), ("fp8", True)):
         torch.manual_seed(args.seed)  # the same random weights both times
