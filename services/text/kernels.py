@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from services.text.fp8 import FP8, FP8_MAX
+
 
 @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
 def _add_rms_norm(  # type: ignore[no-untyped-def]
@@ -171,8 +173,6 @@ def _quantize_rows(X, Q, S, stride_x, stride_q, n, fp8_max, BLOCK: tl.constexpr)
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[T, K]`` -> (E4M3 ``[T, K]``, float32 ``[T, 1]``) in one launch: each row's largest
     magnitude maps to 448 (``fp8.quantize_rows_torch`` in one kernel instead of five)."""
-    from services.text.fp8 import FP8, FP8_MAX
-
     rows, n = x.shape
     q = torch.empty((rows, n), dtype=FP8, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
