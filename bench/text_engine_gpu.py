@@ -108,7 +108,7 @@ def tokenizer() -> Any:
     return build_tokenizer(32000)
 
 
-def engine(rows: int, graphs: bool) -> Any:
+def engine(rows: int, graphs: bool, quantization: str = "none") -> Any:
     from services.text.config import TextSettings
     from services.text.engine import TextEngine
     from services.text.loading import BASE_ADAPTER, LoadedModel
@@ -129,6 +129,7 @@ def engine(rows: int, graphs: bool) -> Any:
         text_cuda_graphs=graphs,
         text_max_queue=1024,
         text_device="cuda",
+        text_quantization=quantization,
         _env_file=None,
     )  # type: ignore[call-arg]
     eng = TextEngine(settings, loaded)
@@ -231,15 +232,20 @@ def main() -> None:
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one stream and its profile only")
+    parser.add_argument("--quantization", default="none", choices=["none", "fp8"])
     args = parser.parse_args()
-    result: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    result: dict[str, Any] = {
+        "card": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "quantization": args.quantization,
+    }
     if not args.skip_checks:
         result["kernel"] = kernel_check()
         print(json.dumps(result["kernel"]), flush=True)
         result["logits"] = logits_check()
         print(json.dumps(result["logits"]), flush=True)
         torch.cuda.empty_cache()
-    eng, warm = engine(128, not args.no_graphs)
+    eng, warm = engine(128, not args.no_graphs, args.quantization)
     result["warmup_s"] = round(warm, 1)
     result["kv_tokens"] = eng.kv.capacity_tokens
     print("warmup", warm, "kv tokens", eng.kv.capacity_tokens, flush=True)

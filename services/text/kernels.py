@@ -181,3 +181,102 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         BLOCK=triton.next_power_of_2(n), num_warps=8,
     )  # fmt: skip
     return q, scale
+
+
+@triton.jit  # type: ignore[untyped-decorator,unused-ignore]
+def _fp8_weight_matmul(  # type: ignore[no-untyped-def]
+    X,
+    W,
+    S,
+    Y,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    DOT: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    k_lo = pid_k * span
+    k_hi = tl.minimum(k_lo + span, K)
+    if DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + rk
+        kmask = kk < k_hi
+        w = tl.load(
+            W + rn[:, None] * stride_wn + kk[None, :],
+            mask=(rn[:, None] < N) & kmask[None, :],
+            other=0.0,
+        )
+        if DOT:
+            x = tl.load(
+                X + rm[:, None] * stride_xm + kk[None, :],
+                mask=(rm[:, None] < M) & kmask[None, :],
+                other=0.0,
+            )
+            acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+        else:
+            x = tl.load(X + pid_m * stride_xm + kk, mask=kmask, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+    s = tl.load(S + rn, mask=rn < N, other=0.0)
+    if DOT:
+        out = acc * s[None, :]
+        ptrs = Y + rm[:, None] * stride_ym + rn[None, :]
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+    else:
+        out = acc * s
+        ptrs = Y + pid_m * stride_ym + rn
+        mask = rn < N
+    if SPLIT_K == 1:
+        tl.store(ptrs, out.to(Y.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(ptrs, out, mask=mask)
+
+
+def fp8_weight_matmul(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    block_n: int = 32,
+    block_k: int = 256,
+    split_k: int = 1,
+    num_warps: int = 4,
+    num_stages: int = 3,
+    dot: bool | None = None,
+) -> torch.Tensor:
+    """``x`` ``[M, K]`` (bf16) times an E4M3 weight ``q`` ``[N, K]`` with per-channel
+    ``scale`` (``[1, N]`` float32): ``x @ (q * scale).T`` in x's dtype, the weight widened to
+    bf16 inside the kernel (weight-only FP8: activations are not quantized). For small ``M``,
+    where a step is bound by reading the weight: one row reduces on the CUDA cores (``dot``
+    False); more go through ``tl.dot`` in tiles of 16-64 rows; ``split_k`` > 1 adds float32
+    partial sums atomically."""
+    m, k = x.shape
+    n = q.shape[0]
+    if dot is None:
+        dot = m > 1
+    block_m = max(16, min(64, triton.next_power_of_2(m))) if dot else 1
+    grid = (triton.cdiv(n, block_n), split_k, triton.cdiv(m, block_m))
+    if split_k == 1:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    else:
+        y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
+    _fp8_weight_matmul[grid](
+        x, q, scale, y, m, n, k, x.stride(0), q.stride(0), y.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, DOT=dot,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return y if split_k == 1 else y.to(x.dtype)
