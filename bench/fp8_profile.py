@@ -8,7 +8,8 @@ launch overhead does not count; a graph holds ``--inner`` calls, replayed ``--it
 * ``w8a8``: ``kernels.quantize_rows`` + ``torch._scaled_mm`` (row-wise scales), the fp8 path;
 * ``scaled_mm``: ``torch._scaled_mm`` alone, activations already in E4M3;
 * ``w8a16``: ``kernels.fp8_weight_matmul`` (E4M3 weight widened in the kernel, bf16
-  activations), the best of a small tile sweep per row bucket, for rows up to 128.
+  activations), the best of the planner's tiles (or ``--all-tiles``) per row bucket, for rows
+  up to 128.
 
 Each line gives microseconds, the weight's bytes over the time (GB/s; the card's HBM peak is the
 ceiling for small row counts) and TFLOP/s (the ceiling for large ones). A second part checks
@@ -40,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 8192]
 SWEEP_ROWS = [1, 8, 16, 64]  # the buckets whose tiles are swept (2-4 use 8's, 32 64's, ...)
-TILES = list(itertools.product([16, 32, 64], [128, 256, 512], [1, 2, 4]))
+TILES = list(itertools.product([16, 32, 64], [128, 256, 512], [1, 2, 4]))  # --all-tiles
 
 
 def graph_time(fn: Callable[[], Any], inner: int, iters: int) -> float:
@@ -88,7 +89,7 @@ def _one_shape(name: str, n: int, k: int, args: argparse.Namespace, out: dict[st
     best: dict[int, tuple[float, tuple[int, int, int]]] = {}
     for rows in SWEEP_ROWS:
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-        for bn, bk, split in TILES:
+        for bn, bk, split in TILES if args.all_tiles else kernels.W8A16_TILES:
             try:
                 call = partial(kernels.fp8_weight_matmul, x, wq.q, wq.scale, bn, bk, split)
                 t = graph_time(call, args.inner, args.iters)
@@ -193,6 +194,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", default="matmul,accuracy")
+    p.add_argument("--all-tiles", action="store_true", help="27 tiles, not the planner's 5")
     p.add_argument("--inner", type=int, default=20)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--sequences", type=int, default=4)

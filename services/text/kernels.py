@@ -7,15 +7,27 @@ launches per layer, about 2.5 ms more. These kernels do that glue in four launch
 * ``rope_store``: rotary embedding of q and k in place, and k, v written to their cache slots;
 * ``silu_mul``: ``silu(gate) * up`` from the fused gate/up output;
 * ``quantize_rows`` (fp8 only): each activation row to E4M3 with its own scale, one launch.
+
+And, for fp8, ``fp8_weight_matmul``: an E4M3 weight times bf16 rows, the weight widened inside
+the kernel (weight-only FP8), for the few-row products of decode steps, where cuBLASLt's FP8
+GEMM (``torch._scaled_mm``) is tuned for large tiles. ``Fp8Planner`` times both on the card at
+start-up, per row bucket and weight shape, and keeps the faster.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from services.text.fp8 import FP8, FP8_MAX
+from services.text.fp8 import FP8, FP8_MAX, Fp8Weight
+
+logger = logging.getLogger(__name__)
 
 
 @triton.jit  # type: ignore[untyped-decorator,unused-ignore]
@@ -280,3 +292,100 @@ def fp8_weight_matmul(
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return y if split_k == 1 else y.to(x.dtype)
+
+
+# Tiles of ``fp8_weight_matmul`` that the planner tries: (BLOCK_N, BLOCK_K, SPLIT_K).
+W8A16_TILES = ((32, 256, 1), (32, 256, 2), (64, 128, 2), (16, 512, 4), (64, 256, 1))
+# Above this many rows a step is no longer bound by reading the weight; cuBLASLt's FP8 GEMM
+# (both operands in E4M3, twice bf16's tensor-core rate) wins and is not timed against.
+W8A16_MAX_ROWS = 128
+
+
+def graph_microseconds(fn: Callable[[], Any], inner: int = 20, iters: int = 10) -> float:
+    """Microseconds per call of ``fn`` on the current CUDA device, ``inner`` calls captured in
+    one CUDA graph and replayed ``iters`` times, so that launch overhead does not count (decode
+    steps replay graphs too)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # compiles, and settles the allocator
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return 1000.0 * start.elapsed_time(end) / (iters * inner)
+
+
+class Fp8Planner:
+    """Which kernel multiplies an FP8 weight by ``rows`` activation rows: ``None`` for
+    ``torch._scaled_mm`` on rows quantized by ``quantize_rows`` (W8A8), or the
+    ``fp8_weight_matmul`` tile that was faster on this card (W8A16).
+
+    Plans are per (row bucket: the next power of two, out features, in features), timed once
+    by ``prepare`` at start-up, before any graph is captured. A bucket met later without a plan
+    (never the case for the engine, which prepares every bucket up to ``W8A16_MAX_ROWS``) is
+    timed then, or, inside a graph capture, where nothing can be timed, takes W8A8.
+    """
+
+    def __init__(self, quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+        self.quantize_rows = quantize_rows
+        self.plans: dict[tuple[int, int, int], tuple[int, int, int] | None] = {}
+        self.timings: dict[tuple[int, int, int], dict[str, float]] = {}
+
+    def tile(self, rows: int, weight: Fp8Weight) -> tuple[int, int, int] | None:
+        if rows > W8A16_MAX_ROWS:
+            return None
+        n, k = weight.q.shape
+        key = (int(triton.next_power_of_2(rows)), int(n), int(k))
+        if key in self.plans:
+            return self.plans[key]
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        return self._time(key, weight)
+
+    def prepare(self, weights: list[Fp8Weight]) -> None:
+        """Plans every row bucket up to ``W8A16_MAX_ROWS`` for each distinct weight shape."""
+        shapes: dict[tuple[int, int], Fp8Weight] = {}
+        for w in weights:
+            shapes.setdefault((int(w.q.shape[0]), int(w.q.shape[1])), w)
+        bucket = 1
+        while bucket <= W8A16_MAX_ROWS:
+            for w in shapes.values():
+                self.tile(bucket, w)
+            bucket *= 2
+        logger.info("text engine: fp8 matmul plan (rows, out, in -> tile or w8a8) %s", self.plans)
+
+    def matmul(self, x: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:
+        tile = self.tile(x.shape[0], weight)
+        if tile is None:
+            return weight.matmul(x, self.quantize_rows)
+        return fp8_weight_matmul(x, weight.q, weight.scale, *tile)
+
+    def _time(self, key: tuple[int, int, int], weight: Fp8Weight) -> tuple[int, int, int] | None:
+        rows, _, k = key
+        x = torch.randn((rows, k), dtype=torch.bfloat16, device=weight.q.device)
+        times = {"w8a8": graph_microseconds(partial(weight.matmul, x, self.quantize_rows))}
+        tiles: dict[str, tuple[int, int, int]] = {}
+        for tile in W8A16_TILES:
+            name = ",".join(map(str, tile))
+            try:
+                t = graph_microseconds(partial(fp8_weight_matmul, x, weight.q, weight.scale, *tile))
+            except Exception as exc:  # noqa: BLE001 (a tile this card cannot compile is skipped)
+                logger.debug("text engine: fp8 tile %s skipped: %s", name, exc)
+                continue
+            tiles[name], times[name] = tile, t
+        fastest = min(times, key=times.__getitem__)
+        best = tiles.get(fastest)  # None: w8a8
+        self.plans[key] = best
+        self.timings[key] = {name: round(t, 2) for name, t in times.items()}
+        return best

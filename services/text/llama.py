@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ from services.text.fp8 import Fp8Weight
 logger = logging.getLogger(__name__)
 
 SUPPORTED = ("llama", "mistral")
+# How a projection multiplies its rows by its FP8 weight (``kernels.Fp8Planner.matmul`` on CUDA).
+Fp8Matmul = Callable[[torch.Tensor, Fp8Weight], torch.Tensor]
 
 
 class Unsupported(Exception):
@@ -71,12 +74,21 @@ class StepInputs:
         return mask
 
 
+def _w8a8(
+    x: torch.Tensor,
+    weight: Fp8Weight,
+    quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    return weight.matmul(x, quantize_rows)
+
+
 class Projection:
     """One or several HF linears fused into one: ``x -> cat(q(x), k(x), v(x))``, plus LoRA.
 
     The base product is one of: a bf16/fp32 ``weight`` (``F.linear``), an ``fp8`` weight
-    (``torch._scaled_mm`` on per-token quantized rows), or the HF ``modules`` themselves
-    (bitsandbytes' nf4 layers, which cannot be fused).
+    (``fp8_matmul``: ``torch._scaled_mm`` on per-token quantized rows, or on CUDA, for the few
+    rows of a decode step, the weight-only kernel that ``kernels.Fp8Planner`` found faster), or
+    the HF ``modules`` themselves (bitsandbytes' nf4 layers, which cannot be fused).
     """
 
     def __init__(
@@ -86,15 +98,15 @@ class Projection:
         modules: list[Callable[[torch.Tensor], torch.Tensor]],
         lora: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
         fp8: Fp8Weight | None = None,
-        quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        fp8_matmul: Fp8Matmul | None = None,
     ) -> None:
         self.weight, self.bias, self.modules, self.lora = weight, bias, modules, lora
-        self.fp8, self.quantize_rows = fp8, quantize_rows
+        self.fp8, self.fp8_matmul = fp8, fp8_matmul
 
     def __call__(self, x: torch.Tensor, inputs: StepInputs) -> torch.Tensor:
         if self.fp8 is not None:
-            assert self.quantize_rows is not None
-            y = self.fp8.matmul(x, self.quantize_rows)
+            assert self.fp8_matmul is not None
+            y = self.fp8_matmul(x, self.fp8)
             if self.bias is not None:
                 y = y + self.bias
         elif self.weight is not None:
@@ -161,18 +173,18 @@ def _fuse(
     modules: list[Any],
     adapters: Sequence[str],
     tables: _Tables,
-    quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    fp8_matmul: Fp8Matmul | None = None,
 ) -> Projection:
-    """``quantize_rows`` set: the fused weight in FP8 (``fp8.py``), rows quantized by it."""
+    """``fp8_matmul`` set: the fused weight in FP8 (``fp8.py``), multiplied by it."""
     bases, loras = zip(*(_lora_parts(m) for m in modules), strict=True)
     dtype = bases[0].weight.dtype
     if any(_is_quantized(b) for b in bases):
         projection = Projection(None, None, list(bases), None)
         dtype = torch.bfloat16
-    elif quantize_rows is not None:
+    elif fp8_matmul is not None:
         bias = _bias(bases)
         quantized = Fp8Weight.cat([fp8.from_linear(b) for b in bases])
-        projection = Projection(None, bias, [], None, quantized, quantize_rows)
+        projection = Projection(None, bias, [], None, quantized, fp8_matmul)
         for b in bases:  # the FP8 copy replaces the originals; free them now
             b.weight.data = b.weight.data.new_empty(0)
     else:
@@ -299,13 +311,16 @@ class LeanLlama:
             raise Unsupported("an adapter or quantization on lm_head")
         self.lm_head = head_base.weight.detach()
         tables = _Tables(adapters, self.device, self.dtype)
-        quant: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+        quant: Fp8Matmul | None = None
+        self.fp8_planner: Any = None
         if fp8_linears:
-            cuda = self.device.type == "cuda" and triton_available()
-            if cuda:
-                from services.text.kernels import quantize_rows as quant
-            else:
-                quant = fp8.quantize_rows_torch
+            if self.device.type == "cuda" and triton_available():
+                from services.text.kernels import Fp8Planner, quantize_rows
+
+                self.fp8_planner = Fp8Planner(quantize_rows)
+                quant = self.fp8_planner.matmul
+            else:  # torch's reference FP8 matmul (the CPU tests)
+                quant = partial(_w8a8, quantize_rows=fp8.quantize_rows_torch)
         self.fp8 = fp8_linears
         self.layers = []
         for layer in body.layers:
@@ -320,6 +335,10 @@ class LeanLlama:
                     down=_fuse([mlp.down_proj], adapters, tables, quant),
                 )
             )
+        if self.fp8_planner is not None and self.layers:  # every layer has the same shapes
+            first = self.layers[0]
+            parts = (first.qkv, first.o, first.gate_up, first.down)
+            self.fp8_planner.prepare([p.fp8 for p in parts if p.fp8 is not None])
         positions = torch.arange(context, device=self.device)[None]
         probe = torch.zeros((1, 1, self.head_dim), dtype=torch.float32, device=self.device)
         cos, sin = body.rotary_emb(probe, positions)
