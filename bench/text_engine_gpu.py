@@ -233,6 +233,9 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one stream and its profile only")
     parser.add_argument("--quantization", default="none", choices=["none", "fp8"])
+    parser.add_argument(
+        "--levels", default="16,64,128", help="concurrent mixes (64: its profile too)"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {
         "card": torch.cuda.get_device_name(0),
@@ -254,12 +257,13 @@ def main() -> None:
         rng = random.Random(0)
         runs = [measure(eng, "single", [(128, 256, 0.0)]) for _ in range(3)]
         result["single"] = runs
-        for n in () if args.quick else (16, 64, 128):
+        levels = [] if args.quick else [int(v) for v in args.levels.split(",") if v]
+        for n in levels:
             specs = [(rng.randrange(64, 513), 256, 0.7) for _ in range(n)]
             result[f"concurrent_{n}"] = measure(eng, f"concurrent_{n}", specs)
         table = profile(eng, [(128, 64, 0.0)], args.out.with_suffix(".profile1.txt"))
         print(table[:6000], flush=True)
-        if not args.quick:
+        if 64 in levels:
             table = profile(
                 eng,
                 [(rng.randrange(64, 513), 32, 0.7) for _ in range(64)],
