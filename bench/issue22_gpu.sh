@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Issue 22 on the GPU machine, one call (after the wheels prelude; carry .whl), sized for a session
-# with about ten minutes of device time: the Triton row-quantize kernel against torch, text_bench
-# with burst, single, sweep (64), prefix and fp8 beside bf16 on one server each, then FP8
-# accuracy on the Llama-2-7B shape. TB (seconds, default 230) is text_bench's --time-budget.
+# Issue 22 on the GPU machine, one call of at most ten minutes (after the wheels prelude of
+# shared/device/README.md; carry .whl). In order of what matters most, each part under its own
+# timeout so that one overrun does not cost the rest:
+#   1. the GPU kernel tests (tests/text/test_kernels_gpu.py): Triton against torch;
+#   2. text_bench: burst (bf16, fp8), single, sweep at 64, prefix, fp8 (W8A16 planner) and nf4;
+#   3. fp8_profile matmul: bf16 / W8A8 / W8A16 per row count for the four 7B linear shapes;
+#   4. text_engine_gpu with fp8: one stream and 64 at once in process, with torch.profiler;
+#   5. fp8_profile accuracy: bf16, W8A8 and weight-only fp8 against a float32 reference.
+# TB (seconds, default 220) is text_bench's --time-budget.
 set -o pipefail
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/card.txt
-timeout 60 python - <<'PY' 2>&1 | tee $OUT/kernel_check.txt
-import torch
-from services.text import fp8, kernels
-for shape in [(1, 4096), (64, 11008), (300, 4096)]:
-    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 3
-    q, s = kernels.quantize_rows(x)
-    q2, s2 = fp8.quantize_rows_torch(x)
-    print(shape, "scale max rel", float(((s - s2).abs() / s2).max()),
-          "q mismatch", float((q.float() != q2.float()).float().mean()))
-print("unsupported_reason:", fp8.unsupported_reason(torch.device("cuda")))
-PY
-timeout $(( ${TB:-230} + 60 )) python bench/text_bench.py --git-commit "${COMMIT:-unknown}" \
-    --scenarios burst,single,sweep,prefix,fp8 --levels 64 --fp8-levels 64 --burst-servers bf16 \
-    --repeats 3 --prefix-repeats 3 --time-budget ${TB:-230} \
-    --out $OUT/text_bench_fp8_prefix.json 2>&1 | tee $OUT/text_bench.log | tail -70
-timeout 90 python bench/fp8_accuracy.py shape --out $OUT/fp8_accuracy_shape.json 2>&1 | tail -25
-cat $OUT/fp8_accuracy_shape.json 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+timeout 100 python -m pytest -q -p no:cacheprovider tests/text/test_kernels_gpu.py 2>&1 \
+    | tail -4 | tee "$OUT/kernel_tests.txt"
+timeout $(( ${TB:-220} + 50 )) python bench/text_bench.py --git-commit "${COMMIT:-unknown}" \
+    --scenarios burst,single,sweep,prefix,fp8,nf4 --levels 64 --fp8-levels 64 --nf4-levels 16 \
+    --burst-servers bf16,fp8 --repeats 3 --nf4-repeats 3 --prefix-repeats 3 \
+    --time-budget "${TB:-220}" --out "$OUT/text_bench.json" 2>&1 | tee "$OUT/text_bench.log" \
+    | grep -v Warn | tail -34
+grep -h "fp8 matmul plan" "$OUT"/text_bench.server-fp8.log | cut -c1-1200
+timeout 70 python bench/fp8_profile.py --parts matmul --out "$OUT/fp8_profile_matmul.json" \
+    2>&1 | grep -v Warn | tail -50
+timeout 100 python bench/text_engine_gpu.py --skip-checks --quantization fp8 --levels 64 \
+    --out "$OUT/text_engine_fp8.json" > "$OUT/text_engine_fp8.log" 2>&1
+grep -E '^\{|^warmup' "$OUT/text_engine_fp8.log" | cut -c1-400
+timeout 75 python bench/fp8_profile.py --parts accuracy --out "$OUT/fp8_profile_accuracy.json" \
+    2>&1 | tail -40
