@@ -7,14 +7,14 @@
 #   3. fp8_profile matmul: bf16 / W8A8 / W8A16 per row count for the four 7B linear shapes;
 #   4. text_engine_gpu with fp8: one stream and 64 at once in process, with torch.profiler;
 #   5. fp8_profile accuracy: bf16, W8A8 and weight-only fp8 against a float32 reference.
-# TB (seconds, default 220) is text_bench's --time-budget.
+# TB (seconds, default 220) is text_bench's --time-budget; SCEN its --scenarios.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 timeout 100 python -m pytest -q -p no:cacheprovider tests/text/test_kernels_gpu.py 2>&1 \
     | tail -4 | tee "$OUT/kernel_tests.txt"
 timeout $(( ${TB:-220} + 50 )) python bench/text_bench.py --git-commit "${COMMIT:-unknown}" \
-    --scenarios burst,single,sweep,prefix,fp8,nf4 --levels 64 --fp8-levels 64 --nf4-levels 16 \
+    --scenarios "${SCEN:-burst,single,sweep,prefix,fp8,nf4}" --levels 64 --fp8-levels 64 --nf4-levels 16 \
     --burst-servers bf16,fp8 --repeats 3 --nf4-repeats 3 --prefix-repeats 3 \
     --time-budget "${TB:-220}" --out "$OUT/text_bench.json" 2>&1 | tee "$OUT/text_bench.log" \
     | grep -v Warn | tail -34
