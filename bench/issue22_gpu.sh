@@ -5,8 +5,8 @@
 #   1. the GPU kernel tests (tests/text/test_kernels_gpu.py): Triton against torch;
 #   2. text_bench: burst (bf16, fp8), single, sweep at 64, prefix, fp8 (W8A16 planner) and nf4;
 #   3. fp8_profile matmul: bf16 / W8A8 / W8A16 per row count for the four 7B linear shapes;
-#   4. text_engine_gpu with fp8: one stream and 64 at once in process, with torch.profiler;
-#   5. fp8_profile accuracy: bf16, W8A8 and weight-only fp8 against a float32 reference.
+#   4. fp8_profile accuracy: bf16, W8A8 and weight-only fp8 against a float32 reference;
+#   5. text_engine_gpu with fp8: one stream and 64 at once in process, with torch.profiler.
 # TB (seconds, default 220) is text_bench's --time-budget; SCEN its --scenarios.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -21,8 +21,8 @@ timeout $(( ${TB:-220} + 50 )) python bench/text_bench.py --git-commit "${COMMIT
 grep -h "fp8 matmul plan" "$OUT"/text_bench.server-fp8.log | cut -c1-1200
 timeout 70 python bench/fp8_profile.py --parts matmul --out "$OUT/fp8_profile_matmul.json" \
     2>&1 | grep -v Warn | tail -50
+timeout 75 python bench/fp8_profile.py --parts accuracy --out "$OUT/fp8_profile_accuracy.json" \
+    2>&1 | tail -40
 timeout 100 python bench/text_engine_gpu.py --skip-checks --quantization fp8 --levels 64 \
     --out "$OUT/text_engine_fp8.json" > "$OUT/text_engine_fp8.log" 2>&1
 grep -E '^\{|^warmup' "$OUT/text_engine_fp8.log" | cut -c1-400
-timeout 75 python bench/fp8_profile.py --parts accuracy --out "$OUT/fp8_profile_accuracy.json" \
-    2>&1 | tail -40
