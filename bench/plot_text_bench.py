@@ -83,7 +83,9 @@ def plot(runs: list[tuple[str, dict[str, Any]]], out: Path, title: str | None) -
     plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
     for ax in (ax_tok, ax_ttft):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+        if ys and max(ys) > 10 * min(ys):  # a narrow range on a log axis shows no labels
+            ax.set_yscale("log")
         ax.xaxis.set_major_locator(FixedLocator(sorted(ticks or {1})))
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(NullFormatter())
