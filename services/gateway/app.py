@@ -23,13 +23,13 @@ from services.gateway import (
     event_routes,
     export_routes,
     image_routes,
-    jobs,
     metrics,
     openapi,
     routes,
     signing,
 )
 from services.gateway.config import GatewaySettings
+from services.gateway.job_base import ARTICLES_QUEUE, IMAGES_QUEUE
 from services.gateway.publish import routes as publish_routes
 from services.gateway.store import ArticleStore
 
@@ -130,7 +130,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     def refresh_metrics(app: FastAPI) -> None:
         try:
-            metrics.refresh(app.state.store, (jobs.ARTICLES_QUEUE, jobs.IMAGES_QUEUE))
+            metrics.refresh(app.state.store, (ARTICLES_QUEUE, IMAGES_QUEUE))
         except RedisError as exc:  # /metrics still answers; the gauges keep their last values
             logger.warning("gateway: metrics not refreshed, Redis failed: %s", exc)
 

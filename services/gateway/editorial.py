@@ -1,9 +1,9 @@
 """The editorial loop: outline review, one section or one image regenerated, revisions.
 
 **Outline review.** An article requested with ``"review": "outline"`` queues only its outline
-job (``jobs.enqueue_article``). When the outline is written, ``pause_for_review`` moves it from
-`writing` to `awaiting_review`, notes when the review expires (``af:reviews``, a sorted set) and
-announces `article.awaiting_review`. An approval (with or without an edited outline) moves it
+job (``jobs.enqueue_article``). When the outline is written, ``jobs.pause_for_review`` moves it
+from `writing` to `awaiting_review`, notes when the review expires (``af:reviews``, a sorted set)
+and announces `article.awaiting_review`. An approval (with or without an edited outline) moves it
 back to `writing` and queues the remaining stages; the workers' maintenance pass cancels reviews
 left unanswered past ARTICLEFORGE_REVIEW_TIMEOUT_SECONDS. Both go through a compare-and-set on
 the status (``ArticleStore.swap``), so an approval and an expiry racing each other end one way.
@@ -15,7 +15,11 @@ outline, raw section bodies and image records with its one part replaced, and co
 revision is kept: in the Redis hash (``revision:{n}``) and on disk
 (``DATA_DIR/revisions/{id}/{n}.json``), written before Redis, as finished articles are. A redrawn
 image gets a new id; the old PNG stays, so earlier revisions keep working. One regeneration runs
-at a time per article (``edit_busy``); another one meanwhile is a 409.
+at a time per article (``edit_busy``); another one meanwhile is a 409. A regeneration fails
+alone (``on_edit_failure``): the article keeps its latest revision.
+
+The top of the job stack: it builds on ``job_base``, ``webhook_jobs``, ``publish.job`` and
+``jobs`` (the article stages it continues after a review, and their image records).
 """
 
 from __future__ import annotations
@@ -23,36 +27,43 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Callback, Queue, Retry
+from rq import Queue
 from rq.exceptions import AbandonedJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from services.common.errors import ArticleforgeError, Conflict, NotFound
-from services.common.logging import request_id_var
-from services.gateway import assemble, jobs, pipeline, seo
+from services.common.errors import ArticleforgeError, Conflict
+from services.gateway import assemble, pipeline, seo
 from services.gateway.config import GatewaySettings
-from services.gateway.schemas import (
-    Article,
-    ArticleRequest,
-    ArticleStatus,
-    EditInfo,
-    ErrorInfo,
-    ImageRef,
+from services.gateway.job_base import (
+    ARTICLES_QUEUE,
+    IMAGES_QUEUE,
+    adopt_request_id,
+    image_backend,
+    job_options,
+    runs_again,
+    settings,
+    store_for,
+    text_backend,
 )
+from services.gateway.jobs import REVIEWS, claim_image_id, enqueue_after_outline, keep_image
+from services.gateway.publish.job import republish_after_revision
+from services.gateway.revisions import revision_path, save_revision
+from services.gateway.schemas import Article, ArticleRequest, EditInfo, ErrorInfo, ImageRef
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
+from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
+
+# The path that event webhook jobs queued before they moved to webhook_jobs name.
+from services.gateway.webhook_jobs import event_webhook_job as event_webhook_job
 
 logger = logging.getLogger(__name__)
 
-REVIEWS = "af:reviews"  # article id -> Unix time its review expires
 EDITING = "af:editing"  # articles with a regeneration under way
 # A claim (edit_busy) whose job never appeared is stale after this long: the gateway that made
 # it died before queueing the job.
@@ -88,58 +99,7 @@ class EditFailed(ArticleforgeError):
     type = "edit_failed"
 
 
-# --- revisions ---
-
-
-def revision_path(data_dir: Path, article_id: str, revision: int) -> Path:
-    return data_dir / "revisions" / article_id / f"{revision}.json"
-
-
-def read_revision(store: ArticleStore, article_id: str, revision: int) -> Article | None:
-    """Redis first, then the disk copy (Redis down, or the record expired)."""
-    try:
-        raw = store.redis.hget(store.key(article_id), f"revision:{revision}")
-    except RedisError:
-        raw = None
-    if raw is not None:
-        return Article.model_validate(json.loads(raw))
-    path = revision_path(store.data_dir, article_id, revision)
-    if path.exists():
-        return Article.model_validate_json(path.read_text())
-    return None
-
-
-def at_revision(store: ArticleStore, status: ArticleStatus, revision: int) -> ArticleStatus:
-    """``status`` with its article as of ``revision`` (404 naming the revisions there are)."""
-    latest = status.article.revision if status.article else 0
-    if status.article is not None and revision == latest:
-        return status
-    article = read_revision(store, status.id, revision) if 1 <= revision < latest else None
-    if article is None:
-        there = f"revisions 1..{latest}" if latest else "no revision yet"
-        raise NotFound(f"article {status.id} has {there}; no revision {revision}", param="revision")
-    return status.model_copy(update={"article": article})
-
-
-def _save_revision(store: ArticleStore, article: Article) -> None:
-    path = revision_path(store.data_dir, article.id, article.revision)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-    tmp.write_text(article.model_dump_json(indent=2))
-    tmp.replace(path)
-
-
 # --- outline review ---
-
-
-def pause_for_review(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
-    expires = time.time() + config.review_timeout_seconds
-    if store.swap(
-        article_id, "writing", "awaiting_review", stage="outline", review_expires=str(expires)
-    ):
-        store.redis.zadd(REVIEWS, {article_id: expires})
-        enqueue_event(store, config, article_id, "article.awaiting_review", "review")
-        logger.info("article %s: outline awaits review", article_id)
 
 
 def continue_after_review(
@@ -165,7 +125,7 @@ def continue_after_review(
     request = ArticleRequest.model_validate(store.get(article_id, "request"))
     request_id = str(store.get(article_id, "request_id") or "")
     try:
-        jobs.enqueue_after_outline(store, config, article_id, request, request_id)
+        enqueue_after_outline(store, config, article_id, request, request_id)
     except RedisError:
         # Not queued: back under review (its deadline kept), so that a retry can succeed.
         store.swap(article_id, "writing", "awaiting_review")
@@ -189,16 +149,15 @@ def expire_review(store: ArticleStore, config: GatewaySettings, article_id: str)
     if changed:
         store.redis.hdel(store.key(article_id), "review_expires")
         logger.info("article %s: outline review expired; cancelled", article_id)
-        jobs.enqueue_webhook(store, config, article_id, "article.cancelled")
+        enqueue_webhook(store, config, article_id, "article.cancelled")
     return changed
 
 
 def expire_reviews(connection: Redis, now: float | None = None) -> list[str]:
     """Cancels every article whose review is past due (the workers' maintenance pass)."""
-    config = jobs.settings()
-    store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
+    store = store_for(settings(), connection)
     due = store.redis.zrangebyscore(REVIEWS, "-inf", now if now is not None else time.time())
-    return [a.decode() for a in due if expire_review(store, config, a.decode())]
+    return [a.decode() for a in due if expire_review(store, settings(), a.decode())]
 
 
 # --- regeneration: claims (gateway side) ---
@@ -250,25 +209,20 @@ def begin_edit(
     try:
         store.put(article_id, edit=edit.model_dump(mode="json"))
         function = regenerate_section_job if kind == "section" else redraw_image_job
-        queue = jobs.ARTICLES_QUEUE if kind == "section" else jobs.IMAGES_QUEUE
+        queue = ARTICLES_QUEUE if kind == "section" else IMAGES_QUEUE
+        meta = {
+            "article_id": article_id,
+            "request_id": request_id,
+            "stage": "edit",
+            "revision": revision,
+        }
         Queue(queue, connection=store.redis).enqueue(
             function,
             article_id,
             revision,
             index,
             params,
-            job_id=edit_job_id(article_id, revision),
-            job_timeout=config.job_timeout_seconds,
-            result_ttl=3600,
-            failure_ttl=config.result_ttl_seconds,
-            retry=Retry(max=config.stage_retries, enqueue_at_front=True),
-            on_failure=Callback(on_edit_failure),
-            meta={
-                "article_id": article_id,
-                "request_id": request_id,
-                "stage": "edit",
-                "revision": revision,
-            },
+            **job_options(config, edit_job_id(article_id, revision), meta, on_edit_failure),
         )
     except RedisError:
         _release(store, article_id, revision)
@@ -340,34 +294,25 @@ def _set_edit(
 def on_edit_failure(
     job: Job, connection: Redis, exc_type: type, value: BaseException, traceback: Any
 ) -> None:
-    """As ``jobs.on_stage_failure``, but a failed regeneration leaves the article as it was."""
-    if issubclass(exc_type, (AbandonedJobError, RedisError)) and job.retries_left:
+    """As ``jobs.on_stage_failure`` (and called as it is), but a failed regeneration leaves the
+    article as it was: only the edit turns `failed`, and the article is free for another."""
+    if runs_again(job, exc_type):
         return
-    job.retries_left = 0
     article_id, revision = job.meta["article_id"], int(job.meta["revision"])
     kind = value.type if isinstance(value, ArticleforgeError) else "internal_error"
     if issubclass(exc_type, AbandonedJobError):
         kind = "worker_lost"
     error = ErrorInfo(type=kind, message=str(value) or exc_type.__name__, stage="edit")
     logger.error("article %s: revision %d failed: %s", article_id, revision, error.message)
-    config = jobs.settings()
-    _finish(
-        ArticleStore(connection, config.data_dir, config.result_ttl_seconds),
-        article_id,
-        revision,
-        "failed",
-        error,
-    )
+    _finish(store_for(settings(), connection), article_id, revision, "failed", error)
 
 
 def _start(store: ArticleStore, article_id: str, revision: int) -> dict[str, str] | None:
     """The record, or None when this revision was committed already (a re-run)."""
-    request_id = store.get(article_id, "request_id")
-    if request_id:
-        request_id_var.set(str(request_id))
+    adopt_request_id(store, article_id)
     fields = store.fields(article_id)
     if int(json.loads(fields.get("revision", "1"))) >= revision:
-        enqueue_event(store, jobs.settings(), article_id, "article.updated", f"r{revision}")
+        enqueue_event(store, settings(), article_id, "article.updated", f"r{revision}")
         return None
     _set_edit(store, article_id, revision, "running", None)
     store.publish(article_id)
@@ -408,7 +353,7 @@ def rewrite_prompt(
 def regenerate_section_job(
     article_id: str, revision: int, index: int, params: dict[str, Any]
 ) -> None:
-    config, store = jobs.settings(), jobs.store_for(jobs.settings())
+    config, store = settings(), store_for(settings())
     fields = _start(store, article_id, revision)
     if fields is None:
         return
@@ -418,7 +363,7 @@ def regenerate_section_job(
     prompt = rewrite_prompt(request, outline, bodies, index, params.get("instructions"))
     _, max_new = pipeline.section_budget(request, outline)
     body = pipeline.text_body(prompt, request, params["seed"], max_new, params.get("temperature"))
-    reply = asyncio.run(jobs.text_backend(config).generate(body))
+    reply = asyncio.run(text_backend(config).generate(body))
     text = pipeline.clean_section(reply["text"], outline.headings[index])
     fell_back = not text
     bodies[index] = text or pipeline.fallback_section(outline.headings[index], request)
@@ -436,7 +381,7 @@ def regenerate_section_job(
 
 
 def redraw_image_job(article_id: str, revision: int, index: int, params: dict[str, Any]) -> None:
-    config, store = jobs.settings(), jobs.store_for(jobs.settings())
+    config, store = settings(), store_for(settings())
     fields = _start(store, article_id, revision)
     if fields is None:
         return
@@ -451,7 +396,7 @@ def redraw_image_job(article_id: str, revision: int, index: int, params: dict[st
     for name in ("negative_prompt", "steps", "guidance_scale", "scheduler"):
         if params.get(name) is not None:
             body[name] = params[name]
-    reply = asyncio.run(jobs.image_backend(config).generate(body))
+    reply = asyncio.run(image_backend(config).generate(body))
     image = reply["images"][0]
     if image.get("nsfw") or not image.get("b64_png"):
         raise EditFailed(
@@ -461,10 +406,10 @@ def redraw_image_job(article_id: str, revision: int, index: int, params: dict[st
     # The first run of this revision picks the id; a re-run overwrites the same PNG. The old
     # image keeps its id and file, so earlier revisions stay whole.
     caption = pipeline.image_subjects(outline, request.images.count)[index]
-    records[index] = jobs.keep_image(
+    records[index] = keep_image(
         config,
         store,
-        jobs.claim_image_id(store, article_id, f"edit_image_id:{revision}"),
+        claim_image_id(store, article_id, f"edit_image_id:{revision}"),
         reply,
         prompt,
         caption,
@@ -541,8 +486,8 @@ def _commit(
 
     # Disk first, as for a finished article: what Redis will show already survives it.
     if not revision_path(store.data_dir, article_id, previous.revision).exists():
-        _save_revision(store, previous)
-    _save_revision(store, article)
+        save_revision(store, previous)
+    save_revision(store, article)
     store.save_article(status_view(article_id, {**fields, **mapping}))
 
     commit = store.redis.register_script(_COMMIT)
@@ -555,56 +500,4 @@ def _commit(
     store.refresh_ttl(article_id)
     store.publish(article_id)
     enqueue_event(store, config, article_id, "article.updated", f"r{revision}", revision)
-    from services.gateway.publish.job import republish_after_revision
-
     republish_after_revision(store, config, article_id)  # the same post gets the new revision
-
-
-# --- webhooks of the editorial loop ---
-
-
-def enqueue_event(
-    store: ArticleStore,
-    config: GatewaySettings,
-    article_id: str,
-    event: str,
-    suffix: str,
-    revision: int | None = None,
-) -> None:
-    """Queues ``event`` once per article and ``suffix`` (its webhook-id is as stable)."""
-    webhook = (store.get(article_id, "request") or {}).get("webhook")
-    if not webhook:
-        return
-    job_id = f"{article_id}-webhook-{suffix}"
-    if Job.exists(job_id, connection=store.redis):
-        return
-    intervals = config.webhook_retry_intervals
-    Queue(jobs.ARTICLES_QUEUE, connection=store.redis).enqueue(
-        event_webhook_job,
-        article_id,
-        event,
-        webhook["url"],
-        f"msg_{article_id}_{suffix}",
-        revision,
-        job_id=job_id,
-        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-        job_timeout=int(config.webhook_timeout_seconds) + 30,
-        result_ttl=3600,
-        meta={"article_id": article_id, "stage": "webhook"},
-    )
-
-
-def event_webhook_job(
-    article_id: str, event: str, url: str, message_id: str, revision: int | None
-) -> None:
-    from services.gateway.webhooks import deliver
-
-    config, store = jobs.settings(), jobs.store_for(jobs.settings())
-    fields = store.fields(article_id)
-    status = status_view(article_id, fields) if fields else store.load_article(article_id)
-    if status is None:
-        logger.warning("article %s: gone before its %s webhook", article_id, event)
-        return
-    if revision is not None and status.article is not None:
-        status = at_revision(store, status, revision)
-    deliver(config, url, event, article_id, status.model_dump(mode="json"), message_id)

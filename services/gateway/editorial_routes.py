@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import ArticleforgeError, Conflict, NotFound
 from services.common.http import refuse_unknown_query, request_id_of
+from services.common.limits import seed_or_random
 from services.gateway import editorial, pipeline
 from services.gateway.auth import KeyDep, RateLimitedKeyDep
 from services.gateway.deps import SettingsDep, StoreDep
@@ -239,10 +239,7 @@ def regenerate_section(
 ) -> JSONResponse:
     options = body or SectionRegenerate()
     given = options.model_dump(mode="json")
-    params = {
-        **given,
-        "seed": options.seed if options.seed is not None else secrets.randbelow(2**31),
-    }
+    params = {**given, "seed": seed_or_random(options.seed)}
     return _idempotent(
         store,
         scope,
@@ -276,8 +273,7 @@ def regenerate_image(
 ) -> JSONResponse:
     options = body or ImageRegenerate()
     given = options.model_dump(mode="json")
-    seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
-    params = {**given, "seed": seed}
+    params = {**given, "seed": seed_or_random(options.seed)}
     return _idempotent(
         store,
         scope,

@@ -3,13 +3,20 @@ and what a regeneration answers (see ``services.gateway.editorial``)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from services.gateway.schemas import REQUEST_CONFIG, EditInfo, check_scheduler_steps
+from services.common.limits import (
+    MAX_HEADING_CHARS,
+    MAX_SECTIONS,
+    MAX_TITLE_CHARS,
+    GuidanceScale,
+    PromptText,
+    Seed,
+    Steps,
+    Temperature,
+)
+from services.gateway.schemas import REQUEST_CONFIG, EditInfo, SchedulerSteps
 from services.image.config import SchedulerName
-
-MAX_HEADINGS = 12
-IMAGE_MAX_SEED = 2**32 - 1  # the image service's seed range
 
 
 def _one_line(value: str, name: str) -> str:
@@ -28,15 +35,16 @@ class OutlineEdit(BaseModel):
 
     title: str = Field(
         min_length=1,
-        max_length=150,
+        max_length=MAX_TITLE_CHARS,
         description="The article's title.",
         examples=["Solar Power at Home: What It Costs and What It Saves"],
     )
     headings: list[str] = Field(
         min_length=1,
-        max_length=MAX_HEADINGS,
-        description="Section headings in order (1..12, each 1..100 characters); one section "
-        "is written per heading, so their number may differ from the request's `sections`.",
+        max_length=MAX_SECTIONS,
+        description=f"Section headings in order (1..{MAX_SECTIONS}, each "
+        f"1..{MAX_HEADING_CHARS} characters); one section is written per heading, so their "
+        "number may differ from the request's `sections`.",
         examples=[["Why now", "What panels cost", "Net metering explained"]],
     )
 
@@ -50,9 +58,10 @@ class OutlineEdit(BaseModel):
     def _headings(cls, value: list[str]) -> list[str]:
         cleaned = []
         for k, heading in enumerate(value):
-            if len(heading) > 100:
+            if len(heading) > MAX_HEADING_CHARS:
                 raise ValueError(
-                    f"headings[{k}] must be at most 100 characters, got {len(heading)}"
+                    f"headings[{k}] must be at most {MAX_HEADING_CHARS} characters, "
+                    f"got {len(heading)}"
                 )
             cleaned.append(_one_line(heading, f"headings[{k}]"))
         return cleaned
@@ -63,74 +72,53 @@ class SectionRegenerate(BaseModel):
 
     model_config = REQUEST_CONFIG
 
-    instructions: str | None = Field(
+    instructions: PromptText | None = Field(
         default=None,
-        min_length=1,
-        max_length=1000,
         description="What to change, in the editor's words; added to the prompt.",
         examples=["shorter, with an example"],
     )
-    seed: int | None = Field(
-        strict=True,
+    seed: Seed | None = Field(
         default=None,
-        ge=0,
-        le=2**63 - 1,
         description="Fixes the sampling; random when absent (so each call gives a new text).",
         examples=[11],
     )
-    temperature: float | None = Field(
-        strict=True,
+    temperature: Temperature | None = Field(
         default=None,
-        ge=0.0,
-        le=2.0,
         description="Sampling temperature; the article's `text.temperature` when absent.",
         examples=[0.9],
     )
 
 
-class ImageRegenerate(BaseModel):
+class ImageRegenerate(SchedulerSteps):
     """`POST /v1/articles/{id}/images/{k}/regenerate`: every field is optional; absent ones
     keep the image's prompt and the article's image options."""
 
     model_config = REQUEST_CONFIG
 
-    prompt: str | None = Field(
+    prompt: PromptText | None = Field(
         default=None,
-        min_length=1,
-        max_length=1000,
         description="The prompt, used as given (no `images.style` added); the image's "
         "current prompt when absent.",
         examples=["a rooftop covered in solar panels at sunrise, watercolor"],
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: PromptText | None = Field(
         default=None,
-        min_length=1,
-        max_length=1000,
         description="What to steer away from; the article's `images.negative_prompt` (or the "
         "default) when absent.",
         examples=["text, watermark, people"],
     )
-    seed: int | None = Field(
-        strict=True,
+    seed: Seed | None = Field(
         default=None,
-        ge=0,
-        le=IMAGE_MAX_SEED,
         description="Seed of the new image; random when absent (so each call draws anew).",
         examples=[4321],
     )
-    steps: int | None = Field(
-        strict=True,
+    steps: Steps | None = Field(
         default=None,
-        ge=1,
-        le=150,
         description="Denoising steps; the article's `images.steps` when absent.",
         examples=[30],
     )
-    guidance_scale: float | None = Field(
-        strict=True,
+    guidance_scale: GuidanceScale | None = Field(
         default=None,
-        ge=0.0,
-        le=30.0,
         description="Classifier-free guidance; the article's when absent.",
         examples=[7.0],
     )
@@ -140,12 +128,6 @@ class ImageRegenerate(BaseModel):
         "when absent.",
         examples=["euler_a"],
     )
-
-    @field_validator("scheduler")
-    @classmethod
-    def _scheduler_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
-        check_scheduler_steps(value, info.data.get("steps"))
-        return value
 
 
 class EditLinks(BaseModel):

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.common.errors import Conflict
 from services.common.http import refuse_unknown_query
-from services.gateway import editorial, export
+from services.gateway import export
 from services.gateway.auth import KeyDep
 from services.gateway.deps import StoreDep
+from services.gateway.revisions import at_revision
 from services.gateway.routes import RESPONSES, ArticleId, load, redis_down
 from services.gateway.schemas import Article
 from services.gateway.store import ArticleStore
@@ -37,7 +38,7 @@ def _article(
             param="id",
         )
     if revision is not None:
-        status = editorial.at_revision(store, status, revision)
+        status = at_revision(store, status, revision)
     assert status.article is not None
     return status.article
 

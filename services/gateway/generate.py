@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from services.common.limits import seed_or_random
 from services.gateway import assemble, export, pipeline
 from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
@@ -29,10 +30,8 @@ async def run_pipeline(
     progress: ProgressFn,
 ) -> Article:
     article_id = "art_" + secrets.token_hex(12)
-    text_seed = request.text.seed if request.text.seed is not None else secrets.randbelow(2**31)
-    image_seed = (
-        request.images.seed if request.images.seed is not None else secrets.randbelow(2**31)
-    )
+    text_seed = seed_or_random(request.text.seed)
+    image_seed = seed_or_random(request.images.seed)
     timings: dict[str, float] = {}
     started = time.monotonic()
 

@@ -14,6 +14,10 @@ each stage owns its hash fields and overwrites them, image ids are claimed once 
 index, the token count is set from this run's count, images_done is recounted from the image
 fields, and the webhook job is queued once per article under a fixed id (and its
 ``webhook-id`` is stable, so a receiver can drop a redelivery).
+
+An article requested with ``"review": "outline"`` stops after its outline (``pause_for_review``);
+``editorial`` approves it and queues the rest with ``enqueue_after_outline``. What every job
+needs comes from ``job_base``; this module sits above it, ``webhook_jobs`` and ``publish.job``.
 """
 
 from __future__ import annotations
@@ -26,88 +30,45 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import SecretStr
 from redis import Redis
-from redis.exceptions import RedisError
-from rq import Callback, Queue, Retry
+from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError
-from services.common.logging import request_id_var
 from services.gateway import assemble, pipeline, signing
-from services.gateway.clients import HttpImage, HttpText, ServiceClient
 from services.gateway.config import GatewaySettings
-from services.gateway.openai_backends import OpenAIImage, OpenAIText
+from services.gateway.job_base import (
+    ARTICLES_QUEUE,
+    IMAGES_QUEUE,
+    adopt_request_id,
+    image_backend,
+    job_options,
+    runs_again,
+    settings,
+    store_for,
+    text_backend,
+)
+from services.gateway.job_base import redis_connection as redis_connection  # for services.cli
 from services.gateway.previews import PreviewThrottle
+from services.gateway.publish.job import enqueue_publish, load_record
 from services.gateway.schemas import ArticleRequest, ErrorInfo
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
+from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
+from services.gateway.webhook_jobs import webhook_job as webhook_job  # the path older jobs name
 
 logger = logging.getLogger(__name__)
 
-ARTICLES_QUEUE = "articles"
-IMAGES_QUEUE = "images"
 PROGRESS_EVERY_SECONDS = 0.25
+REVIEWS = "af:reviews"  # article id -> Unix time its outline review expires
 
 
 class Stopped(Exception):
     """The article reached a terminal state (cancelled) while this job ran."""
-
-
-@lru_cache(maxsize=1)
-def settings() -> GatewaySettings:
-    return GatewaySettings()
-
-
-def redis_connection(config: GatewaySettings) -> Redis:
-    return Redis.from_url(config.redis_url)
-
-
-def store_for(config: GatewaySettings) -> ArticleStore:
-    return ArticleStore(redis_connection(config), config.data_dir, config.result_ttl_seconds)
-
-
-def _client(
-    config: GatewaySettings, name: str, urls: list[str], api_key: str | None, openai: bool
-) -> ServiceClient:
-    if openai:  # an OpenAI base URL, as the SDK takes it: `/v1` unless a path is given
-        urls = [url if urlsplit(url).path.strip("/") else url + "/v1" for url in urls]
-    return ServiceClient(
-        name,
-        urls,
-        config.service_timeout_seconds,
-        config.service_attempts,
-        config.service_backoff_seconds,
-        api_key=api_key,
-        ready_timeout=config.service_ready_timeout_seconds,
-        ready_cache=config.service_ready_cache_seconds,
-    )
-
-
-def _secret(value: SecretStr | None) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def text_backend(config: GatewaySettings) -> HttpText | OpenAIText:
-    openai = config.text_backend == "openai"
-    client = _client(config, "text", config.text_urls(), _secret(config.text_api_key), openai)
-    if openai:
-        return OpenAIText(client, config.text_openai_model, config.text_openai_stream_usage)
-    return HttpText(client)
-
-
-def image_backend(config: GatewaySettings) -> HttpImage | OpenAIImage:
-    openai = config.image_backend == "openai"
-    client = _client(config, "image", config.image_urls(), _secret(config.image_api_key), openai)
-    if openai:
-        return OpenAIImage(client, config.image_openai_model, config.image_openai_extensions)
-    return HttpImage(client)
 
 
 # --- submission and cancellation ---
@@ -123,17 +84,8 @@ def stage_options(
     meta: dict[str, Any] = {"article_id": article_id, "request_id": request_id, "stage": stage}
     if index is not None:
         meta["index"] = index
-    return {
-        "job_id": f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}",
-        "job_timeout": config.job_timeout_seconds,
-        "result_ttl": 3600,
-        "failure_ttl": config.result_ttl_seconds,
-        # Re-runs the stage when its worker dies (see on_stage_failure), at the queue's front
-        # so that a recovered article does not wait behind newer ones.
-        "retry": Retry(max=config.stage_retries, enqueue_at_front=True),
-        "on_failure": Callback(on_stage_failure),
-        "meta": meta,
-    }
+    job_id = f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}"
+    return job_options(config, job_id, meta, on_stage_failure)
 
 
 def enqueue_article(
@@ -205,53 +157,26 @@ def stop_jobs(connection: Redis, job_ids: list[str]) -> None:
 def on_stage_failure(
     job: Job, connection: Redis, exc_type: type, value: BaseException, traceback: Any
 ) -> None:
-    """RQ calls this for every failure of a stage, also for one it is about to retry."""
-    article_id = job.meta["article_id"]
-    # A Redis outage (down or frozen past the socket timeout) is no fault of the stage either.
-    if issubclass(exc_type, (AbandonedJobError, RedisError)) and job.retries_left:
+    """RQ calls this for every failure of a stage, also for one it is about to retry (and
+    ``worker.on_horse_killed`` for a killed work horse): a lost worker or Redis runs the stage
+    again; anything else fails the article, cancels what is left of it and announces it."""
+    if runs_again(job, exc_type):
         logger.warning(
             "article %s: stage %s lost its worker or Redis (%s); running it again "
             "(%d retries left)",
-            article_id,
+            job.meta["article_id"],
             job.meta.get("stage"),
             exc_type.__name__,
             job.retries_left,
         )
         return
-    # An exception is final: the service calls inside the stage were already retried, and a
-    # re-run would only repeat the error. RQ reads `retries_left` right after this callback.
-    job.retries_left = 0
     _fail_article(job, connection, exc_type, value)
-
-
-def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
-    """The work horse died under a live worker (OOM killer, SIGKILL): RQ re-queues the job if it
-    has retries left, but calls no failure callback when it has none, so fail the article here."""
-    if job.retries_left:
-        logger.warning(
-            "article %s: stage %s lost its work horse (%s); running it again",
-            job.meta.get("article_id"),
-            job.meta.get("stage"),
-            ret_val,
-        )
-        return
-    if job.meta.get("stage") == "publish":  # so does a publish
-        from services.gateway.publish.job import on_publish_failure
-
-        on_publish_failure(job, job.connection, AbandonedJobError, AbandonedJobError(), None)
-        return
-    if job.meta.get("stage") == "edit":  # a regeneration fails alone; the article stays
-        from services.gateway.editorial import on_edit_failure
-
-        on_edit_failure(job, job.connection, AbandonedJobError, AbandonedJobError(), None)
-        return
-    _fail_article(job, job.connection, AbandonedJobError, AbandonedJobError())
 
 
 def _fail_article(job: Job, connection: Redis, exc_type: type, value: BaseException) -> None:
     article_id = job.meta["article_id"]
     config = settings()
-    store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
+    store = store_for(config, connection)
     kind = (
         value.type
         if isinstance(value, ArticleforgeError)
@@ -276,18 +201,11 @@ def _fail_article(job: Job, connection: Redis, exc_type: type, value: BaseExcept
 
 
 def _begin(store: ArticleStore, article_id: str, stage: str, status: str) -> ArticleRequest:
-    _adopt_request_id(store, article_id)
+    adopt_request_id(store, article_id)
     if store.is_over(article_id):
         raise Stopped(article_id)
     store.stage(article_id, stage, status)
     return ArticleRequest.model_validate(store.get(article_id, "request"))
-
-
-def _adopt_request_id(store: ArticleStore, article_id: str) -> None:
-    """Log lines of this job carry the request id of the POST that created the article."""
-    request_id = store.get(article_id, "request_id")
-    if request_id:
-        request_id_var.set(str(request_id))
 
 
 # Timings and fallbacks are one hash field each, so image jobs on different workers never
@@ -338,9 +256,19 @@ def outline_job(article_id: str) -> None:
         "article %s: outline %r, %d sections", article_id, outline.title, len(outline.headings)
     )
     if request.review == "outline":
-        from services.gateway.editorial import pause_for_review
-
         pause_for_review(store, config, article_id)
+
+
+def pause_for_review(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
+    """`writing` -> `awaiting_review`, with the review's deadline noted in ``REVIEWS`` (the
+    workers' maintenance pass cancels it then: ``editorial.expire_reviews``)."""
+    expires = time.time() + config.review_timeout_seconds
+    if store.swap(
+        article_id, "writing", "awaiting_review", stage="outline", review_expires=str(expires)
+    ):
+        store.redis.zadd(REVIEWS, {article_id: expires})
+        enqueue_event(store, config, article_id, "article.awaiting_review", "review")
+        logger.info("article %s: outline awaits review", article_id)
 
 
 def sections_job(article_id: str) -> None:
@@ -557,47 +485,8 @@ def assemble_job(article_id: str) -> None:
 
 def _publish_when_asked(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
     """The request's `publish`, queued once (a re-run finds the record and leaves it)."""
-    from services.gateway.publish.job import enqueue_publish, load_record
-
     request = ArticleRequest.model_validate(store.get(article_id, "request"))
     if request.publish is None or load_record(store, article_id, request.publish.target):
         return
     request_id = str(store.get(article_id, "request_id") or "")
     enqueue_publish(store, config, article_id, request.publish, request_id)
-
-
-# --- webhooks ---
-
-
-def enqueue_webhook(
-    store: ArticleStore, config: GatewaySettings, article_id: str, event: str
-) -> None:
-    webhook = (store.get(article_id, "request") or {}).get("webhook")
-    if not webhook:
-        return
-    job_id = f"{article_id}-webhook"
-    if Job.exists(job_id, connection=store.redis):
-        return  # queued once per article: RQ would overwrite the job and deliver it again
-    intervals = config.webhook_retry_intervals
-    Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
-        webhook_job,
-        article_id,
-        event,
-        webhook["url"],
-        job_id=job_id,
-        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-        job_timeout=int(config.webhook_timeout_seconds) + 30,
-        result_ttl=3600,
-        meta={"article_id": article_id, "stage": "webhook"},
-    )
-
-
-def webhook_job(article_id: str, event: str, url: str) -> None:
-    from services.gateway.webhooks import deliver
-
-    config, store = settings(), store_for(settings())
-    _adopt_request_id(store, article_id)
-    status = store.load_article(article_id) if event == "article.succeeded" else None
-    if status is None:
-        status = status_view(article_id, store.fields(article_id))
-    deliver(config, url, event, article_id, status.model_dump(mode="json"))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.common.limits import MAX_HEADING_CHARS, MAX_TITLE_CHARS
 from services.gateway import languages
 from services.gateway.schemas import ArticleRequest
 
@@ -155,7 +156,9 @@ def parse_outline(raw: str, sections: int) -> Outline | None:
     if title is None or len(headings) < sections:
         return None
     headings = headings[:sections]
-    if not _plausible(title, 150) or not all(_plausible(h, 100) for h in headings):
+    if not _plausible(title, MAX_TITLE_CHARS) or not all(
+        _plausible(h, MAX_HEADING_CHARS) for h in headings
+    ):
         return None
     return Outline(title=title, headings=headings)
 

@@ -15,11 +15,13 @@ from redis.exceptions import RedisError
 
 from services.common.errors import Conflict, NotFound, Overloaded
 from services.common.http import ERROR_RESPONSES, refuse_unknown_query, request_id_of
-from services.gateway import editorial, jobs, metrics
+from services.common.limits import seed_or_random
+from services.gateway import jobs, metrics
 from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.pipeline import estimate_tokens
 from services.gateway.publish.job import check_target
+from services.gateway.revisions import at_revision
 from services.gateway.schemas import (
     TERMINAL,
     Accepted,
@@ -31,6 +33,7 @@ from services.gateway.schemas import (
 )
 from services.gateway.store import ARTICLE_ID, ArticleStore
 from services.gateway.views import status_view
+from services.gateway.webhook_jobs import enqueue_webhook
 from services.gateway.webhooks import check_url
 
 logger = logging.getLogger(__name__)
@@ -117,12 +120,8 @@ def create_article(
                 "request": body.model_dump(mode="json"),
                 "request_id": request_id_of(request),
                 "key": scope,
-                "text_seed": body.text.seed
-                if body.text.seed is not None
-                else secrets.randbelow(2**31),
-                "image_seed": body.images.seed
-                if body.images.seed is not None
-                else secrets.randbelow(2**31),
+                "text_seed": seed_or_random(body.text.seed),
+                "image_seed": seed_or_random(body.images.seed),
                 "images_total": body.images.count,
                 "expected_tokens": estimate_tokens(body),
             },
@@ -223,7 +222,7 @@ def get_article(
     status = load(store, article_id, scope, redis_down(request))
     if revision is None:
         return status
-    return editorial.at_revision(store, status, revision)
+    return at_revision(store, status, revision)
 
 
 def redis_down(request: Request) -> bool:
@@ -249,7 +248,7 @@ def cancel_article(
         )
     if store.transition(article_id, "cancelled"):  # else it ended meanwhile, and said so
         jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
-        jobs.enqueue_webhook(store, settings, article_id, "article.cancelled")
+        enqueue_webhook(store, settings, article_id, "article.cancelled")
     return load(store, article_id, scope)
 
 

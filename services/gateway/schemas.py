@@ -16,6 +16,22 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.limits import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIDE,
+    SIDE_MULTIPLE,
+    GuidanceScale,
+    ImageCount,
+    PromptText,
+    SectionCount,
+    Seed,
+    Steps,
+    TargetWords,
+    Temperature,
+    TopP,
+)
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.image.config import SchedulerName
 
@@ -36,6 +52,8 @@ Stage = Literal[
 
 LENGTH_WORDS = {"short": 400, "medium": 800, "long": 1500}
 _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+# An article's images are at least this wide and high (the image service takes down to 8).
+MIN_ARTICLE_SIDE = 64
 # Body sections when a request names none: the API's and `articleforge generate`'s one default.
 DEFAULT_SECTIONS = 4
 # Every request body of the gateway, nested objects too: an unknown field (`image` for `images`)
@@ -46,29 +64,12 @@ REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 class TextOptions(BaseModel):
     model_config = REQUEST_CONFIG
 
-    temperature: float = Field(
-        strict=True,
-        default=0.7,
-        ge=0.0,
-        le=2.0,
-        description="Sampling temperature; 0 is greedy.",
-        examples=[0.7],
+    temperature: Temperature = Field(
+        default=0.7, description="Sampling temperature; 0 is greedy.", examples=[0.7]
     )
-    top_p: float = Field(
-        strict=True,
-        default=0.9,
-        gt=0.0,
-        le=1.0,
-        description="Nucleus sampling mass.",
-        examples=[0.9],
-    )
-    seed: int | None = Field(
-        strict=True,
-        default=None,
-        ge=0,
-        le=2**63 - 1,
-        description="Fixes the text sampling; random when absent.",
-        examples=[7],
+    top_p: TopP = Field(default=0.9, description="Nucleus sampling mass.", examples=[0.9])
+    seed: Seed | None = Field(
+        default=None, description="Fixes the text sampling; random when absent.", examples=[7]
     )
 
 
@@ -76,21 +77,25 @@ class TextOptions(BaseModel):
 LCM_MAX_STEPS = 50
 
 
-def check_scheduler_steps(scheduler: str | None, steps: int | None) -> None:
-    if scheduler == "lcm" and steps is not None and steps > LCM_MAX_STEPS:
-        raise ValueError(
-            f"the `lcm` scheduler runs at most {LCM_MAX_STEPS} steps, got steps={steps}"
-        )
+class SchedulerSteps(BaseModel):
+    """Checks `scheduler` against `steps` (declared before it) for the models that take both."""
+
+    @field_validator("scheduler", check_fields=False)
+    @classmethod
+    def _scheduler_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
+        steps = info.data.get("steps")
+        if value == "lcm" and steps is not None and steps > LCM_MAX_STEPS:
+            raise ValueError(
+                f"the `lcm` scheduler runs at most {LCM_MAX_STEPS} steps, got steps={steps}"
+            )
+        return value
 
 
-class ImageOptions(BaseModel):
+class ImageOptions(SchedulerSteps):
     model_config = REQUEST_CONFIG
 
-    count: int = Field(
-        strict=True,
+    count: ImageCount = Field(
         default=1,
-        ge=0,
-        le=8,
         description="Images: the first is the featured image, the rest illustrate "
         "sections in order.",
         examples=[2],
@@ -101,16 +106,9 @@ class ImageOptions(BaseModel):
         "(512x512 for SD 1.5).",
         examples=["512x512"],
     )
-    steps: int = Field(
-        strict=True, default=25, ge=1, le=150, description="Denoising steps.", examples=[25]
-    )
-    guidance_scale: float = Field(
-        strict=True,
-        default=7.5,
-        ge=0.0,
-        le=30.0,
-        description="Classifier-free guidance.",
-        examples=[7.5],
+    steps: Steps = Field(default=25, description="Denoising steps.", examples=[25])
+    guidance_scale: GuidanceScale = Field(
+        default=7.5, description="Classifier-free guidance.", examples=[7.5]
     )
     style: str | None = Field(
         default=None,
@@ -118,18 +116,14 @@ class ImageOptions(BaseModel):
         description="Appended to every derived image prompt.",
         examples=["watercolor illustration, soft light"],
     )
-    seed: int | None = Field(
-        strict=True,
+    seed: Seed | None = Field(
         default=None,
-        ge=0,
-        le=2**63 - 1,
-        description="Image k uses seed+k; random when absent.",
+        description="Image k uses seed+k, so seed + count - 1 is at most "
+        f"{MAX_SEED}; random when absent.",
         examples=[1234],
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: PromptText | None = Field(
         default=None,
-        min_length=1,
-        max_length=1000,
         description="What to steer away from, for every image; replaces the default "
         "(`text, watermark, logo, signature, blurry, low quality, deformed`).",
         examples=["text, watermark, people"],
@@ -140,10 +134,15 @@ class ImageOptions(BaseModel):
         examples=["euler_a"],
     )
 
-    @field_validator("scheduler")
+    @field_validator("seed")
     @classmethod
-    def _scheduler_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
-        check_scheduler_steps(value, info.data.get("steps"))
+    def _seed_run(cls, value: int | None, info: ValidationInfo) -> int | None:
+        count = info.data.get("count")
+        if value is not None and count and value + count - 1 > MAX_SEED:
+            raise ValueError(
+                f"seed + count - 1 must be <= {MAX_SEED} (image k uses seed + k), got "
+                f"{value + count - 1}"
+            )
         return value
 
     @field_validator("size")
@@ -156,9 +155,10 @@ class ImageOptions(BaseModel):
             raise ValueError(f"size must look like 512x512, got {value!r}")
         width, height = int(match[1]), int(match[2])
         for side in (width, height):
-            if side % 8 or not 64 <= side <= 2048:
+            if side % SIDE_MULTIPLE or not MIN_ARTICLE_SIDE <= side <= MAX_SIDE:
                 raise ValueError(
-                    f"width and height must be multiples of 8 in 64..2048, got {value}"
+                    f"width and height must be multiples of {SIDE_MULTIPLE} in "
+                    f"{MIN_ARTICLE_SIDE}..{MAX_SIDE}, got {value}"
                 )
         return value
 
@@ -200,21 +200,11 @@ class ArticleRequest(BaseModel):
         description="short ≈ 400, medium ≈ 800, long ≈ 1500 words.",
         examples=["medium"],
     )
-    target_words: int | None = Field(
-        strict=True,
-        default=None,
-        ge=100,
-        le=4000,
-        description="Target length in words (instead of `length`).",
-        examples=[800],
+    target_words: TargetWords | None = Field(
+        default=None, description="Target length in words (instead of `length`).", examples=[800]
     )
-    sections: int = Field(
-        strict=True,
-        default=DEFAULT_SECTIONS,
-        ge=1,
-        le=12,
-        description="Body sections.",
-        examples=[DEFAULT_SECTIONS],
+    sections: SectionCount = Field(
+        default=DEFAULT_SECTIONS, description="Body sections.", examples=[DEFAULT_SECTIONS]
     )
     keywords: list[str] = Field(
         default_factory=list,
@@ -232,7 +222,7 @@ class ArticleRequest(BaseModel):
     images: ImageOptions = Field(default_factory=ImageOptions, description="Illustrations.")
     image_prompts: list[str] | None = Field(
         default=None,
-        max_length=8,
+        max_length=MAX_IMAGES,
         description="Image prompts given by hand (the seed paper's flow); one per image. "
         "Otherwise prompts are derived from the text.",
         examples=[["a rooftop covered in solar panels at sunrise"]],
@@ -287,8 +277,8 @@ class ArticleRequest(BaseModel):
                     f"{self.images.count}; give one prompt per image"
                 )
             for prompt in self.image_prompts:
-                if not 1 <= len(prompt) <= 1000:
-                    raise ValueError("each image prompt must be 1..1000 characters")
+                if not 1 <= len(prompt) <= MAX_PROMPT_CHARS:
+                    raise ValueError(f"each image prompt must be 1..{MAX_PROMPT_CHARS} characters")
         if len(repr(self.metadata)) > 4096:
             raise ValueError("metadata must be at most 4 KB")
         return self

@@ -66,7 +66,8 @@ return done
 """
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes ``path`` whole or not at all (a temporary file beside it, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     with os.fdopen(fd, "wb") as handle:
@@ -207,14 +208,14 @@ class ArticleStore:
         return self.data_dir / "images" / f"{image_id}.png"
 
     def save_image(self, image_id: str, png: bytes) -> None:
-        _atomic_write(self.image_path(image_id), png)
+        atomic_write(self.image_path(image_id), png)
 
     def save_article(self, status: ArticleStatus, owner: str | None = None) -> None:
         """Writes the status with its owner (by default the record's key scope) beside it."""
         if owner is None:
             owner = self.get(status.id, "key")
         document = {"owner": owner, **status.model_dump(mode="json")}
-        _atomic_write(self.article_path(status.id), json.dumps(document, indent=2).encode())
+        atomic_write(self.article_path(status.id), json.dumps(document, indent=2).encode())
 
     def load_article(self, article_id: str) -> ArticleStatus | None:
         found = self.load_article_with_owner(article_id)

@@ -15,7 +15,8 @@ maintenance between jobs only). Measured: running again 20-35 s after the kill.
 
 ``ArticleQueue`` works around RQ 3.0's ready-registry race (see ``enqueue_ready_jobs_by_queue``);
 tests/gateway/test_rq_race.py reproduces it. One gap RQ leaves open is closed by the small
-supervisor ``requeue_lost_jobs``.
+supervisor ``requeue_lost_jobs``, another by ``on_horse_killed``: a work horse killed on its
+last retry gets its job's own failure callback, which RQ would not call.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import AbandonedJobError, InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import ReadyJobRegistry
 
 from services.gateway.config import GatewaySettings
+from services.gateway.editorial import EDITING, expire_reviews
+from services.gateway.publish.job import PUBLISHING, job_id, lock_key
+from services.gateway.store import ArticleStore
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +43,6 @@ REDRIVE_ATTEMPTS = 20
 # A worker registers a job it popped within milliseconds; one still unregistered after this
 # long was popped by a worker that died.
 LOST_AFTER_SECONDS = 10.0
-ACTIVE_ARTICLES = "af:active"  # ArticleStore.ACTIVE
-EDITING_ARTICLES = "af:editing"  # editorial.EDITING
 SUPERVISOR_LOCK = "af:supervisor:lock"
 # A worker holds a queue's maintenance lock while it cleans (milliseconds). RQ keeps it 899 s,
 # so a worker killed while cleaning would stop abandoned-job detection for 15 minutes.
@@ -132,19 +134,35 @@ class ArticleWorker(Worker):
         lock = max(1, int(self.maintenance_interval) - 1)
         if self.connection.set(SUPERVISOR_LOCK, self.name, nx=True, ex=lock):
             requeue_lost_jobs(self.connection)
-            from services.gateway.editorial import expire_reviews
-
             expire_reviews(self.connection)
+
+
+def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:
+    """The work horse died under a live worker (OOM killer, SIGKILL). RQ queues the job again if
+    it has retries left, but calls no failure callback when it has none; so the job's own
+    callback (``on_failure``: the stage's, the regeneration's, the publish's) hears of it here,
+    as of any lost worker. A job without one (a webhook) just ends failed."""
+    if job.retries_left:
+        logger.warning(
+            "article %s: stage %s lost its work horse (%s); running it again",
+            job.meta.get("article_id"),
+            job.meta.get("stage"),
+            ret_val,
+        )
+        return
+    callback = job.failure_callback
+    if callback is not None:
+        callback(job, job.connection, AbandonedJobError, AbandonedJobError(), None)
 
 
 def editing_job_ids(connection: Redis) -> list[str]:
     """The regeneration jobs under way (``services.gateway.editorial``): finished articles are
-    no longer in ACTIVE_ARTICLES, yet theirs can be lost the same way."""
+    no longer in ArticleStore.ACTIVE, yet theirs can be lost the same way."""
     redis: Any = connection
-    editing = [a.decode() for a in redis.smembers(EDITING_ARTICLES)]
+    editing = [a.decode() for a in redis.smembers(EDITING)]
     pipe = connection.pipeline(transaction=False)
     for article_id in editing:
-        pipe.hget(f"af:article:{article_id}", "edit_busy")
+        pipe.hget(ArticleStore.key(article_id), "edit_busy")
     claims = zip(editing, pipe.execute(), strict=True)
     return [f"{a}-edit-{raw.decode().split(':')[0]}" for a, raw in claims if raw]
 
@@ -153,8 +171,6 @@ def publishing_job_ids(connection: Redis) -> list[str]:
     """The publish jobs queued or running (``services.gateway.publish.job``): their articles
     are finished, yet a publish job can be lost the same way. An entry whose publish slot has
     expired (its job long gone) is dropped."""
-    from services.gateway.publish.job import PUBLISHING, job_id, lock_key
-
     redis: Any = connection
     entries = [e.decode().rsplit(":", 1) for e in redis.smembers(PUBLISHING)]
     pipe = connection.pipeline(transaction=False)
@@ -181,10 +197,10 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
     keyed by the job's enqueue time, so a later enqueue of the same job starts afresh.
     """
     redis: Any = connection  # redis-py's annotations mix sync/async and bytes/str replies
-    active = [a.decode() for a in redis.smembers(ACTIVE_ARTICLES)]
+    active = [a.decode() for a in redis.smembers(ArticleStore.ACTIVE)]
     pipe = connection.pipeline(transaction=False)
     for article_id in active:
-        pipe.hget(f"af:article:{article_id}", "jobs")
+        pipe.hget(ArticleStore.key(article_id), "jobs")
     job_ids = [j for raw in pipe.execute() if raw for j in json.loads(raw)]
     job_ids += editing_job_ids(connection) + publishing_job_ids(connection)
     requeued = []
@@ -213,8 +229,6 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
 def article_worker(
     queues: list[str], connection: Redis, config: GatewaySettings, name: str | None = None
 ) -> ArticleWorker:
-    from services.gateway.jobs import on_horse_killed
-
     return ArticleWorker(
         [ArticleQueue(q, connection=connection) for q in queues],
         connection=connection,

@@ -9,16 +9,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# MAX_SEED is re-exported for the engine, which checks seed + n - 1 against it.
+from services.common.limits import MAX_SEED as MAX_SEED
+from services.common.limits import (
+    MAX_SIDE,
+    MIN_SIDE,
+    SIDE_MULTIPLE,
+    GuidanceScale,
+    ImageSide,
+    Seed,
+    Steps,
+)
 from services.image.config import SchedulerName
 
-# AUTOMATIC1111's seed range; image k of a request uses seed + k.
-MAX_SEED = 2**32 - 1
-# Static ceilings for the OpenAPI page. The configured limits (ARTICLEFORGE_IMAGE_MAX_SIDE,
-# _MAX_PROMPT_LENGTH, _MAX_BATCH_SIZE) and the pipeline's own minimum size are checked by the
-# engine and named in the 400 it answers.
-MAX_SIDE = 2048
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
+# Static ceilings for the OpenAPI page (the shared ones come from services.common.limits). The
+# configured limits (ARTICLEFORGE_IMAGE_MAX_SIDE, _MAX_PROMPT_LENGTH, _MAX_BATCH_SIZE) and the
+# pipeline's own minimum size are checked by the engine and named in the 400 it answers.
 MAX_N = 8
 MAX_PROMPT_CHARS = 20_000
 
@@ -59,34 +65,25 @@ class ImagesRequest(BaseModel):
         description="What to steer away from (used when guidance_scale > 1).",
         examples=["blurry, text, watermark"],
     )
-    width: int | None = Field(
+    width: ImageSide | None = Field(
         default=None,
-        ge=8,
-        le=MAX_SIDE,
-        multiple_of=8,
-        description="Pixels, a multiple of 8; the model's native width when absent.",
+        description=f"Pixels, a multiple of {SIDE_MULTIPLE}; the model's native width when absent.",
         examples=[512],
     )
-    height: int | None = Field(
+    height: ImageSide | None = Field(
         default=None,
-        ge=8,
-        le=MAX_SIDE,
-        multiple_of=8,
-        description="Pixels, a multiple of 8; the model's native height when absent.",
+        description=f"Pixels, a multiple of {SIDE_MULTIPLE}; the model's native height when "
+        "absent.",
         examples=[512],
     )
-    steps: int | None = Field(
+    steps: Steps | None = Field(
         default=None,
-        ge=1,
-        le=MAX_STEPS,
         description="Denoising steps; the service default (ARTICLEFORGE_IMAGE_DEFAULT_STEPS) "
         "when absent.",
         examples=[30],
     )
-    guidance_scale: float | None = Field(
+    guidance_scale: GuidanceScale | None = Field(
         default=None,
-        ge=0.0,
-        le=MAX_GUIDANCE,
         description="Classifier-free guidance (CFG scale); 1 or less turns it off.",
         examples=[7.0],
     )
@@ -95,10 +92,8 @@ class ImagesRequest(BaseModel):
         description="Sampler; the service default (`dpmpp_2m`) when absent.",
         examples=["dpmpp_2m"],
     )
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         default=None,
-        ge=0,
-        le=MAX_SEED,
         description="Image k gets seed + k, so it equals a single request with that seed. "
         "Random when absent; the reply says which was used.",
         examples=[1234],
@@ -204,7 +199,8 @@ class OpenAIImagesRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=MAX_N, description="How many images.", examples=[1])
     size: str | None = Field(
         default=None,
-        description="`WIDTHxHEIGHT`, each a multiple of 8 up to 2048; native size when absent.",
+        description=f"`WIDTHxHEIGHT`, each a multiple of {SIDE_MULTIPLE} up to {MAX_SIDE}; "
+        "native size when absent.",
         examples=["512x512"],
     )
     response_format: Literal["b64_json"] | None = Field(
@@ -212,10 +208,8 @@ class OpenAIImagesRequest(BaseModel):
         description="Only `b64_json`: the service keeps no files to link to.",
         examples=["b64_json"],
     )
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         default=None,
-        ge=0,
-        le=MAX_SEED,
         description="Extension (pass with `extra_body`): the seed of the first image.",
         examples=[1234],
     )
@@ -229,8 +223,10 @@ class OpenAIImagesRequest(BaseModel):
         if not match:
             raise ValueError("size must be WIDTHxHEIGHT, for example 512x512")
         for side in match.groups():
-            if int(side) % 8 or not 8 <= int(side) <= MAX_SIDE:
-                raise ValueError(f"each side must be a multiple of 8 from 8 to {MAX_SIDE}")
+            if int(side) % SIDE_MULTIPLE or not MIN_SIDE <= int(side) <= MAX_SIDE:
+                raise ValueError(
+                    f"each side must be a multiple of {SIDE_MULTIPLE} from {MIN_SIDE} to {MAX_SIDE}"
+                )
         return size
 
     def to_params(self) -> ImageParams:

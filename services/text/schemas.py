@@ -16,8 +16,13 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.limits import Temperature, TopP
+
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 64
+# The text service's own seed range: its sampler hashes all 63 bits, and OpenAI clients send
+# seeds of any size. The gateway sends only article seeds (services.common.limits.MAX_SEED and
+# the few derived from them), well inside it.
 MAX_SEED = 2**63 - 1
 # A static ceiling for the OpenAPI page; the configured limit (ARTICLEFORGE_TEXT_MAX_NEW_TOKENS)
 # is checked by the engine and named in the 400 it answers.
@@ -105,12 +110,10 @@ class _Sampling(BaseModel):
 
     model_config = STRICT
 
-    temperature: float = Field(
-        default=0.7, ge=0.0, le=2.0, description="0 is greedy decoding.", examples=[0.7]
+    temperature: Temperature = Field(
+        default=0.7, description="0 is greedy decoding.", examples=[0.7]
     )
-    top_p: float = Field(
-        default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", examples=[0.9]
-    )
+    top_p: TopP = Field(default=1.0, description="Nucleus sampling mass.", examples=[0.9])
     top_k: int = Field(
         default=0,
         ge=0,
@@ -322,8 +325,8 @@ class _OpenAIBase(_Sampling):
         description="Served model or adapter name (see /v1/models).",
         examples=["tiny"],
     )
-    temperature: float = Field(
-        default=1.0, ge=0.0, le=2.0, description="0 is greedy decoding.", examples=[0.7]
+    temperature: Temperature = Field(
+        default=1.0, description="0 is greedy decoding.", examples=[0.7]
     )
     max_tokens: int | None = Field(
         default=None,

@@ -85,16 +85,16 @@ def article_form() -> dict[str, Any] | None:
         left, middle, right = st.columns(3)
         temperature = left.slider(
             "Temperature",
-            min_value=float(temperature_b.low or 0),
-            max_value=float(temperature_b.high or 2),
+            min_value=temperature_b.float_low(),
+            max_value=temperature_b.float_high(),
             value=TEXT_DEFAULTS.temperature,
             step=0.05,
             key="temperature",
         )
         top_p = middle.slider(
             "Top p",
-            min_value=0.05 if top_p_b.low_open else float(top_p_b.low or 0),
-            max_value=float(top_p_b.high or 1),
+            min_value=top_p_b.float_low(0.05),
+            max_value=top_p_b.float_high(),
             value=TEXT_DEFAULTS.top_p,
             step=0.05,
             key="top_p",
@@ -135,8 +135,8 @@ def article_form() -> dict[str, Any] | None:
         )
         guidance = middle.slider(
             "Guidance (CFG scale)",
-            min_value=float(guidance_b.low or 0),
-            max_value=float(guidance_b.high or 30),
+            min_value=guidance_b.float_low(),
+            max_value=guidance_b.float_high(),
             value=IMAGE_DEFAULTS.guidance_scale,
             step=0.5,
             key="guidance",

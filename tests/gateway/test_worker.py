@@ -18,7 +18,13 @@ from services.gateway import jobs
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import ArticleRequest
 from services.gateway.store import ArticleStore
-from services.gateway.worker import ArticleQueue, ArticleWorker, article_worker, requeue_lost_jobs
+from services.gateway.worker import (
+    ArticleQueue,
+    ArticleWorker,
+    article_worker,
+    on_horse_killed,
+    requeue_lost_jobs,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/1"
 
@@ -97,11 +103,11 @@ def test_a_stage_fails_the_article_only_when_no_retry_follows(
     lost = AbandonedJobError()
 
     jobs.on_stage_failure(image, connection, AbandonedJobError, lost, None)  # RQ re-runs it
-    jobs.on_horse_killed(image, 0, 9, None)
+    on_horse_killed(image, 0, 9, None)
     assert store.status(article_id) == "queued"
 
     image.retries_left = 0  # the last retry died as well
-    jobs.on_horse_killed(image, 0, 9, None)
+    on_horse_killed(image, 0, 9, None)
     status = store.fields(article_id)
     assert status["status"] == "failed"
     error = json.loads(status["error"])

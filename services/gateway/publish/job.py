@@ -22,13 +22,18 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
-from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from services.common.errors import InvalidRequest
-from services.common.logging import request_id_var
-from services.gateway import jobs
 from services.gateway.config import GatewaySettings
+from services.gateway.job_base import (
+    ARTICLES_QUEUE,
+    LOST,
+    adopt_request_id,
+    runs_again,
+    settings,
+    store_for,
+)
 from services.gateway.publish.common import (
     PublishRecord,
     PublishTransient,
@@ -40,8 +45,9 @@ from services.gateway.publish.ghost import Ghost
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.gateway.publish.wordpress import WordPress
 from services.gateway.schemas import Article
-from services.gateway.store import ArticleStore, _atomic_write
+from services.gateway.store import ArticleStore, atomic_write
 from services.gateway.views import status_view
+from services.gateway.webhook_jobs import enqueue_event
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +113,7 @@ def load_record(store: ArticleStore, article_id: str, target: str) -> PublishRec
 
 def save_record(store: ArticleStore, article_id: str, record: PublishRecord) -> None:
     text = record.model_dump_json()
-    _atomic_write(record_path(store.data_dir, article_id, record.target), text.encode())
+    atomic_write(record_path(store.data_dir, article_id, record.target), text.encode())
     key = store.key(article_id)
     if store.redis.exists(key):  # an expired record is not brought back half-made
         store.redis.hset(key, f"publish:{record.target}", text)
@@ -187,7 +193,7 @@ def enqueue_publish(
     )
     save_record(store, article_id, record)
     try:
-        Queue(jobs.ARTICLES_QUEUE, connection=store.redis).enqueue(
+        Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
             publish_job,
             article_id,
             target,
@@ -225,11 +231,9 @@ def republish_after_revision(store: ArticleStore, config: GatewaySettings, artic
 
 
 def publish_job(article_id: str, target: str) -> None:
-    config = jobs.settings()
-    store = jobs.store_for(config)
-    request_id = store.get(article_id, "request_id")
-    if request_id:
-        request_id_var.set(str(request_id))
+    config = settings()
+    store = store_for(config)
+    adopt_request_id(store, article_id)
     record = load_record(store, article_id, target)
     if record is None:
         logger.warning(
@@ -280,8 +284,6 @@ def publish_job(article_id: str, target: str) -> None:
 def _announce(
     store: ArticleStore, config: GatewaySettings, article_id: str, record: PublishRecord, event: str
 ) -> None:
-    from services.gateway.editorial import enqueue_event
-
     kind = event.rsplit(".", 1)[-1]
     enqueue_event(store, config, article_id, event, f"{record.target}-{record.seq}-{kind}")
 
@@ -289,13 +291,13 @@ def _announce(
 def on_publish_failure(
     job: Job, connection: Redis, exc_type: type[BaseException], value: BaseException, tb: Any
 ) -> None:
-    """RQ calls this for every failed attempt; RQ reads ``retries_left`` right after it."""
-    config = jobs.settings()
-    store = ArticleStore(connection, config.data_dir, config.result_ttl_seconds)
+    """RQ calls this for every failed attempt (and ``worker.on_horse_killed`` for a killed work
+    horse): the publish is retried, or its record fails; the article itself stays as it is."""
+    config = settings()
+    store = store_for(config, connection)
     article_id, target = job.meta["article_id"], job.meta["target"]
     record = load_record(store, article_id, target)
-    transient = issubclass(exc_type, (PublishTransient, AbandonedJobError, RedisError))
-    if transient and job.retries_left:
+    if runs_again(job, exc_type, (PublishTransient, *LOST)):
         logger.warning(
             "article %s: publish to %s failed (%s); retrying (%d left)",
             article_id,
@@ -304,10 +306,9 @@ def on_publish_failure(
             job.retries_left,
         )
         if record is not None:
-            record.state, record.error = "queued", error_info(value, job.retries_left)
+            record.state, record.error = "queued", error_info(value, job.retries_left or 0)
             save_record(store, article_id, record)
         return
-    job.retries_left = 0
     logger.error("article %s: publish to %s failed: %s", article_id, target, value)
     _release(store, article_id, target)
     if record is None:

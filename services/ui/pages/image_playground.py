@@ -44,8 +44,8 @@ def playground() -> None:
         guidance_b = bounds(ImagesRequest, "guidance_scale")
         guidance = st.slider(
             "Guidance (CFG scale)",
-            float(guidance_b.low or 0),
-            float(guidance_b.high or 30),
+            guidance_b.float_low(),
+            guidance_b.float_high(),
             7.0,
             0.5,
             key="image-guidance",

@@ -16,8 +16,9 @@ from services.ui.limits import bounds
 
 def _slider(label: str, name: str, value: float, step: float) -> float:
     limit = bounds(ChatCompletionRequest, name)
-    low = float(limit.low or 0) + (step if limit.low_open else 0)
-    return st.slider(label, low, float(limit.high or 1), value, step, key=f"text-{name}")
+    return st.slider(
+        label, limit.float_low(step), limit.float_high(), value, step, key=f"text-{name}"
+    )
 
 
 @shows_errors
