@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 import typer
 from rich.console import Console
 
+from services.common import limits
 from services.ui.launch import DEFAULT_PORT as UI_PORT
 
 app = typer.Typer(
@@ -139,7 +140,7 @@ def worker(
     """Run an RQ worker for the article pipeline (it never loads a model)."""
     from services.common.logging import redact, redact_url, redact_values, setup_logging
     from services.gateway.config import GatewaySettings
-    from services.gateway.jobs import redis_connection, settings
+    from services.gateway.job_base import redis_connection, settings
     from services.gateway.worker import article_worker
 
     load_settings(GatewaySettings)  # a bad setting exits with its variable, not a traceback
@@ -164,12 +165,19 @@ def worker(
 def generate(
     topic: Annotated[str, typer.Argument(help="What the article is about.")],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("article"),
-    images: Annotated[int, typer.Option(help="Images (first is featured).", min=0, max=8)] = 1,
+    images: Annotated[
+        int, typer.Option(help="Images (first is featured).", min=0, max=limits.MAX_IMAGES)
+    ] = 1,
     sections: Annotated[
         int | None,
-        typer.Option(help="Body sections (default: the API's default).", min=1, max=12),
+        typer.Option(
+            help="Body sections (default: the API's default).", min=1, max=limits.MAX_SECTIONS
+        ),
     ] = None,
-    words: Annotated[int, typer.Option(help="Target length in words.", min=100, max=4000)] = 400,
+    words: Annotated[
+        int,
+        typer.Option(help="Target length in words.", min=limits.MIN_WORDS, max=limits.MAX_WORDS),
+    ] = 400,
     audience: Annotated[str | None, typer.Option(help="Who reads it.")] = None,
     tone: Annotated[str | None, typer.Option(help="How it sounds.")] = None,
     language: Annotated[
@@ -179,8 +187,10 @@ def generate(
     size: Annotated[
         str | None, typer.Option(help="Image size, WIDTHxHEIGHT (default: the model's own).")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.", min=1, max=150)] = 25,
-    seed: Annotated[int | None, typer.Option(help="Seed for text and images.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.", min=1, max=limits.MAX_STEPS)] = 25,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for text and images.", min=0, max=limits.MAX_SEED)
+    ] = None,
     image_prompt: Annotated[
         list[str] | None, typer.Option(help="Image prompt by hand (repeat, one per image).")
     ] = None,
