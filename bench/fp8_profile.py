@@ -103,7 +103,7 @@ def _one_shape(name: str, n: int, k: int, args: argparse.Namespace, out: dict[st
         ref = x.float() @ fp8.dequantize(wq.q, wq.scale).t()
         out["w8a16_rel_err"][f"{name}/{rows}"] = float((y.float() - ref).norm() / ref.norm())
     print(name, "best tiles", {r: b[1] for r, b in best.items()}, flush=True)
-    for rows in ROWS:
+    for rows in args.rows or ROWS:
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         xq, xs = kernels.quantize_rows(x)
         flops = 2.0 * rows * n * k
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", default="matmul,accuracy")
     p.add_argument("--all-tiles", action="store_true", help="27 tiles, not the planner's 5")
+    p.add_argument("--rows", type=lambda v: [int(r) for r in v.split(",")], default=None)
     p.add_argument("--inner", type=int, default=20)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--sequences", type=int, default=4)
