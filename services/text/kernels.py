@@ -299,6 +299,9 @@ W8A16_TILES = ((32, 256, 1), (32, 256, 2), (64, 128, 2), (16, 512, 4), (64, 256,
 # Above this many rows a step is no longer bound by reading the weight; cuBLASLt's FP8 GEMM
 # (both operands in E4M3, twice bf16's tensor-core rate) wins and is not timed against.
 W8A16_MAX_ROWS = 128
+# Relative error a tile may show against the float32 product of the dequantized weight: bf16
+# output rounding (2^-9) and float32 sums in another order come to a few 1e-3.
+W8A16_MAX_ERROR = 2e-2
 
 
 def graph_microseconds(fn: Callable[[], Any], inner: int = 20, iters: int = 10) -> float:
@@ -332,7 +335,8 @@ class Fp8Planner:
     ``fp8_weight_matmul`` tile that was faster on this card (W8A16).
 
     Plans are per (row bucket: the next power of two, out features, in features), timed once
-    by ``prepare`` at start-up, before any graph is captured. A bucket met later without a plan
+    by ``prepare`` at start-up, before any graph is captured; a tile is timed only after its
+    product matched the dequantized weight's on this card. A bucket met later without a plan
     (never the case for the engine, which prepares every bucket up to ``W8A16_MAX_ROWS``) is
     timed then, or, inside a graph capture, where nothing can be timed, takes W8A8.
     """
@@ -375,11 +379,22 @@ class Fp8Planner:
         rows, _, k = key
         x = torch.randn((rows, k), dtype=torch.bfloat16, device=weight.q.device)
         times = {"w8a8": graph_microseconds(partial(weight.matmul, x, self.quantize_rows))}
+        # Each tile must first give the product of the dequantized weight: a kernel that
+        # compiles but computes wrongly on this card (or Triton build) is never chosen.
+        want = x.float() @ (weight.q.float() * weight.scale.reshape(-1, 1)).t()
         tiles: dict[str, tuple[int, int, int]] = {}
         for tile in W8A16_TILES:
             name = ",".join(map(str, tile))
+            call = partial(fp8_weight_matmul, x, weight.q, weight.scale, *tile)
             try:
-                t = graph_microseconds(partial(fp8_weight_matmul, x, weight.q, weight.scale, *tile))
+                error = float((call().float() - want).norm() / want.norm().clamp(min=1e-30))
+                if not error < W8A16_MAX_ERROR:
+                    logger.warning(
+                        "text engine: fp8 tile %s off by %.2g on %s rows x %s; not used",
+                        name, error, rows, tuple(weight.q.shape),
+                    )  # fmt: skip
+                    continue
+                t = graph_microseconds(call)
             except Exception as exc:  # noqa: BLE001 (a tile this card cannot compile is skipped)
                 logger.debug("text engine: fp8 tile %s skipped: %s", name, exc)
                 continue
