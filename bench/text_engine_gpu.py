@@ -141,7 +141,7 @@ def engine(rows: int, graphs: bool, quantization: str = "none") -> Any:
 async def run_requests(
     eng: Any, specs: list[tuple[int, int, float]], seed: int
 ) -> list[dict[str, Any]]:
-    from services.text.engine import GenerationRequest
+    from services.text.request import GenerationRequest
     from services.text.schemas import SamplingParams
 
     rng = random.Random(seed)

@@ -32,7 +32,7 @@ import hashlib
 import logging
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -259,6 +259,32 @@ class KVCacheManager:
     def slot(self, pages: list[int], position: int) -> int:
         """The flat cache index where the token at ``position`` of a sequence lives."""
         return pages[position // self.page_size] * self.page_size + position % self.page_size
+
+
+def size_pages(
+    shape: CacheShape,
+    page_size: int,
+    rows: int,
+    context: int,
+    device: torch.device,
+    cache_tokens: int | None,
+    utilization: float,
+    profile: Callable[[], None] | None,
+) -> int:
+    """How many pages (the scratch page included) the cache gets.
+
+    ``cache_tokens`` (``ARTICLEFORGE_TEXT_KV_CACHE_TOKENS``) when set; else, on CUDA with a
+    ``profile`` (a full-size forward, run here before measuring), ``utilization`` of the card;
+    else 1 GiB's worth. Never more than every row at full context: the rest would be waste.
+    """
+    most = rows * -(-context // page_size) + 1
+    if cache_tokens is not None:
+        return min(most, -(-cache_tokens // page_size) + 1)
+    if device.type == "cuda" and profile is not None:
+        profile()
+        return min(most, pages_from_memory(shape, page_size, device, utilization))
+    per_token = max(1, shape.bytes_per_token)
+    return min(most, max(2, (2**30 // per_token) // page_size + 1))
 
 
 def pages_from_memory(

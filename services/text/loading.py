@@ -36,6 +36,21 @@ class LoadedModel:
     def unmerged_adapters(self) -> bool:
         return any(name != BASE_ADAPTER for name in self.served.values())
 
+    @property
+    def adapter_order(self) -> list[str]:
+        """Unmerged adapters by index: 0 is the base model, k the k-th adapter."""
+        names = dict.fromkeys(a for a in self.served.values() if a != BASE_ADAPTER)
+        return [BASE_ADAPTER, *names]
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """Every token that ends generation: the generation config's and the tokenizer's."""
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
 
 def nf4_config() -> Any:
     """The seed paper's quantization: 4-bit NormalFloat, bf16 compute, no double quant."""

@@ -8,6 +8,14 @@ the cache's scratch page.
 
 ``HFRunner`` runs any other architecture through the transformers model, one sequence at a
 time with its own ``DynamicCache``: slower, but on the same scheduler and sampler.
+
+``build_runner`` picks one for the model and the settings (``ARTICLEFORGE_TEXT_RUNNER``), sizes
+and allocates the KV cache (after a full-size forward on CUDA, so that the cache gets what the
+activations leave), and captures the decode graphs, as nano-vllm's model runner does at start.
+
+Names: a request's ``row`` is its row of the sampler's tables and of ``last`` (the latest token
+per row, on the device); a ``slot`` is a flat KV-cache index; a ``block table`` is a request's
+pages, padded to the graphs' full width.
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ from typing import Any
 import torch
 
 from services.text.attention import splits_for, triton_available
-from services.text.kv_cache import KVCacheManager
-from services.text.llama import LeanLlama, Segment, StepInputs
+from services.text.config import TextSettings
+from services.text.device import to_device
+from services.text.kv_cache import CacheShape, KVCacheManager, size_pages
+from services.text.llama import LeanLlama, Segment, StepInputs, Unsupported
+from services.text.loading import BASE_ADAPTER, LoadedModel
 from services.text.perplexity import mean_nll, nll_of
-from services.text.sampler import to_device
+from services.text.request import GenerationRequest
 from services.text.scheduler import StepPlan
-from services.text.sequence import Sequence
+from services.text.schemas import SamplingParams
+from services.text.sequence import Phase, SeqState
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +66,26 @@ class NativeRunner:
         )
         self.graphs: dict[int, Any] = {}
         self._outputs: dict[int, torch.Tensor] = {}
-        self._rows: dict[int, torch.Tensor] = {}  # id(seq) -> its pages, padded to full width
+        self._tables: dict[int, torch.Tensor] = {}  # id(seq) -> its block table
         self._bucket_for: dict[int, int] = {}  # decode rows -> the graph that holds them
 
     # --- building a step's inputs -------------------------------------------------------
 
-    def _table_row(self, seq: Sequence) -> torch.Tensor:
+    def _block_table(self, seq: SeqState) -> torch.Tensor:
         """The sequence's pages padded to the graphs' full table width (cached)."""
-        row = self._rows.get(id(seq))
-        if row is None:
-            row = self._rows[id(seq)] = torch.zeros(self.max_pages, dtype=torch.int32)
-            row[: len(seq.pages)] = torch.tensor(seq.pages, dtype=torch.int32)
-        return row
+        table = self._tables.get(id(seq))
+        if table is None:
+            table = self._tables[id(seq)] = torch.zeros(self.max_pages, dtype=torch.int32)
+            table[: len(seq.pages)] = torch.tensor(seq.pages, dtype=torch.int32)
+        return table
 
-    def release(self, seq: Sequence) -> None:
-        self._rows.pop(id(seq), None)
+    def release(self, seq: SeqState) -> None:
+        self._tables.pop(id(seq), None)
 
-    def _slots(self, seq: Sequence, start: int, stop: int) -> torch.Tensor:
+    def _slots(self, seq: SeqState, start: int, stop: int) -> torch.Tensor:
         positions = torch.arange(start, stop)
         size = self.kv.page_size
-        return self._table_row(seq)[positions // size].long() * size + positions % size
+        return self._block_table(seq)[positions // size].long() * size + positions % size
 
     def _splits(self, rows: int) -> int:
         return splits_for(rows, self.model.heads, self.sms) if self.triton else 0
@@ -81,7 +93,7 @@ class NativeRunner:
     def run(self, plan: StepPlan, last: torch.Tensor) -> torch.Tensor:
         """Logits ``[len(plan.sampled), vocab]``, rows in ``plan.sampled`` order.
 
-        ``last`` holds on the device, per sampler slot, each request's latest token: the
+        ``last`` holds on the device, per sampler row, each request's latest token: the
         input of its decode row, which the host may not have seen yet.
         """
         if not plan.prefill and len(plan.decode) in self._bucket_for:
@@ -96,7 +108,7 @@ class NativeRunner:
             adapters.append(seq.adapter_index)
         n = len(plan.decode)
         segments, rows = [], list(range(n))
-        slot_rows = torch.tensor([s.slot for s in plan.decode], dtype=torch.int64)
+        last_rows = torch.tensor([s.row for s in plan.decode], dtype=torch.int64)
         for chunk in plan.prefill:
             seq, start, stop = chunk.seq, chunk.start, chunk.start + chunk.length
             offset = n + len(ids)
@@ -120,13 +132,13 @@ class NativeRunner:
         if n:
             # Full-width rows, as in the graphs: the Triton decode kernel is specialized on the
             # table's stride, so a width of its own per step would compile new variants.
-            table = torch.stack([self._table_row(s) for s in plan.decode])
+            table = torch.stack([self._block_table(s) for s in plan.decode])
             inputs.block_tables = to_device(table, self.device)
             lengths = [s.num_cached + 1 for s in plan.decode]
             inputs.lengths = to_device(torch.tensor(lengths, dtype=torch.int32), self.device)
         tokens = to_device(torch.tensor(ids, dtype=torch.int64), self.device)
         if n:
-            tokens = torch.cat([last[to_device(slot_rows, self.device)], tokens])
+            tokens = torch.cat([last[to_device(last_rows, self.device)], tokens])
         return self.model.forward(
             tokens,
             to_device(torch.cat(positions), self.device),
@@ -144,13 +156,13 @@ class NativeRunner:
         rows, width = self.max_rows, self.max_pages
         dev = self.device
         self._ids = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self._slots_in = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self._rows_in = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._positions = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._slot_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
         self._table_buf = torch.zeros((rows, width), dtype=torch.int32, device=dev)
         self._lengths = torch.ones(rows, dtype=torch.int32, device=dev)
         self._lora_buf = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self._empty_row = torch.zeros(width, dtype=torch.int32)
+        self._empty_table = torch.zeros(width, dtype=torch.int32)
         pool = torch.cuda.graph_pool_handle()
         buckets = graph_buckets(rows)
         for size in reversed(buckets):
@@ -188,23 +200,23 @@ class NativeRunner:
             lora_rows=self._lora_buf[:size] if self.lora else None,
         )
 
-    def _replay(self, decode: list[Sequence], last: torch.Tensor) -> torch.Tensor:
+    def _replay(self, decode: list[SeqState], last: torch.Tensor) -> torch.Tensor:
         n = len(decode)
         size = self._bucket_for[n]
         pad = size - n  # padded rows attend to one scratch token on page 0
         host = torch.tensor(
             [
-                [s.slot for s in decode] + [0] * pad,
+                [s.row for s in decode] + [0] * pad,
                 [s.num_cached for s in decode] + [0] * pad,
                 [self.kv.slot(s.pages, s.num_cached) for s in decode] + [0] * pad,
                 [s.num_cached + 1 for s in decode] + [1] * pad,
                 [s.adapter_index for s in decode] + [0] * pad,
             ]
         ).pin_memory()  # fresh pinned memory: the allocator reuses it only after the copy
-        rows = [self._table_row(s) for s in decode] + [self._empty_row] * pad
-        table = torch.stack(rows).pin_memory()
-        self._slots_in[:size].copy_(host[0, :size], non_blocking=True)
-        torch.index_select(last, 0, self._slots_in[:size], out=self._ids[:size])
+        tables = [self._block_table(s) for s in decode] + [self._empty_table] * pad
+        table = torch.stack(tables).pin_memory()
+        self._rows_in[:size].copy_(host[0, :size], non_blocking=True)
+        torch.index_select(last, 0, self._rows_in[:size], out=self._ids[:size])
         self._positions[:size].copy_(host[1, :size], non_blocking=True)
         self._slot_buf[:size].copy_(host[2, :size], non_blocking=True)
         self._lengths[:size].copy_(host[3, :size], non_blocking=True)
@@ -233,10 +245,10 @@ class HFRunner:
         self.adapter_names = adapter_names  # index -> peft name; None without unmerged adapters
         self._caches: dict[int, Any] = {}
 
-    def release(self, seq: Sequence) -> None:
+    def release(self, seq: SeqState) -> None:
         self._caches.pop(id(seq), None)
 
-    def _forward(self, seq: Sequence, ids: list[int], start: int) -> torch.Tensor:
+    def _forward(self, seq: SeqState, ids: list[int], start: int) -> torch.Tensor:
         from transformers import DynamicCache
 
         cache = self._caches.get(id(seq))
@@ -257,8 +269,8 @@ class HFRunner:
 
     @torch.inference_mode()
     def run(self, plan: StepPlan, last: torch.Tensor) -> torch.Tensor:
-        slots = torch.tensor([s.slot for s in plan.decode], dtype=torch.int64, device=last.device)
-        inputs = last[slots].tolist()
+        rows_in = torch.tensor([s.row for s in plan.decode], dtype=torch.int64, device=last.device)
+        inputs = last[rows_in].tolist()
         rows = [
             self._forward(s, [token], s.num_cached)
             for s, token in zip(plan.decode, inputs, strict=True)
@@ -268,6 +280,8 @@ class HFRunner:
             logits = self._forward(seq, seq.prompt_ids[chunk.start : stop], chunk.start)
             if chunk.completes_prompt:
                 rows.append(logits)
+        if not rows:  # only prompt chunks that leave their prompt unfinished
+            return torch.empty((0, self.model.config.vocab_size), device=self.device)
         return torch.stack(rows)
 
     def capture(self) -> None:
@@ -278,3 +292,118 @@ class HFRunner:
         if self.adapter_names is not None:
             extra["adapter_names"] = [self.adapter_names[adapter_index]]
         return mean_nll(self.model, ids, lead, self.device, **extra)
+
+
+Runner = NativeRunner | HFRunner
+
+
+def warmup_waves(
+    runner: Runner, kv: KVCacheManager, loaded: LoadedModel, chunk: int
+) -> list[tuple[list[SeqState], Phase]]:
+    """The engine's warm-up traffic, in waves: the engine adds a wave's new requests and steps
+    until all of the wave reach its phase. One request end to end; then (native runner, room
+    permitting) a stream that decodes beside a burst of a prompt longer than a chunk and two
+    that share a cached prefix, so that mixed steps and prefill attention over cached pages pay
+    their one-off costs (kernel specializations, library plans, allocator growth) before
+    /readyz."""
+
+    def seq(ids: list[int], new_tokens: int) -> SeqState:
+        params = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9)
+        request = GenerationRequest("warmup", ids, params, new_tokens, 0, "", BASE_ADAPTER)
+        return SeqState.of(None, request, 0, loaded.tokenizer, loaded.eos_ids)
+
+    first = seq(list(loaded.tokenizer("warm up").input_ids), 2)
+    longest = min(loaded.context_window - 8, chunk + 16, kv.capacity_tokens // 4 - 8)
+    if longest < 32 or not isinstance(runner, NativeRunner):
+        return [([first], Phase.DONE)]
+    vocab, gen = runner.model.vocab, torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, vocab, (n,), generator=gen).tolist()
+
+    stream, shared = seq(ids(8), 8), ids(longest // 2)
+    burst = [
+        seq(shared + ids(longest // 4), 4),
+        seq(ids(longest), 4),
+        seq(shared + ids(longest // 8), 4),  # a hit on the first's pages
+    ]
+    return [([first], Phase.DONE), ([stream], Phase.DECODE), ([stream, *burst], Phase.DONE)]
+
+
+def _lean_model(
+    settings: TextSettings, loaded: LoadedModel, adapters: list[str], context: int
+) -> LeanLlama | None:
+    """The lean Llama of this model, or None where the HF code must run it."""
+    if settings.text_runner == "hf":
+        return None
+    try:
+        fp8 = settings.text_quantization == "fp8"
+        return LeanLlama(loaded.model, adapters[1:], context, fp8)
+    except Unsupported as exc:
+        if settings.text_quantization == "fp8":
+            raise ValueError(
+                f"ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the native runner only, "
+                f"which cannot run this model: {exc}; use none or nf4"
+            ) from exc
+        if settings.text_runner == "native":
+            raise ValueError(
+                f"ARTICLEFORGE_TEXT_RUNNER=native cannot run this model: {exc}; use "
+                "ARTICLEFORGE_TEXT_RUNNER=auto or hf"
+            ) from exc
+        logger.info("text engine: %s needs the HF model code (%s)", loaded.base_name, exc)
+        return None
+
+
+def _profile(model: LeanLlama, tokens: int) -> None:
+    """A full-size prompt step without a cache, so that the peak memory counts its activations."""
+    device = model.device
+    torch.cuda.reset_peak_memory_stats(device)
+    ids = torch.randint(0, model.vocab, (tokens,), device=device)
+    positions = torch.arange(tokens, device=device)
+    model.forward(ids, positions, StepInputs(slots=None), None, None, None)
+    torch.cuda.synchronize(device)
+
+
+def build_runner(settings: TextSettings, loaded: LoadedModel) -> tuple[Runner, KVCacheManager, int]:
+    """The runner for this model and these settings, with its KV cache sized and allocated and
+    (on CUDA) its decode graphs captured; and the vocabulary size the sampler needs."""
+    rows, page = settings.text_max_batch_size, settings.text_kv_page_size
+    device, context, adapters = loaded.device, loaded.context_window, loaded.adapter_order
+    lora = len(adapters) > 1
+    model = _lean_model(settings, loaded, adapters, context)
+    if model is None:
+        shape = CacheShape(0, 0, 0, torch.float32)  # accounting only; HF keeps the tensors
+        pages = size_pages(
+            shape,
+            page,
+            rows,
+            context,
+            device,
+            settings.text_kv_cache_tokens,
+            settings.text_gpu_memory_utilization,
+            None,
+        )
+        kv = KVCacheManager(shape, pages, page, device)  # no prefix cache: a cache per request
+        hf = HFRunner(loaded.model, device, adapters if lora else None)
+        return hf, kv, int(loaded.model.config.vocab_size)
+    shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
+    chunk = min(settings.text_prefill_chunk_tokens, context)
+    pages = size_pages(
+        shape,
+        page,
+        rows,
+        context,
+        device,
+        settings.text_kv_cache_tokens,
+        settings.text_gpu_memory_utilization,
+        lambda: _profile(model, chunk),
+    )
+    kv = KVCacheManager(shape, pages, page, device, settings.text_prefix_cache)
+    runner = NativeRunner(model, kv, rows, context, lora)
+    if device.type == "cuda" and settings.text_cuda_graphs:
+        try:
+            runner.capture()
+        except Exception:  # e.g. a quantized kernel that cannot be captured
+            logger.exception("text engine: CUDA graph capture failed; decode runs eagerly")
+            runner.drop_graphs()
+    return runner, kv, model.vocab

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 
 from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.text.deps import EngineDep
-from services.text.engine import RequestHandle
+from services.text.request import RequestHandle
 from services.text.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,

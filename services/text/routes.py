@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 
 from services.common.http import ERROR_RESPONSES, cancel_on_disconnect, request_id_of, sse_error
 from services.text.deps import EngineDep
-from services.text.engine import GenerationResult, RequestHandle
+from services.text.request import GenerationResult, RequestHandle
 from services.text.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -86,7 +86,7 @@ async def _stream_generate(
     except Exception as exc:
         yield sse_error(exc, request, "generation failed")
     finally:
-        handle.cancel()  # no-op when finished; frees the slot when the client left early
+        handle.cancel()  # no-op when finished; frees its queue place if the client left early
 
 
 @router.post(

@@ -30,12 +30,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from services.text.kv_cache import KVCacheManager
-from services.text.sequence import Phase, Sequence
+from services.text.sequence import Phase, SeqState
 
 
 @dataclass
 class Chunk:
-    seq: Sequence
+    seq: SeqState
     start: int
     length: int
 
@@ -46,13 +46,13 @@ class Chunk:
 
 @dataclass
 class StepPlan:
-    decode: list[Sequence] = field(default_factory=list)
+    decode: list[SeqState] = field(default_factory=list)
     prefill: list[Chunk] = field(default_factory=list)
-    admitted: list[Sequence] = field(default_factory=list)
+    admitted: list[SeqState] = field(default_factory=list)
     hashed: list[int] = field(default_factory=list)  # pages this step fills and made hittable
 
     @property
-    def sampled(self) -> list[Sequence]:
+    def sampled(self) -> list[SeqState]:
         """Rows that get a new token this step: decoders, then prompts that complete."""
         return self.decode + [c.seq for c in self.prefill if c.completes_prompt]
 
@@ -66,10 +66,10 @@ class Scheduler:
         self.kv = kv
         self.max_rows = max_rows
         self.chunk_tokens = chunk_tokens
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # admitted, in admission order
+        self.waiting: deque[SeqState] = deque()
+        self.running: list[SeqState] = []  # admitted, in admission order
 
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: SeqState) -> None:
         self.waiting.append(seq)
 
     @property
@@ -103,7 +103,7 @@ class Scheduler:
                 budget -= self._plan_chunk(plan, seq, budget)
         return plan
 
-    def _plan_chunk(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
+    def _plan_chunk(self, plan: StepPlan, seq: SeqState, budget: int) -> int:
         """Plans the next prompt chunk of ``seq`` and hashes the full pages it completes."""
         length = min(seq.remaining_prompt, budget)
         plan.prefill.append(Chunk(seq, seq.num_cached, length))
@@ -126,12 +126,12 @@ class Scheduler:
             if chunk.completes_prompt and chunk.seq.phase is Phase.PREFILL:
                 chunk.seq.phase = Phase.DECODE
 
-    def holders(self, pages: list[int]) -> list[Sequence]:
+    def holders(self, pages: list[int]) -> list[SeqState]:
         """Running requests that hold any of ``pages``."""
         wanted = set(pages)
         return [seq for seq in self.running if wanted.intersection(seq.pages)]
 
-    def finish(self, seq: Sequence) -> None:
+    def finish(self, seq: SeqState) -> None:
         """Takes a request out (done or cancelled) and frees its pages at once."""
         if seq.phase is Phase.WAITING:
             self.waiting.remove(seq)

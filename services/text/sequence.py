@@ -1,17 +1,22 @@
 """One request's state inside the engine: its tokens, its KV pages, where it is in its life.
 
-The scheduler, the KV-cache manager, the model runner and the sampler pass ``Sequence`` objects
-between them; only the engine thread touches them.
+The scheduler, the KV-cache manager, the model runner and the sampler pass ``SeqState`` objects
+between them; only the engine thread touches them. Two indices, two names: ``row`` is the
+request's row in the sampler's tables (and in the engine's per-row last tokens); a ``slot`` is
+a flat index into the KV cache (page * page_size + offset, ``KVCacheManager.slot``).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.text.sampling import DecodeState
+from services.text.decode_state import DecodeState
 from services.text.schemas import SamplingParams
+
+if TYPE_CHECKING:
+    from services.text.request import GenerationRequest
 
 
 class Phase(enum.Enum):
@@ -22,7 +27,7 @@ class Phase(enum.Enum):
 
 
 @dataclass(eq=False)
-class Sequence:
+class SeqState:
     handle: Any  # the RequestHandle of the caller (None in warm-up)
     prompt_ids: list[int]
     params: SamplingParams
@@ -46,10 +51,41 @@ class Sequence:
     page_keys: list[bytes] | None = None
     cached_tokens: int = 0
     hashed_pages: int = 0
-    slot: int = -1  # row of the sampler's per-request penalty tables
+    row: int = -1  # the sampler's row for this request (its penalty tables, its last token)
     started: float | None = None  # first scheduled
     first_token_at: float | None = None
     prefill_chunks: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        handle: Any,
+        request: GenerationRequest,
+        adapter_index: int,
+        tokenizer: Any,
+        eos_ids: set[int],
+    ) -> SeqState:
+        """A waiting request, with a fresh decode state of its own."""
+        r = request
+        state = DecodeState(tokenizer, r.prompt_ids, r.params, r.max_new_tokens, eos_ids)
+        return cls(
+            handle,
+            r.prompt_ids,
+            r.params,
+            r.max_new_tokens,
+            r.seed,
+            adapter_index,
+            state,
+            r.arrival,
+        )
+
+    def take(self, token: int, now: float) -> str:
+        """A token the device made for this request; returns its new text (what may still
+        become a stop string is held back)."""
+        self.output_ids.append(token)
+        if self.first_token_at is None:
+            self.first_token_at = now
+        return self.state.append(token)
 
     @property
     def prompt_len(self) -> int:

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from services.text.engine import GenerationRequest, TextEngine
+from services.text.engine import TextEngine
 from services.text.llama import LeanLlama, StepInputs
 from services.text.loading import BASE_ADAPTER, LoadedModel
+from services.text.request import GenerationRequest
 from services.text.schemas import SamplingParams
 from tests.text.conftest import make_settings
 

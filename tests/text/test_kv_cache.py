@@ -8,6 +8,8 @@ hash chain, reference counts, LRU eviction and admission arithmetic.
 * Only full pages of prompt tokens are cached, never the prompt's last token, never page 0.
 * Requests admitted in one step share the pages the first one's chunk computes in that step,
   and only once that chunk is planned; a failed step's pages are dropped from the table.
+* Without the prefix cache, freed pages are plain free pages; a slot is page * size + offset;
+  the cache is sized from the settings, never beyond every row at full context.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import cast
 import pytest
 import torch
 
-from services.text.kv_cache import CacheShape, KVCacheManager
-from services.text.sampling import DecodeState
+from services.text.decode_state import DecodeState
+from services.text.kv_cache import CacheShape, KVCacheManager, size_pages
 from services.text.scheduler import Scheduler
 from services.text.schemas import SamplingParams
-from services.text.sequence import Phase, Sequence
+from services.text.sequence import Phase, SeqState
 
 PAGE = 4
 
@@ -154,13 +156,47 @@ def test_the_prompts_last_token_and_partial_pages_are_never_cached() -> None:
     assert [kv.is_hashed(p) for p in pages] == [True, False, False, False]  # decode: never
 
 
+def test_without_the_prefix_cache_pages_are_handed_out_and_back_and_never_shared() -> None:
+    kv = manager(6, prefix_cache=False)
+    assert kv.capacity_tokens == 6 * PAGE and kv.page_keys(prompt(1, 2), 0) == []
+    first = kv.allocate(2 * PAGE + 1)  # three pages: the last one holds a single token
+    second = kv.allocate(PAGE)
+    assert len(first) == 3 and len(second) == 1 and not set(first) & set(second)
+    assert 0 not in first + second and kv.used_pages == 4
+    assert all(kv.refcount(p) == 1 for p in first + second)
+    assert kv.slot(first, 0) == first[0] * PAGE and kv.slot(first, 9) == first[2] * PAGE + 1
+    assert not kv.can_allocate(3 * PAGE) and kv.can_allocate(2 * PAGE)
+    with pytest.raises(RuntimeError, match="3 pages asked, 2 free"):
+        kv.allocate(3 * PAGE)
+
+    kv.free(first)
+    assert first == [] and kv.used_pages == 1 and kv.evictable_pages == 0
+    assert kv.can_allocate(5 * PAGE) and not kv.can_allocate(5 * PAGE + 1)
+
+
+def test_the_cache_is_sized_from_the_settings_and_never_beyond_full_context() -> None:
+    shape = CacheShape(layers=2, kv_heads=2, head_dim=8, dtype=torch.float32)  # 256 B a token
+    cpu = torch.device("cpu")
+
+    def pages(cache_tokens: int | None, rows: int = 4, context: int = 1024) -> int:
+        return size_pages(shape, 16, rows, context, cpu, cache_tokens, 0.9, unused)
+
+    def unused() -> None:
+        raise AssertionError("no memory profile off CUDA")
+
+    assert pages(100) == 7 + 1  # rounded up to whole pages, plus the scratch page
+    assert pages(10_000, rows=2, context=64) == 2 * 4 + 1  # more would be waste
+    assert pages(None) == 4 * 64 + 1  # 1 GiB would be more than 4 rows at full context
+    assert pages(None, rows=512, context=65536) == 2**30 // 256 // 16 + 1  # 1 GiB off CUDA
+
+
 # --- the scheduler ------------------------------------------------------------------------------
 
 
-def sequence(ids: list[int], new_tokens: int = 4) -> Sequence:
+def sequence(ids: list[int], new_tokens: int = 4) -> SeqState:
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0)
     state = cast(DecodeState, None)  # the scheduler never reads the decoder's state
-    return Sequence(None, ids, params, new_tokens, 0, 0, state, time.monotonic())
+    return SeqState(None, ids, params, new_tokens, 0, 0, state, time.monotonic())
 
 
 def test_requests_admitted_in_one_step_share_the_pages_planned_in_it() -> None:

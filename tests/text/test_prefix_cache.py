@@ -29,9 +29,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.common.errors import ArticleforgeError
-from services.text.engine import GenerationResult, RequestHandle, TextEngine
+from services.text.engine import TextEngine
+from services.text.request import GenerationResult, RequestHandle
 from services.text.schemas import Prompt, SamplingParams
-from services.text.sequence import Phase, Sequence
+from services.text.sequence import Phase, SeqState
 from tests.metrics import sample
 from tests.text.conftest import make_settings, ready_client
 
@@ -129,7 +130,7 @@ def poll(what: str, done: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.002)
 
 
-def running(engine: TextEngine) -> list[Sequence]:
+def running(engine: TextEngine) -> list[SeqState]:
     assert engine.scheduler is not None
     return list(engine.scheduler.running)
 

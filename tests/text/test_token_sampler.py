@@ -14,8 +14,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from services.text.sampler import Sampler
 from services.text.schemas import SamplingParams
+from services.text.token_sampler import Sampler
 
 VOCAB = 1024
 CPU = torch.device("cpu")
@@ -34,64 +34,62 @@ def random_logits(rows: int, seed: int, scale: float = 3.0) -> torch.Tensor:
 def draw(
     sampler: Sampler,
     logits: torch.Tensor,
-    rows: Sequence[SamplingParams],
-    slots: Sequence[int],
+    row_params: Sequence[SamplingParams],
+    rows: Sequence[int],
     seeds: Sequence[int],
     steps: Sequence[int],
 ) -> list[int]:
-    batch = sampler.batch(rows, slots, seeds, steps)
+    batch = sampler.batch(row_params, rows, seeds, steps)
     tokens = sampler.sample(logits, batch)
     return [int(t) for t in tokens]
 
 
 def test_a_row_draws_the_same_token_alone_or_at_any_row_of_a_batch() -> None:
     sampler = Sampler(8, VOCAB, CPU)
-    # The row under test has a history of its own, so its penalties read its own slot.
+    # The row under test has a history of its own, so its penalties read its own row.
     mine = params(
         temperature=0.9, top_p=0.9, top_k=200, repetition_penalty=1.2, presence_penalty=0.3
     )
-    my_slot = sampler.acquire([5, 6, 7])
-    sampler.record(torch.tensor([my_slot]), torch.tensor([11]))
+    my_row = sampler.acquire([5, 6, 7])
+    sampler.record(torch.tensor([my_row]), torch.tensor([11]))
     others = [
         params(temperature=0.0),
         params(temperature=1.5, top_p=0.5),
         params(temperature=1.0, frequency_penalty=0.7, presence_penalty=-0.4),
         params(temperature=0.7, top_k=5, repetition_penalty=0.6),
     ]
-    other_slots = [sampler.acquire([1, 2, 3, i]) for i in range(len(others))]
-    for slot in other_slots:
-        sampler.record(torch.tensor([slot, slot]), torch.tensor([11, 40 + slot]))
+    other_rows = [sampler.acquire([1, 2, 3, i]) for i in range(len(others))]
+    for row in other_rows:
+        sampler.record(torch.tensor([row, row]), torch.tensor([11, 40 + row]))
     own_logits = random_logits(1, seed=0, scale=1.0)  # flat: many tokens stay in play
     other_logits = random_logits(len(others), seed=1)
 
     alone = []
     for step in range(STEPS):
-        alone += draw(sampler, own_logits, [mine], [my_slot], [1234], [step])
+        alone += draw(sampler, own_logits, [mine], [my_row], [1234], [step])
     assert len(set(alone)) > STEPS // 2, "the draw does not change with the step"
 
     for at in (0, 2, len(others)):
-        rows = [*others[:at], mine, *others[at:]]
-        slots = [*other_slots[:at], my_slot, *other_slots[at:]]
+        row_params = [*others[:at], mine, *others[at:]]
+        rows = [*other_rows[:at], my_row, *other_rows[at:]]
         logits = torch.cat([other_logits[:at], own_logits, other_logits[at:]])
         seeds = [7, 8, 9, 10][:at] + [1234] + [7, 8, 9, 10][at:]
         for step in range(STEPS):
             steps = [step + 3] * at + [step] + [step + 5] * (len(others) - at)
-            tokens = draw(sampler, logits, rows, slots, seeds, steps)
+            tokens = draw(sampler, logits, row_params, rows, seeds, steps)
             assert tokens[at] == alone[step], f"row {at}, step {step}"
 
-    other_seed = [
-        draw(sampler, own_logits, [mine], [my_slot], [1235], [s])[0] for s in range(STEPS)
-    ]
+    other_seed = [draw(sampler, own_logits, [mine], [my_row], [1235], [s])[0] for s in range(STEPS)]
     assert other_seed != alone
 
 
 def test_top_k_1_is_greedy() -> None:
     sampler = Sampler(1, VOCAB, CPU)
-    slot = sampler.acquire([1])
+    row = sampler.acquire([1])
     logits = random_logits(16, seed=2)
-    rows = [params(temperature=2.0, top_k=1, top_p=0.99 if i % 2 else 1.0) for i in range(16)]
+    row_params = [params(temperature=2.0, top_k=1, top_p=0.99 if i % 2 else 1.0) for i in range(16)]
     for step in range(5):
-        tokens = draw(sampler, logits, rows, [slot] * 16, list(range(16)), [step] * 16)
+        tokens = draw(sampler, logits, row_params, [row] * 16, list(range(16)), [step] * 16)
         assert tokens == logits.argmax(dim=-1).tolist()
 
 
@@ -110,14 +108,16 @@ def test_vanishing_top_p_and_tiny_temperature_give_the_greedy_token(
     fields: dict[str, float], dtype: torch.dtype
 ) -> None:
     sampler = Sampler(1, VOCAB, CPU)
-    slot = sampler.acquire([])  # no history: the penalties leave the logits alone
+    row = sampler.acquire([])  # no history: the penalties leave the logits alone
     # Large logits too, as a bf16 model can produce; dividing by a tiny temperature must not
     # overflow into inf - inf = NaN.
     logits = torch.cat([random_logits(8, seed=3), random_logits(8, seed=4, scale=300.0)])
     logits = logits.to(dtype)
-    rows = [params(**fields)] * len(logits)
+    row_params = [params(**fields)] * len(logits)
     for step in range(3):
-        tokens = draw(sampler, logits, rows, [slot] * len(logits), list(range(16)), [step] * 16)
+        tokens = draw(
+            sampler, logits, row_params, [row] * len(logits), list(range(16)), [step] * 16
+        )
         assert tokens == logits.float().argmax(dim=-1).tolist()
 
 
@@ -132,12 +132,12 @@ GENERATED = [0, 0, 1]  # token 0 was generated twice, token 1 once
 def shares(fields: dict[str, float]) -> list[float]:
     """How often each of 4 tokens is drawn, over ROWS seeds, after the history above."""
     sampler = Sampler(1, len(BASE), CPU)
-    slot = sampler.acquire(PROMPT)
+    row = sampler.acquire(PROMPT)
     for token in GENERATED:
-        sampler.record(torch.tensor([slot]), torch.tensor([token]))
+        sampler.record(torch.tensor([row]), torch.tensor([token]))
     logits = torch.tensor([BASE]).expand(ROWS, -1)
-    rows = [params(**fields)] * ROWS
-    tokens = torch.tensor(draw(sampler, logits, rows, [slot] * ROWS, range(ROWS), [3] * ROWS))
+    row_params = [params(**fields)] * ROWS
+    tokens = torch.tensor(draw(sampler, logits, row_params, [row] * ROWS, range(ROWS), [3] * ROWS))
     return (torch.bincount(tokens, minlength=len(BASE)).float() / ROWS).tolist()
 
 

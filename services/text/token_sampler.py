@@ -8,7 +8,7 @@ draws the same numbers alone or in any batch, at any row. Sampling is the Gumbel
 tokens that top-k and top-p keep.
 
 Penalties need each request's history: the sampler keeps two tables on the device, one row per
-running request (``slot``), counting generated tokens (frequency, presence) and marking every
+running request (its ``row``), counting generated tokens (frequency, presence) and marking every
 token seen in the prompt or output (repetition penalty, as transformers applies it).
 """
 
@@ -19,18 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
+from services.text.device import to_device
 from services.text.schemas import SamplingParams
+from services.text.sequence import SeqState
 
 _MASK32 = 0xFFFFFFFF
 # Temperatures below this sample as greedy would; dividing by them would overflow float32.
 _MIN_TEMPERATURE = 1e-5
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host to device without a stream sync: through pinned memory on CUDA."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +51,7 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch
 class SamplingBatch:
     """The per-row parameters of one step, as device tensors (built once per step)."""
 
-    slots: torch.Tensor  # int64 [rows]: rows of the penalty tables
+    rows: torch.Tensor  # int64 [rows]: each request's row of the penalty tables
     seeds: torch.Tensor  # int64 [rows]
     steps: torch.Tensor  # int64 [rows]: tokens generated so far
     temperature: torch.Tensor  # float32 [rows, 1]; 1.0 for greedy rows
@@ -72,40 +67,56 @@ class SamplingBatch:
 
 
 class Sampler:
-    def __init__(self, slots: int, vocab: int, device: torch.device) -> None:
+    def __init__(self, rows: int, vocab: int, device: torch.device) -> None:
         self.vocab = vocab
         self.device = device
-        self.counts = torch.zeros((slots, vocab), dtype=torch.int32, device=device)
-        self.seen = torch.zeros((slots, vocab), dtype=torch.bool, device=device)
-        self._free = list(range(slots - 1, -1, -1))
+        self.counts = torch.zeros((rows, vocab), dtype=torch.int32, device=device)
+        self.seen = torch.zeros((rows, vocab), dtype=torch.bool, device=device)
+        self._free = list(range(rows - 1, -1, -1))
 
     # --- per-request tables ---------------------------------------------------------------
 
     def acquire(self, prompt_ids: Seq[int]) -> int:
-        slot = self._free.pop()
-        self.counts[slot].zero_()
-        self.seen[slot].zero_()
+        row = self._free.pop()
+        self.counts[row].zero_()
+        self.seen[row].zero_()
         ids = [i for i in prompt_ids if 0 <= i < self.vocab]
         if ids:
             index = to_device(torch.tensor(ids, dtype=torch.int64), self.device)
-            self.seen[slot].index_fill_(0, index, True)
-        return slot
+            self.seen[row].index_fill_(0, index, True)
+        return row
 
-    def release(self, slot: int) -> None:
-        if slot >= 0:
-            self._free.append(slot)
+    def release(self, row: int) -> None:
+        if row >= 0:
+            self._free.append(row)
 
-    def record(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
+    def record(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
         """Adds each row's new token to its history (on the device, no sync)."""
         # Values as device tensors: a Python scalar here would be copied from pageable host
         # memory, which waits for the stream to drain (one sync per step, measured).
-        self.counts.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.int32), True)
-        self.seen.index_put_((slots, tokens), torch.ones_like(tokens, dtype=torch.bool))
+        self.counts.index_put_((rows, tokens), torch.ones_like(tokens, dtype=torch.int32), True)
+        self.seen.index_put_((rows, tokens), torch.ones_like(tokens, dtype=torch.bool))
 
     # --- one step -------------------------------------------------------------------------
 
+    def draw(self, logits: torch.Tensor, seqs: Seq[SeqState], last: torch.Tensor) -> torch.Tensor:
+        """Each request's next token (logits row i is ``seqs[i]``), added to its history and
+        written to ``last`` (per row: the next decode input), all on the device."""
+        batch = self.batch(
+            [s.params for s in seqs],
+            [s.row for s in seqs],
+            [s.seed for s in seqs],
+            [s.sampled for s in seqs],
+        )
+        for seq in seqs:
+            seq.sampled += 1
+        tokens = self.sample(logits, batch)
+        self.record(batch.rows, tokens)
+        last[batch.rows] = tokens
+        return tokens
+
     def batch(
-        self, params: Seq[SamplingParams], slots: Seq[int], seeds: Seq[int], steps: Seq[int]
+        self, params: Seq[SamplingParams], rows: Seq[int], seeds: Seq[int], steps: Seq[int]
     ) -> SamplingBatch:
         greedy = [p.greedy for p in params]
         top_k = [p.top_k if 0 < p.top_k < self.vocab else self.vocab for p in params]
@@ -119,13 +130,13 @@ class Sampler:
         # Two host tensors, one copy each: a copy from pageable memory would wait for the
         # device to drain and undo the engine's overlap of host and device work.
         seed_bits = [s & (2**63 - 1) for s in seeds]
-        int_rows = [list(slots), seed_bits, list(steps), top_k, [int(g) for g in greedy]]
+        int_rows = [list(rows), seed_bits, list(steps), top_k, [int(g) for g in greedy]]
         float_rows = [temps, [p.top_p for p in params], rep, freq, pres]
         ints = to_device(torch.tensor(int_rows, dtype=torch.int64), self.device)
         floats = to_device(torch.tensor(float_rows, dtype=torch.float32), self.device)
         sampled = [not g for g in greedy]
         return SamplingBatch(
-            slots=ints[0],
+            rows=ints[0],
             seeds=ints[1],
             steps=ints[2],
             temperature=floats[0][:, None],
@@ -144,13 +155,13 @@ class Sampler:
         """``[rows, vocab]`` logits (any float dtype) -> ``[rows]`` int64 token ids."""
         logits = logits.float()
         if batch.repetition is not None:
-            seen = self.seen[batch.slots]
+            seen = self.seen[batch.rows]
             penalized = torch.where(
                 logits > 0, logits / batch.repetition, logits * batch.repetition
             )
             logits = torch.where(seen, penalized, logits)
         if batch.frequency is not None or batch.presence is not None:
-            counts = self.counts[batch.slots].float()
+            counts = self.counts[batch.rows].float()
             if batch.frequency is not None:
                 logits = logits - batch.frequency * counts
             if batch.presence is not None:

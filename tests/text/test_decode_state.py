@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.text.sampling import DecodeState
+from services.text.decode_state import DecodeState
 from services.text.schemas import SamplingParams
 
 

@@ -1,7 +1,7 @@
 """Per-request output state: stop rules and incremental detokenizing.
 
 Each request owns one ``DecodeState``, so requests decoded together keep their own stop
-strings and text. Sampling itself is batched on the device (``sampler.py``).
+strings and text. Sampling itself is batched on the device (``token_sampler.py``).
 """
 
 from __future__ import annotations
