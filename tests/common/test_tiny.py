@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 
 from services.common.tiny import LLAMA2_CHAT_TEMPLATE, build_tiny_text, resolve_model
-from services.text.config import TextSettings
-from services.text.loading import load_base
 
 
 def digest(path: Path) -> str:
@@ -60,6 +58,9 @@ def test_a_tokenizer_without_template_falls_back_to_llama2(
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
     from transformers import AutoTokenizer
+
+    from services.text.config import TextSettings
+    from services.text.loading import load_base  # torch and transformers: not at collection
 
     assert AutoTokenizer.from_pretrained(folder).chat_template is None
     _, tokenizer, _ = load_base(TextSettings(text_model=str(folder), _env_file=None))  # type: ignore[call-arg]

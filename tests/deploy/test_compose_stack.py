@@ -36,13 +36,18 @@ from tests.processes import free_port, running
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 11
-
 
 class Localizer:
     """Rewrites container-world strings (hosts, ports, mount points) into this machine's."""
 
-    def __init__(self, model: dict[str, Any], ports: dict[int, int], mounts: dict[str, Path]):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        ports: dict[int, int],
+        mounts: dict[str, Path],
+        redis_url: str,
+    ):
+        self.redis_url = redis_url  # the test's own database on this machine's Redis
         self.hosts = "|".join(map(re.escape, [*model["services"], "localhost"]))
         self.ports = ports
         self.mounts = mounts
@@ -52,7 +57,7 @@ class Localizer:
             return str(self.ports[int(value)])
         if value == "0.0.0.0":  # bind the loopback only: this is a shared machine
             return "127.0.0.1"
-        value = re.sub(r"^redis://redis:6379/\d+$", f"redis://127.0.0.1:6379/{REDIS_DB}", value)
+        value = re.sub(r"^redis://redis:6379/\d+$", self.redis_url, value)
         value = re.sub(rf"//({self.hosts})(?=[:/])", "//127.0.0.1", value)
         value = re.sub(
             r"(?<=127\.0\.0\.1:)(\d+)\b",
@@ -83,7 +88,7 @@ def _healthy(argv: list[str], env: dict[str, str], timeout: float = 30) -> None:
 
 
 def test_the_cpu_stack_comes_up_healthy_and_writes_an_article(
-    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     model = project(cpu=True)
     services = model["services"]
@@ -100,13 +105,13 @@ def test_the_cpu_stack_comes_up_healthy_and_writes_an_article(
             source, target = volume.split(":")[:2]
             mounts[target] = tmp_path / "volumes" / source.strip("./").replace("/", "_")
             mounts[target].mkdir(parents=True, exist_ok=True)
-    local = Localizer(model, ports, mounts)
+    local = Localizer(model, ports, mounts, redis_url)
     envs = {name: local.env(services[name]) for name in SETTINGS}
     for name in ("text", "image"):
         # The session's tiny models (compose builds them into the cache volumes at first start).
         envs[name]["ARTICLEFORGE_CACHE_DIR"] = str(cache_dir)
 
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     logs = tmp_path / "logs"
     logs.mkdir()
     with ExitStack() as stack:
@@ -175,4 +180,4 @@ def test_the_cpu_stack_comes_up_healthy_and_writes_an_article(
         png = httpx.get(image["url"], timeout=30)
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert any((mounts["/data"] / "images").glob("*.png"))
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
+    redis.Redis.from_url(redis_url).flushdb()

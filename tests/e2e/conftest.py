@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.stack import Stack, stack
-
-RELIABILITY_REDIS_DB = 2
+from tests.redis_db import leased_db
 
 
 @pytest.fixture(scope="session")
@@ -22,5 +21,6 @@ def reliability_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "ARTICLEFORGE_SERVICE_ATTEMPTS": "8",
     }
     path = tmp_path_factory.mktemp("reliability")
-    with stack(cache_dir, path, RELIABILITY_REDIS_DB, 3, env) as s:
+    # Session-scoped, so it outlives any module's database: it leases one of its own.
+    with leased_db() as redis_url, stack(cache_dir, path, redis_url, 3, env) as s:
         yield s

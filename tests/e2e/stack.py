@@ -162,16 +162,22 @@ def descendants(pid: int) -> list[int]:
 
 @contextmanager
 def stack(
-    cache_dir: Path, tmp: Path, redis_db: int, workers: int, extra_env: dict[str, str] | None = None
+    cache_dir: Path,
+    tmp: Path,
+    redis_url: str,
+    workers: int,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    connection = redis.Redis.from_url(f"redis://127.0.0.1:6379/{redis_db}")
+    """The whole system on ``redis_url``, a database that the caller leased for the stack's life
+    (the `redis_url` fixture, or `tests.redis_db.leased_db` for a longer-lived stack)."""
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     logs, data_dir = tmp / "logs", tmp / "data"
     logs.mkdir()
     ports = {name: free_port() for name in ("text", "image", "gateway")}
     env = {
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_TEXT_URL": f"http://127.0.0.1:{ports['text']}",
         "ARTICLEFORGE_IMAGE_URL": f"http://127.0.0.1:{ports['image']}",
         "ARTICLEFORGE_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",  # for _serve only

@@ -29,7 +29,6 @@ from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 13
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 API_KEY = "sk-test-1"
 
@@ -48,16 +47,15 @@ class _Receiver(Receiver):
 
 
 @pytest.fixture(scope="module")
-def stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import redis
-
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
+def stack(
+    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("logs")
     data_dir = tmp_path_factory.mktemp("data")
     ports = {name: free_port() for name in ("text", "image", "gateway")}
     env = {
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_TEXT_URL": f"http://127.0.0.1:{ports['text']}",
         "ARTICLEFORGE_IMAGE_URL": f"http://127.0.0.1:{ports['image']}",
         "ARTICLEFORGE_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",

@@ -21,25 +21,27 @@ from tests.processes import free_port, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
 KEY = "sk-e2e-bad-input"
 TEXT_LIMIT = 4 << 20
 
 
 @pytest.fixture(scope="module")
 def services(
-    cache_dir: Path, tiny_text_path: Path, tmp_path_factory: pytest.TempPathFactory
+    cache_dir: Path,
+    tiny_text_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
 ) -> Iterator[dict[str, str]]:
     from services.common.tiny import build_tiny_image
 
     build_tiny_image(cache_dir)
     logs = tmp_path_factory.mktemp("bad-input-logs")
-    connection = redis.Redis.from_url(REDIS_URL)
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     ports = {name: free_port() for name in ("text", "image", "gateway")}
     env = {
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": REDIS_URL,
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path_factory.mktemp("bad-input-data")),
         "ARTICLEFORGE_API_KEYS": KEY,
         "ARTICLEFORGE_IMAGE_DEFAULT_STEPS": "2",

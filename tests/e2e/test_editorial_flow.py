@@ -25,14 +25,15 @@ from tests.e2e.stack import SECRET, Stack, stack
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 10
 API_KEY = "sk-editorial-e2e"
 
 
 @pytest.fixture(scope="module")
-def system(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def system(
+    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Stack]:
     env = {"ARTICLEFORGE_API_KEYS": API_KEY, "OMP_NUM_THREADS": "1"}
-    with stack(cache_dir, tmp_path_factory.mktemp("editorial"), REDIS_DB, 2, env) as s:
+    with stack(cache_dir, tmp_path_factory.mktemp("editorial"), redis_url, 2, env) as s:
         yield s
 
 

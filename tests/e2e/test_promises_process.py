@@ -22,12 +22,12 @@ from tests.processes import articleforge_command, free_port, running
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 5
-
 
 @pytest.fixture(scope="module")
-def promises_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(cache_dir, tmp_path_factory.mktemp("promises"), REDIS_DB, 1) as s:
+def promises_stack(
+    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Stack]:
+    with stack(cache_dir, tmp_path_factory.mktemp("promises"), redis_url, 1) as s:
         yield s
 
 

@@ -56,15 +56,15 @@ def test_the_studio_is_pointed_at_the_stack_with_its_key_unless_the_user_set_its
 
 @pytest.mark.e2e
 def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
-    cache_dir: Path, tmp_path: Path
+    cache_dir: Path, tmp_path: Path, redis_url: str
 ) -> None:
-    redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
     ui_port = free_port()
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/5",
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": "",
         "ARTICLEFORGE_PUBLIC_URL": "https://articles.example.com",
@@ -121,7 +121,7 @@ def test_up_on_a_wildcard_address_serves_images_under_the_users_public_url(
         assert proc.wait(timeout=60) == 0
     finally:
         _stop(proc)
-        redis.Redis.from_url("redis://127.0.0.1:6379/5").flushdb()
+        redis.Redis.from_url(redis_url).flushdb()
 
 
 def _cmdline(pid: int) -> bytes:
@@ -150,13 +150,13 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 @pytest.mark.e2e
 def test_up_stops_at_once_with_the_sentence_when_a_model_cannot_load(
-    cache_dir: Path, tmp_path: Path
+    cache_dir: Path, tmp_path: Path, redis_url: str
 ) -> None:
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/5",
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_TEXT_MODEL": "/nonexistent",
         **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},

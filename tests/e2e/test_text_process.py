@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
-import openai
 import pytest
 
 from tests.processes import free_port, running
+
+if TYPE_CHECKING:  # the SDK takes a second to import: where it is used, not at collection
+    import openai
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +34,8 @@ def text_url(
 
 @pytest.fixture()
 def client(text_url: str) -> openai.OpenAI:
+    import openai
+
     return openai.OpenAI(base_url=f"{text_url}/v1", api_key="unused", max_retries=0)
 
 
@@ -90,6 +95,8 @@ def test_completions_with_stop(client: openai.OpenAI) -> None:
 
 
 def test_errors_reach_the_sdk_with_the_design_shape(client: openai.OpenAI, text_url: str) -> None:
+    import openai
+
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert info.value.body["param"] == "model"  # type: ignore[index]

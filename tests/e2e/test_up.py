@@ -43,14 +43,14 @@ def test_up_without_redis_says_how_to_start_one() -> None:
     assert "redis-server" in result.stdout + result.stderr
 
 
-def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path) -> None:
-    redis.Redis.from_url("redis://127.0.0.1:6379/12").flushdb()
+def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path, redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
     ui_port = free_port()
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": "redis://127.0.0.1:6379/12",
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": "",
         **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},

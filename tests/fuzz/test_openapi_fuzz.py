@@ -68,8 +68,6 @@ CONFIG = SchemathesisConfig.from_dict(
         }
     }
 )
-REDIS_DB = 7
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 KEY = "sk-fuzz"
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 
@@ -105,7 +103,7 @@ def image_app(cache_dir: Path) -> FastAPI:
     return create_app(settings)
 
 
-def gateway_app(data_dir: Path) -> FastAPI:
+def gateway_app(data_dir: Path, redis_url: str) -> FastAPI:
     from services.gateway.app import create_app
     from services.gateway.config import GatewaySettings
 
@@ -113,7 +111,7 @@ def gateway_app(data_dir: Path) -> FastAPI:
     # reach validation instead of stopping at a 429.
     settings = GatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
-        redis_url=REDIS_URL,
+        redis_url=redis_url,
         data_dir=data_dir,
         api_keys=KEY,
         rate_limit_per_minute=0,
@@ -221,15 +219,15 @@ def test_image_service_fuzz(cache_dir: Path) -> None:
 
 
 @pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def redis_db(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     yield connection
     connection.flushdb()
 
 
-def test_gateway_fuzz(tmp_path: Path, redis_db: redis.Redis) -> None:
-    app = gateway_app(tmp_path / "data")
+def test_gateway_fuzz(tmp_path: Path, redis_url: str, redis_db: redis.Redis) -> None:
+    app = gateway_app(tmp_path / "data", redis_url)
     with serve(app) as base:
         failures = fuzz(app, base, GATEWAY_EXAMPLES, headers={"Authorization": f"Bearer {KEY}"})
     assert not failures, "\n\n".join(failures)

@@ -14,14 +14,12 @@ from services.gateway import jobs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 
-REDIS_DB = 14
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 KEY = "sk-one"
 OTHER_KEY = "sk-two"
 
 
 def flushed_db(url: str) -> Iterator[redis.Redis]:
-    """A Redis database emptied before and after a test (test files own distinct ones)."""
+    """A Redis database emptied before and after a test (each module leases its own)."""
     connection = redis.Redis.from_url(url)
     connection.flushdb()
     yield connection
@@ -29,17 +27,17 @@ def flushed_db(url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    yield from flushed_db(REDIS_URL)
+def redis_db(redis_url: str) -> Iterator[redis.Redis]:
+    yield from flushed_db(redis_url)
 
 
 @pytest.fixture()
 def gateway_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_db: redis.Redis
 ) -> dict[str, str]:
     """Environment for settings read by jobs (workers read settings from the environment)."""
     env = {
-        "ARTICLEFORGE_REDIS_URL": REDIS_URL,
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": f"{KEY},{OTHER_KEY}",
         "ARTICLEFORGE_TEXT_URL": "http://127.0.0.1:9",  # nothing listens on the discard port

@@ -12,17 +12,16 @@ from fastapi.testclient import TestClient
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
 KEY = "sk-bad-input"
 
 
 @pytest.fixture()
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def client(tmp_path: Path, redis_url: str) -> Iterator[TestClient]:
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     settings = GatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
-        redis_url=REDIS_URL,
+        redis_url=redis_url,
         data_dir=tmp_path / "data",
         api_keys=KEY,
         rate_limit_per_minute=0,

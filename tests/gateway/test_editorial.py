@@ -31,11 +31,9 @@ from services.gateway import jobs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.worker import article_worker
-from tests.gateway.conftest import flushed_db
 from tests.processes import free_port, serve_all
 from tests.webhook_receiver import Receiver
 
-REDIS_URL = "redis://127.0.0.1:6379/6"
 KEY = "sk-editor"
 OTHER_KEY = "sk-editor-other"
 SECRET = "whsec_ZWRpdG9yaWFsLXRlc3RzLXNlY3JldC0wMTIzNDU2Nzg5"
@@ -81,17 +79,16 @@ def services(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    yield from flushed_db(REDIS_URL)
-
-
-@pytest.fixture()
 def env(
-    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    redis_db: redis.Redis,
 ) -> Iterator[dict[str, str]]:
     """Environment of the in-process worker's jobs (they read settings from it)."""
     values = {
-        "ARTICLEFORGE_REDIS_URL": REDIS_URL,
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": f"{KEY},{OTHER_KEY}",
         "ARTICLEFORGE_TEXT_URL": services.text_url,

@@ -13,14 +13,14 @@ from services.gateway.store import ArticleStore
 STEPS = 150
 
 
-def test_concurrent_publishes_keep_the_percent_rising(tmp_path: Path) -> None:
+def test_concurrent_publishes_keep_the_percent_rising(tmp_path: Path, redis_url: str) -> None:
     """Two image jobs of one article step and publish side by side, as two workers do.
 
     Each job only moves its own image forward, so the record's percent only rises; a snapshot
     read before another job's step and appended after that job's own event would make the
     stream's percent fall.
     """
-    client = redis.Redis(host="127.0.0.1", port=6379, db=15)
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     store = ArticleStore(client, tmp_path)
     article = "art_eventorder"

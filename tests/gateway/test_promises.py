@@ -20,24 +20,17 @@ from services.gateway import assemble, jobs, pipeline
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import DEFAULT_SECTIONS, ArticleRequest, ImageRef
-from tests.gateway.conftest import flushed_db
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
 KEY = "sk-promises"
 OTHER_KEY = "sk-promises-other"
 
 
 @pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    yield from flushed_db(REDIS_URL)
-
-
-@pytest.fixture()
 def client(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_db: redis.Redis
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_db: redis.Redis
 ) -> Iterator[TestClient]:
     env = {
-        "ARTICLEFORGE_REDIS_URL": REDIS_URL,
+        "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": f"{KEY},{OTHER_KEY}",
         "ARTICLEFORGE_TEXT_URL": "http://127.0.0.1:9",

@@ -25,12 +25,10 @@ from rq.registry import ReadyJobRegistry
 
 from services.gateway.worker import ArticleQueue
 
-REDIS_URL = "redis://127.0.0.1:6379/1"
-
 
 @pytest.fixture()
-def connection() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     yield connection
     connection.flushdb()
@@ -53,7 +51,9 @@ def _ready(connection: redis.Redis) -> list[str]:
     return [j.decode() for j in connection.zrange("rq:ready:race", 0, -1)]
 
 
-def _race_inside_the_transaction(monkeypatch: pytest.MonkeyPatch, other_parent: Job) -> None:
+def _race_inside_the_transaction(
+    monkeypatch: pytest.MonkeyPatch, other_parent: Job, redis_url: str
+) -> None:
     """Another worker finishes `other_parent` exactly while this one enqueues a ready child:
     between WATCH and EXEC of ``ReadyJobRegistry.enqueue_jobs`` (where it queues its first
     write), a second real Redis connection runs RQ's own dependents handling."""
@@ -64,7 +64,7 @@ def _race_inside_the_transaction(monkeypatch: pytest.MonkeyPatch, other_parent: 
         nonlocal fired
         if not fired and pipeline is not None and pipeline.explicit_transaction:
             fired = True
-            other = redis.Redis.from_url(REDIS_URL)
+            other = redis.Redis.from_url(redis_url)
             Queue("race", connection=other).enqueue_dependents(
                 Job.fetch(other_parent.id, connection=other)
             )
@@ -74,10 +74,13 @@ def _race_inside_the_transaction(monkeypatch: pytest.MonkeyPatch, other_parent: 
 
 
 def test_stock_rq_3_leaves_the_dependent_in_the_ready_registry(
-    connection: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    connection: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     first, second = _finished_parents(connection, 2)
-    _race_inside_the_transaction(monkeypatch, second)
+    _race_inside_the_transaction(monkeypatch, second, redis_url)
     with caplog.at_level(logging.INFO, logger="rq.registry"):
         Queue("race", connection=connection).enqueue_dependents(first)
     assert "Ready job child-0 changed while enqueueing; skipping for now" in caplog.text
@@ -89,10 +92,13 @@ def test_stock_rq_3_leaves_the_dependent_in_the_ready_registry(
 
 
 def test_article_queue_enqueues_the_dependent_anyway(
-    connection: redis.Redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    connection: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     first, second = _finished_parents(connection, 2)
-    _race_inside_the_transaction(monkeypatch, second)
+    _race_inside_the_transaction(monkeypatch, second, redis_url)
     with caplog.at_level(logging.INFO, logger="rq.registry"):
         ArticleQueue("race", connection=connection).enqueue_dependents(first)
     assert "changed while enqueueing" in caplog.text  # the race happened
@@ -102,13 +108,15 @@ def test_article_queue_enqueues_the_dependent_anyway(
 
 
 @pytest.mark.parametrize("queue_class", [Queue, ArticleQueue], ids=["stock", "article"])
-def test_four_workers_finishing_together(connection: redis.Redis, queue_class: type[Queue]) -> None:
+def test_four_workers_finishing_together(
+    connection: redis.Redis, redis_url: str, queue_class: type[Queue]
+) -> None:
     """No injection: four threads finish 60 parents at once, as four workers would."""
     count, workers = 60, 4
     _finished_parents(connection, count)
 
     def finish(indexes: range) -> None:
-        own = redis.Redis.from_url(REDIS_URL)
+        own = redis.Redis.from_url(redis_url)
         queue = queue_class("race", connection=own)
         for k in indexes:
             queue.enqueue_dependents(Job.fetch(f"parent-{k}", connection=own))

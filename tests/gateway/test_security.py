@@ -25,8 +25,6 @@ from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
 from tests.processes import free_port
 
-REDIS_DB = 4
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 KEY, OTHER_KEY = "sk-sec-owner", "sk-sec-other"
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 64
 HOSTILE = (
@@ -36,13 +34,13 @@ HOSTILE = (
 
 
 @pytest.fixture()
-def settings(tmp_path: Path) -> Iterator[GatewaySettings]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def settings(tmp_path: Path, redis_url: str) -> Iterator[GatewaySettings]:
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     jobs.settings.cache_clear()
     yield GatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
-        redis_url=REDIS_URL,
+        redis_url=redis_url,
         data_dir=tmp_path / "data",
         api_keys=f"{KEY},{OTHER_KEY}",
         public_url="http://cms-facing.example",
@@ -62,7 +60,7 @@ def _finished_article(settings: GatewaySettings, client: TestClient) -> str:
     article_id: str = client.post(
         "/v1/articles", json={"topic": HOSTILE, "images": {"count": 0}}
     ).json()["id"]
-    store = ArticleStore(redis.Redis.from_url(REDIS_URL), settings.data_dir)
+    store = ArticleStore(redis.Redis.from_url(settings.redis_url), settings.data_dir)
     fields = store.fields(article_id)
     status = status_view(article_id, {**fields, "status": "succeeded", "stage": "done"})
     store.save_article(status)
@@ -81,7 +79,7 @@ def test_the_disk_copy_records_its_owner_and_every_read_checks_it(
         on_disk = (settings.data_dir / "articles" / f"{article_id}.json").read_text()
         assert KEY not in on_disk  # the owner is the key's scope, never the key
         # The Redis record expires (RESULT_TTL_SECONDS): the disk copy answers, for its owner only.
-        redis.Redis.from_url(REDIS_URL).delete(ArticleStore.key(article_id))
+        redis.Redis.from_url(settings.redis_url).delete(ArticleStore.key(article_id))
         assert owner.get(f"/v1/articles/{article_id}").json()["status"] == "succeeded"
         hidden = other.get(f"/v1/articles/{article_id}")
         assert hidden.status_code == 404 and hidden.json()["error"]["param"] == "id"
@@ -96,7 +94,7 @@ def test_a_disk_copy_without_owner_is_readable_only_with_auth_off(
         article_id = _finished_article(settings, client)
     path = settings.data_dir / "articles" / f"{article_id}.json"
     path.write_text(path.read_text().replace('"owner"', '"was_owner"'))  # an old copy
-    redis.Redis.from_url(REDIS_URL).delete(ArticleStore.key(article_id))
+    redis.Redis.from_url(settings.redis_url).delete(ArticleStore.key(article_id))
     with _client(settings) as client:
         assert client.get(f"/v1/articles/{article_id}").status_code == 404
     with _client(settings.model_copy(update={"api_keys": ""}), key=None) as open_client:
@@ -108,7 +106,9 @@ def test_a_disk_copy_without_owner_is_readable_only_with_auth_off(
 
 def _image(settings: GatewaySettings) -> tuple[str, str]:
     image_id = "img_" + "ab" * 12
-    ArticleStore(redis.Redis.from_url(REDIS_URL), settings.data_dir).save_image(image_id, PNG)
+    ArticleStore(redis.Redis.from_url(settings.redis_url), settings.data_dir).save_image(
+        image_id, PNG
+    )
     return image_id, signing.signed_image_url(settings, image_id)
 
 
@@ -128,7 +128,9 @@ def test_a_signed_image_url_needs_no_key_and_anything_else_does(
         assert unsigned.headers["www-authenticate"] == "Bearer"
         # A signature is bound to its image: it opens no other one.
         other_id = "img_" + "cd" * 12
-        ArticleStore(redis.Redis.from_url(REDIS_URL), settings.data_dir).save_image(other_id, PNG)
+        ArticleStore(redis.Redis.from_url(settings.redis_url), settings.data_dir).save_image(
+            other_id, PNG
+        )
         borrowed = anonymous.get(f"/v1/images/{other_id}?{path.query}")
         assert borrowed.status_code == 401 and borrowed.json()["error"]["param"] == "signature"
         forged = anonymous.get(f"{path.path}?signature={'A' * 43}")

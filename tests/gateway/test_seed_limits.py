@@ -25,14 +25,15 @@ from tests.e2e.stack import Stack, stack
 
 pytestmark = pytest.mark.e2e
 
-REDIS_DB = 15
 IMAGES = {"steps": 2, "size": "64x64", "scheduler": "euler"}
 
 
 @pytest.fixture(scope="module")
-def system(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def system(
+    cache_dir: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[Stack]:
     env = {"OMP_NUM_THREADS": "1"}
-    with stack(cache_dir, tmp_path_factory.mktemp("seeds"), REDIS_DB, 2, env) as s:
+    with stack(cache_dir, tmp_path_factory.mktemp("seeds"), redis_url, 2, env) as s:
         yield s
 
 

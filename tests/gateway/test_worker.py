@@ -26,19 +26,17 @@ from services.gateway.worker import (
     requeue_lost_jobs,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/1"
-
 
 @pytest.fixture()
-def connection() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
     yield connection
     connection.flushdb()
 
 
-def _article(connection: redis.Redis, tmp_path: Path) -> tuple[str, list[str]]:
-    config = GatewaySettings(_env_file=None, redis_url=REDIS_URL, data_dir=tmp_path)  # type: ignore[call-arg]
+def _article(connection: redis.Redis, redis_url: str, tmp_path: Path) -> tuple[str, list[str]]:
+    config = GatewaySettings(_env_file=None, redis_url=redis_url, data_dir=tmp_path)  # type: ignore[call-arg]
     store = ArticleStore(connection, tmp_path)
     request = ArticleRequest(topic="Solar power", sections=1, images={"count": 1})
     article_id = "art_" + "ab" * 12
@@ -47,9 +45,9 @@ def _article(connection: redis.Redis, tmp_path: Path) -> tuple[str, list[str]]:
 
 
 def test_stage_jobs_carry_a_retry_and_the_documented_stage(
-    connection: redis.Redis, tmp_path: Path
+    connection: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    article_id, ids = _article(connection, tmp_path)
+    article_id, ids = _article(connection, redis_url, tmp_path)
     assert ids[3] == f"{article_id}-image-0"
     for job_id in ids:
         job = Job.fetch(job_id, connection=connection)
@@ -58,9 +56,9 @@ def test_stage_jobs_carry_a_retry_and_the_documented_stage(
 
 
 def test_a_job_popped_by_a_worker_that_died_is_queued_again_once(
-    connection: redis.Redis, tmp_path: Path
+    connection: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    article_id, ids = _article(connection, tmp_path)
+    article_id, ids = _article(connection, redis_url, tmp_path)
     queues = [ArticleQueue(name, connection=connection) for name in ("articles", "images")]
     # What a worker does first (BLPOP), and then it dies before registering the job.
     job, _ = ArticleQueue.dequeue_any(queues, None, connection=connection)  # type: ignore[misc]
@@ -78,10 +76,10 @@ def test_a_job_popped_by_a_worker_that_died_is_queued_again_once(
 
 
 def test_heartbeats_outlive_a_missed_beat_by_the_grace_not_by_60_s(
-    connection: redis.Redis, tmp_path: Path
+    connection: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    _, ids = _article(connection, tmp_path)
-    config = GatewaySettings(_env_file=None, redis_url=REDIS_URL)  # type: ignore[call-arg]
+    _, ids = _article(connection, redis_url, tmp_path)
+    config = GatewaySettings(_env_file=None, redis_url=redis_url)  # type: ignore[call-arg]
     worker = article_worker(["articles", "images"], connection, config, name="hb")
     assert isinstance(worker, ArticleWorker)
     job = Job.fetch(ids[0], connection=connection)
@@ -93,11 +91,11 @@ def test_heartbeats_outlive_a_missed_beat_by_the_grace_not_by_60_s(
 
 
 def test_a_stage_fails_the_article_only_when_no_retry_follows(
-    connection: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    connection: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ARTICLEFORGE_DATA_DIR", str(tmp_path))
     jobs.settings.cache_clear()
-    article_id, ids = _article(connection, tmp_path)
+    article_id, ids = _article(connection, redis_url, tmp_path)
     store = ArticleStore(connection, tmp_path)
     image = Job.fetch(ids[3], connection=connection)
     lost = AbandonedJobError()
@@ -119,11 +117,11 @@ def test_a_stage_fails_the_article_only_when_no_retry_follows(
 
 
 def test_an_exception_is_final_even_with_retries_left(
-    connection: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    connection: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ARTICLEFORGE_DATA_DIR", str(tmp_path))
     jobs.settings.cache_clear()
-    article_id, ids = _article(connection, tmp_path)
+    article_id, ids = _article(connection, redis_url, tmp_path)
     outline = Job.fetch(ids[0], connection=connection)
     jobs.on_stage_failure(outline, connection, ValueError, ValueError("bad"), None)
     assert outline.retries_left == 0  # RQ reads it right after the callback: no re-run

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.image_bench import warmup_summary
 from services.image.config import ImageSettings
@@ -50,6 +51,7 @@ def test_the_compile_cache_folder_follows_the_settings(tmp_path: Path, monkeypat
     assert named.compile_cache_dir() == tmp_path / "mine"
 
 
+@pytest.mark.slow  # torch.compile for real: 126-168 s under `pytest -n 2` on 2 cores
 def test_a_restart_loads_its_graphs_from_the_compile_cache(
     tiny_image_path: Path, tmp_path: Path
 ) -> None:

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from tests.training.conftest import FIXTURE_DATA, ROOT, TINY_CONFIG, one_thread
 from training.cli import eval_command, prepare_command, train_command
-from training.train import TrainConfig, load_config, parse_overrides
 
 runner = CliRunner()
 
@@ -34,6 +33,9 @@ def test_each_command_has_help(command: str) -> None:
 
 
 def test_the_paper_config_is_the_default_and_says_the_papers_values() -> None:
+    # training.train imports transformers, peft and trl: here, not at collection.
+    from training.train import TrainConfig, load_config, parse_overrides
+
     paper = load_config(ROOT / "training" / "configs" / "paper.yaml")
     # Everything but our speed setting (compiled blocks, measured on a GPU) is the default.
     assert paper.compile_blocks is True
@@ -54,6 +56,8 @@ def test_the_paper_config_is_the_default_and_says_the_papers_values() -> None:
 
 
 def test_bad_settings_are_refused_by_name() -> None:
+    from training.train import load_config
+
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['lora_rank'\]"):
         load_config(None, {"lora_rank": 8})
     with pytest.raises(ValueError, match="quantization must be nf4 or none"):
