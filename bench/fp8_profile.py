@@ -8,8 +8,9 @@ launch overhead does not count; a graph holds ``--inner`` calls, replayed ``--it
 * ``w8a8``: ``kernels.quantize_rows`` + ``torch._scaled_mm`` (row-wise scales), the fp8 path;
 * ``scaled_mm``: ``torch._scaled_mm`` alone, activations already in E4M3;
 * ``w8a16``: ``kernels.fp8_weight_matmul`` (E4M3 weight widened in the kernel, bf16
-  activations), the best of the planner's tiles (or ``--all-tiles``) per row bucket, for rows
-  up to 128.
+  activations), the fastest tile that ``kernels.Fp8Planner`` timed for the row bucket, for rows
+  up to 128; ``service`` says which of the two the planner gives the text service, and
+  ``plans`` holds every timing it made.
 
 Each line gives microseconds, the weight's bytes over the time (GB/s; the card's HBM peak is the
 ceiling for small row counts) and TFLOP/s (the ceiling for large ones). A second part checks
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import sys
 import time
@@ -40,40 +40,11 @@ import torch.nn.functional as F  # noqa: E402
 
 SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008)}
 ROWS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048, 8192]
-SWEEP_ROWS = [1, 8, 16, 64]  # the buckets whose tiles are swept (2-4 use 8's, 32 64's, ...)
-TILES = list(itertools.product([16, 32, 64], [128, 256, 512], [1, 2, 4]))  # --all-tiles
-
-
-def graph_time(fn: Callable[[], Any], inner: int, iters: int) -> float:
-    """Microseconds per call of ``fn``, ``inner`` calls captured in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1000.0 * start.elapsed_time(end) / (iters * inner)
-
-
-def bucket(rows: int) -> int:
-    return min((b for b in SWEEP_ROWS if b >= rows), default=SWEEP_ROWS[-1])
 
 
 def matmuls(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
-    out: dict[str, Any] = {"tiles": {}, "rows": {}, "w8a16_rel_err": {}}
+    out: dict[str, Any] = {"plans": {}, "rows": {}, "w8a16_rel_err": {}}
     for name, (n, k) in SHAPES.items():
         _one_shape(name, n, k, args, out)
         torch.cuda.empty_cache()
@@ -86,23 +57,13 @@ def _one_shape(name: str, n: int, k: int, args: argparse.Namespace, out: dict[st
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
     wq = fp8.Fp8Weight.quantize(w)
     weight_bytes = {"bf16": 2 * n * k, "fp8": n * k}
-    best: dict[int, tuple[float, tuple[int, int, int]]] = {}
-    for rows in SWEEP_ROWS:
-        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-        for bn, bk, split in TILES if args.all_tiles else kernels.W8A16_TILES:
-            try:
-                call = partial(kernels.fp8_weight_matmul, x, wq.q, wq.scale, bn, bk, split)
-                t = graph_time(call, args.inner, args.iters)
-            except Exception as exc:  # a tile that does not compile: recorded, skipped
-                out["tiles"][f"{name}/{rows}/{bn},{bk},{split}"] = repr(exc)[:200]
-                continue
-            out["tiles"][f"{name}/{rows}/{bn},{bk},{split}"] = round(t, 2)
-            if rows not in best or t < best[rows][0]:
-                best[rows] = (t, (bn, bk, split))
-        y = kernels.fp8_weight_matmul(x, wq.q, wq.scale, *best[rows][1])
-        ref = x.float() @ fp8.dequantize(wq.q, wq.scale).t()
-        out["w8a16_rel_err"][f"{name}/{rows}"] = float((y.float() - ref).norm() / ref.norm())
-    print(name, "best tiles", {r: b[1] for r, b in best.items()}, flush=True)
+    # The service's own choice: the planner times every W8A16 tile (after checking its product)
+    # against W8A8 per row bucket, as the text service does at start-up.
+    planner = kernels.Fp8Planner(kernels.quantize_rows)
+    planner.prepare([wq])
+    for (bucket, _, _), timings in planner.timings.items():
+        out["plans"][f"{name}/{bucket}"] = timings
+    print(name, "plan", {key[0]: tile for key, tile in planner.plans.items()}, flush=True)
     for rows in args.rows or ROWS:
         x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
         xq, xs = kernels.quantize_rows(x)
@@ -123,24 +84,42 @@ def _one_shape(name: str, n: int, k: int, args: argparse.Namespace, out: dict[st
                 weight_bytes["fp8"],
             ),
         }
-        if rows <= 128:
-            tile = best[bucket(rows)][1]
-            candidates["w8a16"] = (
-                partial(kernels.fp8_weight_matmul, x, wq.q, wq.scale, *tile),
-                weight_bytes["fp8"],
-            )
+        tile = _fastest_tile(planner, rows, n, k)
+        if tile is not None:  # the fastest W8A16 tile of the bucket, chosen by the plan or not
+            call = partial(kernels.fp8_weight_matmul, x, wq.q, wq.scale, *tile)
+            candidates["w8a16"] = (call, weight_bytes["fp8"])
             rec["w8a16_tile"] = tile
+            ref = x.float() @ fp8.dequantize(wq.q, wq.scale).t()
+            err = float((call().float() - ref).norm() / ref.norm())
+            out["w8a16_rel_err"][f"{name}/{rows}"] = err
+        rec["service"] = "w8a8" if planner.tile(rows, wq) is None else "w8a16"
         for label, (fn, nbytes) in candidates.items():
             inner = args.inner if rows <= 512 else 4
-            t = graph_time(fn, inner, args.iters)
+            t = kernels.graph_microseconds(fn, inner, args.iters)
             rec[label] = {
                 "us": round(t, 2),
                 "weight_GBps": round(nbytes / t / 1e3, 1),
                 "TFLOPs": round(flops / t / 1e6, 1),
             }
         out["rows"][f"{name}/{rows}"] = rec
-        times = (f"{lb} {v['us']:8.1f}us" for lb, v in rec.items() if lb != "w8a16_tile")
-        print(f"{name:8s} M={rows:5d}  {'  '.join(times)}", flush=True)
+        times = (f"{lb} {v['us']:8.1f}us" for lb, v in rec.items() if isinstance(v, dict))
+        print(f"{name:8s} M={rows:5d}  {'  '.join(times)}  ({rec['service']})", flush=True)
+
+
+def _fastest_tile(planner: Any, rows: int, n: int, k: int) -> tuple[int, int, int] | None:
+    """The fastest W8A16 tile the planner timed for this row count's bucket (None past
+    ``W8A16_MAX_ROWS``, or where no tile compiled and matched)."""
+    from services.text import kernels
+
+    if rows > kernels.W8A16_MAX_ROWS:
+        return None
+    timings = planner.timings[(kernels.row_bucket(rows), n, k)]
+    tiles = {name: t for name, t in timings.items() if name != "w8a8"}
+    if not tiles:
+        return None
+    best = min(tiles, key=tiles.__getitem__)
+    a, b, c = (int(v) for v in best.split(","))
+    return a, b, c
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +173,6 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", default="matmul,accuracy")
-    p.add_argument("--all-tiles", action="store_true", help="27 tiles, not the planner's 5")
     p.add_argument("--rows", type=lambda v: [int(r) for r in v.split(",")], default=None)
     p.add_argument("--inner", type=int, default=20)
     p.add_argument("--iters", type=int, default=10)

@@ -304,6 +304,11 @@ W8A16_MAX_ROWS = 128
 W8A16_MAX_ERROR = 2e-2
 
 
+def row_bucket(rows: int) -> int:
+    """The planner's row bucket of a product: the next power of two."""
+    return int(triton.next_power_of_2(rows))
+
+
 def graph_microseconds(fn: Callable[[], Any], inner: int = 20, iters: int = 10) -> float:
     """Microseconds per call of ``fn`` on the current CUDA device, ``inner`` calls captured in
     one CUDA graph and replayed ``iters`` times, so that launch overhead does not count (decode
@@ -350,23 +355,26 @@ class Fp8Planner:
         if rows > W8A16_MAX_ROWS:
             return None
         n, k = weight.q.shape
-        key = (int(triton.next_power_of_2(rows)), int(n), int(k))
+        key = (row_bucket(rows), int(n), int(k))
         if key in self.plans:
             return self.plans[key]
         if torch.cuda.is_current_stream_capturing():
             return None
-        return self._time(key, weight)
+        return self._time(key, weight, _dense(weight))
 
     def prepare(self, weights: list[Fp8Weight]) -> None:
         """Plans every row bucket up to ``W8A16_MAX_ROWS`` for each distinct weight shape."""
         shapes: dict[tuple[int, int], Fp8Weight] = {}
         for w in weights:
             shapes.setdefault((int(w.q.shape[0]), int(w.q.shape[1])), w)
-        bucket = 1
-        while bucket <= W8A16_MAX_ROWS:
-            for w in shapes.values():
-                self.tile(bucket, w)
-            bucket *= 2
+        for (n, k), w in shapes.items():
+            dense = _dense(w)  # the reference every bucket's tiles are checked against
+            bucket = 1
+            while bucket <= W8A16_MAX_ROWS:
+                if (bucket, n, k) not in self.plans:
+                    self._time((bucket, n, k), w, dense)
+                bucket *= 2
+            del dense
         logger.info("text engine: fp8 matmul plan (rows, out, in -> tile or w8a8) %s", self.plans)
 
     def matmul(self, x: torch.Tensor, weight: Fp8Weight) -> torch.Tensor:
@@ -375,13 +383,15 @@ class Fp8Planner:
             return weight.matmul(x, self.quantize_rows)
         return fp8_weight_matmul(x, weight.q, weight.scale, *tile)
 
-    def _time(self, key: tuple[int, int, int], weight: Fp8Weight) -> tuple[int, int, int] | None:
+    def _time(
+        self, key: tuple[int, int, int], weight: Fp8Weight, dense: torch.Tensor
+    ) -> tuple[int, int, int] | None:
         rows, _, k = key
         x = torch.randn((rows, k), dtype=torch.bfloat16, device=weight.q.device)
         times = {"w8a8": graph_microseconds(partial(weight.matmul, x, self.quantize_rows))}
         # Each tile must first give the product of the dequantized weight: a kernel that
         # compiles but computes wrongly on this card (or Triton build) is never chosen.
-        want = x.float() @ (weight.q.float() * weight.scale.reshape(-1, 1)).t()
+        want = x.float() @ dense.t()
         tiles: dict[str, tuple[int, int, int]] = {}
         for tile in W8A16_TILES:
             name = ",".join(map(str, tile))
@@ -404,3 +414,8 @@ class Fp8Planner:
         self.plans[key] = best
         self.timings[key] = {name: round(t, 2) for name, t in times.items()}
         return best
+
+
+def _dense(weight: Fp8Weight) -> torch.Tensor:
+    """The float32 values of an FP8 weight, ``[out, in]``."""
+    return weight.q.float() * weight.scale.reshape(-1, 1)
