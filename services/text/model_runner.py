@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -371,23 +373,13 @@ def build_runner(settings: TextSettings, loaded: LoadedModel) -> tuple[Runner, K
     device, context, adapters = loaded.device, loaded.context_window, loaded.adapter_order
     lora = len(adapters) > 1
     model = _lean_model(settings, loaded, adapters, context)
-    if model is None:
-        shape = CacheShape(0, 0, 0, torch.float32)  # accounting only; HF keeps the tensors
-        pages = size_pages(
-            shape,
-            page,
-            rows,
-            context,
-            device,
-            settings.text_kv_cache_tokens,
-            settings.text_gpu_memory_utilization,
-            None,
-        )
-        kv = KVCacheManager(shape, pages, page, device)  # no prefix cache: a cache per request
-        hf = HFRunner(loaded.model, device, adapters if lora else None)
-        return hf, kv, int(loaded.model.config.vocab_size)
-    shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
-    chunk = min(settings.text_prefill_chunk_tokens, context)
+    profile: Callable[[], None] | None = None
+    if model is None:  # the HF runner: accounting only, HF keeps the tensors
+        shape = CacheShape(0, 0, 0, torch.float32)
+    else:
+        shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
+        chunk = min(settings.text_prefill_chunk_tokens, context)
+        profile = partial(_profile, model, chunk)
     pages = size_pages(
         shape,
         page,
@@ -396,8 +388,12 @@ def build_runner(settings: TextSettings, loaded: LoadedModel) -> tuple[Runner, K
         device,
         settings.text_kv_cache_tokens,
         settings.text_gpu_memory_utilization,
-        lambda: _profile(model, chunk),
+        profile,
     )
+    if model is None:
+        kv = KVCacheManager(shape, pages, page, device)  # no prefix cache: a cache per request
+        hf = HFRunner(loaded.model, device, adapters if lora else None)
+        return hf, kv, int(loaded.model.config.vocab_size)
     kv = KVCacheManager(shape, pages, page, device, settings.text_prefix_cache)
     runner = NativeRunner(model, kv, rows, context, lora)
     if device.type == "cuda" and settings.text_cuda_graphs:
