@@ -9,11 +9,24 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 90, every: float = 0.2) -> Any:
+    """``check()``'s first truthy value, polled every ``every`` seconds; fails the test with
+    ``what`` when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import io
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from PIL import Image
 from standardwebhooks import Webhook
 
 from tests.e2e.stack import SECRET, Stack, stack
+from tests.processes import until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,13 +38,7 @@ def system(
 
 
 def _until(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until(what, check, timeout, every=0.3)
 
 
 def _verified_hooks(system: Stack, article_id: str) -> list[tuple[dict[str, str], dict]]:

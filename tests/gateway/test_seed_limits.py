@@ -10,7 +10,6 @@ failed at its image stage.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 from services.gateway.editorial_schemas import ImageRegenerate, SectionRegenerate
 from services.gateway.schemas import ImageOptions, TextOptions
 from tests.e2e.stack import Stack, stack
+from tests.processes import until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +44,7 @@ def client(system: Stack) -> Iterator[httpx.Client]:
 
 
 def _until(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until(what, check, timeout, every=0.3)
 
 
 def largest_seed(model: type[BaseModel]) -> int:

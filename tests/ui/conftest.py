@@ -4,18 +4,16 @@ with the databases of the shared Redis). Started once for every test under tests
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.processes import free_port, running
+from tests.processes import free_port, running, until
 from tests.redis_server import OwnRedis
 
 API_KEY = "sk-studio-tests"
@@ -46,16 +44,6 @@ class UIStack:
         return httpx.Client(
             base_url=self.gateway, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
         )
-
-
-def until(what: str, check: Callable[[], Any], timeout: float = 90, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _ready(url: str) -> bool:

@@ -14,8 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import services.ui
-from tests.processes import free_port
-from tests.ui.conftest import DRAWN, UIStack, until
+from tests.processes import free_port, until
+from tests.ui.conftest import DRAWN, UIStack
 
 pytestmark = pytest.mark.e2e
 
