@@ -52,7 +52,6 @@ from services.gateway.job_base import (
     store_for,
     text_backend,
 )
-from services.gateway.job_base import redis_connection as redis_connection  # for services.cli
 from services.gateway.previews import PreviewThrottle
 from services.gateway.publish.job import enqueue_publish, load_record
 from services.gateway.schemas import ArticleRequest, ErrorInfo
