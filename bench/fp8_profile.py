@@ -15,7 +15,8 @@ launch overhead does not count; a graph holds ``--inner`` calls, replayed ``--it
 Each line gives microseconds, the weight's bytes over the time (GB/s; the card's HBM peak is the
 ceiling for small row counts) and TFLOP/s (the ceiling for large ones). A second part checks
 accuracy on a random-weight Llama-2-7B against a float32 reference: bf16, fp8 (W8A8) and
-weight-only fp8 (bf16 weights rounded through E4M3), top-1 agreement and KL of each.
+weight-only fp8 (bf16 weights rounded through E4M3), and bf16 and fp8 prefilled through an E4M3
+KV cache (``ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8``), top-1 agreement and KL of each.
 
     python bench/fp8_profile.py --out "$OUT/fp8_profile.json"
 """
@@ -122,6 +123,27 @@ def _fastest_tile(planner: Any, rows: int, n: int, k: int) -> tuple[int, int, in
     return a, b, c
 
 
+def _cached_logits(
+    lean: Any, ids: torch.Tensor, dtype: torch.dtype, chunk: int = 128
+) -> torch.Tensor:
+    """All positions' logits of one sequence prefilled through a KV cache of ``dtype``."""
+    from services.text.llama import Segment, StepInputs
+
+    page = 16
+    size = (ids.shape[0] // page + 2, page, lean.kv_heads, lean.head_dim)
+    keys = [torch.zeros(size, dtype=dtype, device=ids.device) for _ in lean.layers]
+    values = [torch.zeros(size, dtype=dtype, device=ids.device) for _ in lean.layers]
+    slots = torch.arange(ids.shape[0], device=ids.device) + page  # page 0 is the scratch page
+    out = []
+    for start in range(0, ids.shape[0], chunk):
+        end = min(start + chunk, ids.shape[0])
+        seg = Segment(0, end - start, start, slots[:end] if start else None)
+        inputs = StepInputs(slots=slots[start:end], segments=[seg])
+        positions = torch.arange(start, end, device=ids.device)
+        out.append(lean.forward(ids[start:end], positions, inputs, keys, values, None))
+    return torch.cat(out)
+
+
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import LlamaForCausalLM
 
@@ -129,6 +151,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from bench.text_bench import SHAPES as MODEL_SHAPES
     from bench.text_bench import llama_config
     from services.text import fp8
+    from services.text.attention import KV_FP8
     from services.text.llama import LeanLlama
 
     config = llama_config(MODEL_SHAPES["llama2-7b"])
@@ -149,6 +172,10 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         lean = LeanLlama(hf, [], config.max_position_embeddings, fp8_linears=use_fp8)
         with torch.inference_mode():
             logits[label] = torch.cat([_lean_logits(lean, s).float().cpu() for s in seqs])
+            # the same through an E4M3 KV cache, in chunks of 128 (later chunks read the cache)
+            logits[f"{label}_kvfp8"] = torch.cat(
+                [_cached_logits(lean, s, KV_FP8).float().cpu() for s in seqs]
+            )
         del lean
         gc.collect()
         torch.cuda.empty_cache()

@@ -52,6 +52,8 @@ fp8), the nf4 server (nf4):
             the JSON (`scenarios.fp8.vs_bf16`) and the table. Where the service refuses fp8
             (a CPU, a card before Hopper/Ada) the bench records {"refused": "<its sentence>"}
             and goes on.
+  fp8kv     the same as fp8 on a server that also keeps its KV cache in E4M3
+            (ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8): `scenarios.fp8kv.vs_bf16`.
   nf4       a second server with ARTICLEFORGE_TEXT_QUANTIZATION=nf4 and the random LoRA adapter
             (r=64, alpha 16, dropout 0.1, all seven linear layers per block) unmerged as
             `writer`: the single scenario (`--nf4-repeats`) and `--nf4-levels` (16) with the
@@ -134,7 +136,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 FOLDER_VERSION = 1
 LORA: dict[str, Any] = dict(r=64, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear")
 ADAPTER_NAME = "writer"
-SCENARIOS = ("baseline", "single", "sweep", "burst", "prefix", "fp8", "nf4")
+SCENARIOS = ("baseline", "single", "sweep", "burst", "prefix", "fp8", "fp8kv", "nf4")
 BOS, EOS, UNK = 1, 2, 0
 
 
@@ -1020,7 +1022,7 @@ def git_commit() -> dict[str, Any]:
 
 
 # The servers the bench can start, and the quantization each one runs.
-QUANTIZATION = {"bf16": "none", "fp8": "fp8", "nf4_lora": "nf4"}
+QUANTIZATION = {"bf16": "none", "fp8": "fp8", "fp8kv": "fp8", "nf4_lora": "nf4"}
 
 
 def server_env(args: argparse.Namespace, folder: Path, name: str) -> dict[str, str]:
@@ -1035,6 +1037,8 @@ def server_env(args: argparse.Namespace, folder: Path, name: str) -> dict[str, s
         "ARTICLEFORGE_TEXT_QUANTIZATION": QUANTIZATION[name],
         "ARTICLEFORGE_LOG_LEVEL": "INFO",
     }
+    if name == "fp8kv":  # fp8 weights and an E4M3 KV cache
+        env["ARTICLEFORGE_TEXT_KV_CACHE_DTYPE"] = "fp8"
     if name == "nf4_lora":
         env["ARTICLEFORGE_TEXT_ADAPTER"] = f"{ADAPTER_NAME}={args.work_dir / 'adapter'}"
     env.update(args.env)
@@ -1049,16 +1053,17 @@ def page_size(env: dict[str, str]) -> int:
     return int(env.get("ARTICLEFORGE_TEXT_KV_PAGE_SIZE", default))
 
 
-def fp8_vs_bf16(scenarios: dict[str, Any]) -> dict[str, Any]:
-    """fp8 over bf16, both servers of the same call: 1 stream and each common sweep level."""
-    single, fp8 = scenarios.get("single") or {}, scenarios.get("fp8_single") or {}
+def fp8_vs_bf16(scenarios: dict[str, Any], name: str = "fp8") -> dict[str, Any]:
+    """fp8 (or fp8kv) over bf16, both servers of the same call: 1 stream and each common
+    sweep level."""
+    single, fp8 = scenarios.get("single") or {}, scenarios.get(f"{name}_single") or {}
     out: dict[str, Any] = {
         "single_tok_s": ratio(fp8.get("tok_s_median"), single.get("tok_s_median")),
         "single_ttft_p50": ratio(fp8.get("ttft_p50_s"), single.get("ttft_p50_s")),
         "levels": {},
     }
     bf16_levels = {lv["concurrency"]: lv for lv in scenarios.get("sweep", [])}
-    for level in scenarios.get("fp8_concurrent", []):
+    for level in scenarios.get(f"{name}_concurrent", []):
         dense = bf16_levels.get(level["concurrency"])
         if dense is None:
             continue
@@ -1135,24 +1140,26 @@ def print_table(results: dict[str, Any]) -> None:
     burst("burst", dense)
     single("single", dense, f"HF generate {dense}: {num(base)}")
     levels("sweep", dense)
-    fp8 = scenarios.get("fp8")
-    if fp8 is not None and "refused" in fp8:
-        rows.append(f"| fp8: the server refused to start: {fp8['refused']} | | | | |")
-    elif fp8 is not None:
-        burst("fp8_burst", "fp8")
-        dense_single = scenarios.get("single", {}).get("tok_s_median")
-        single("fp8_single", "fp8", f"{dense} server: {num(dense_single)}")
-        levels("fp8_concurrent", "fp8")
-        vs = fp8_vs_bf16(scenarios)
-        rows.append(
-            f"| fp8 ÷ {dense}, 1 stream, same call | {times(vs['single_tok_s'])} "
-            f"| {times(vs['single_ttft_p50'])} | | |"
-        )
-        for level, r in vs["levels"].items():
+    for name in ("fp8", "fp8kv"):
+        fp8 = scenarios.get(name)
+        if fp8 is not None and "refused" in fp8:
+            rows.append(f"| {name}: the server refused to start: {fp8['refused']} | | | | |")
+        elif fp8 is not None:
+            burst(f"{name}_burst", name)
+            dense_single = scenarios.get("single", {}).get("tok_s_median")
+            single(f"{name}_single", name, f"{dense} server: {num(dense_single)}")
+            levels(f"{name}_concurrent", name)
+            vs = fp8_vs_bf16(scenarios, name)
             rows.append(
-                f"| fp8 ÷ {dense}, {level} concurrent, same call | {times(r['aggregate_tok_s'])} "
-                f"| {times(r['ttft_p50'])} | {times(r['ttft_p95'])} | |"
+                f"| {name} ÷ {dense}, 1 stream, same call | {times(vs['single_tok_s'])} "
+                f"| {times(vs['single_ttft_p50'])} | | |"
             )
+            for level, r in vs["levels"].items():
+                rows.append(
+                    f"| {name} ÷ {dense}, {level} concurrent, same call "
+                    f"| {times(r['aggregate_tok_s'])} | {times(r['ttft_p50'])} "
+                    f"| {times(r['ttft_p95'])} | |"
+                )
     prefix = scenarios.get("prefix")
     if prefix is not None:
         hit, miss = prefix["hit"], prefix["miss"]
@@ -1410,18 +1417,20 @@ def run_server(bench: Bench, folder: Path, name: str) -> None:
                 bench.save()
                 bench.phase(f"nf4 + LoRA, concurrency {args.nf4_levels}")
                 asyncio.run(bench.sweep(server, "nf4_concurrent", args.nf4_levels, model))
-            elif name == "fp8":
-                scenarios["fp8"] = {"server": name}
-                bench.phase("fp8, 1 stream (the bf16 server's prompts)")
-                scenarios["fp8_single"] = asyncio.run(
-                    bench.single(server, "fp8_single", args.repeats, None, prompts_of="single")
+            elif name in ("fp8", "fp8kv"):
+                scenarios[name] = {"server": name}
+                bench.phase(f"{name}, 1 stream (the bf16 server's prompts)")
+                scenarios[f"{name}_single"] = asyncio.run(
+                    bench.single(server, f"{name}_single", args.repeats, None, prompts_of="single")
                 )
                 bench.save()
-                bench.phase(f"fp8, concurrency {args.fp8_levels} (the bf16 sweep's plans)")
+                bench.phase(f"{name}, concurrency {args.fp8_levels} (the bf16 sweep's plans)")
                 asyncio.run(
-                    bench.sweep(server, "fp8_concurrent", args.fp8_levels, None, plan_of="sweep")
+                    bench.sweep(
+                        server, f"{name}_concurrent", args.fp8_levels, None, plan_of="sweep"
+                    )
                 )
-                scenarios["fp8"]["vs_bf16"] = fp8_vs_bf16(scenarios)
+                scenarios[name]["vs_bf16"] = fp8_vs_bf16(scenarios, name)
             else:
                 if "single" in args.scenarios:
                     bench.phase("dense, 1 stream")
@@ -1448,12 +1457,12 @@ def run_server(bench: Bench, folder: Path, name: str) -> None:
             entry["metrics_after"] = server.metrics()
     except ServerRefused as exc:
         entry["refused"] = exc.sentence
-        if name == "fp8":  # expected on a CPU or a card before Ada/Hopper: recorded
-            bench.phase(f"server fp8 refused to start: {exc.sentence}")
-            scenarios["fp8"] = {"refused": exc.sentence}
+        if name in ("fp8", "fp8kv"):  # expected on a CPU or a card before Ada/Hopper: recorded
+            bench.phase(f"server {name} refused to start: {exc.sentence}")
+            scenarios[name] = {"refused": exc.sentence}
             if fp8_capable(args.device):  # but a card with FP8 tensor cores should have run it
                 print(server.log_tail(), file=sys.stderr)
-                bench.failed("server_fp8", exc)
+                bench.failed(f"server_{name}", exc)
         else:
             print(server.log_tail(), file=sys.stderr)
             bench.failed(f"server_{name}", exc)
@@ -1506,6 +1515,8 @@ def main(argv: list[str] | None = None) -> int:
         run_server(bench, folder, "bf16")
     if "fp8" in chosen:
         run_server(bench, folder, "fp8")
+    if "fp8kv" in chosen:
+        run_server(bench, folder, "fp8kv")
     if "nf4" in chosen:
         run_server(bench, folder, "nf4_lora")
 

@@ -108,7 +108,7 @@ def tokenizer() -> Any:
     return build_tokenizer(32000)
 
 
-def engine(rows: int, graphs: bool, quantization: str = "none") -> Any:
+def engine(rows: int, graphs: bool, quantization: str = "none", kv_dtype: str = "auto") -> Any:
     from services.text.config import TextSettings
     from services.text.engine import TextEngine
     from services.text.loading import BASE_ADAPTER, LoadedModel
@@ -130,6 +130,7 @@ def engine(rows: int, graphs: bool, quantization: str = "none") -> Any:
         text_max_queue=1024,
         text_device="cuda",
         text_quantization=quantization,
+        text_kv_cache_dtype=kv_dtype,
         _env_file=None,
     )  # type: ignore[call-arg]
     eng = TextEngine(settings, loaded)
@@ -233,6 +234,7 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one stream and its profile only")
     parser.add_argument("--quantization", default="none", choices=["none", "fp8"])
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     parser.add_argument(
         "--levels", default="16,64,128", help="concurrent mixes (64: its profile too)"
     )
@@ -241,6 +243,7 @@ def main() -> None:
         "card": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "quantization": args.quantization,
+        "kv_cache_dtype": args.kv_cache_dtype,
     }
     if not args.skip_checks:
         result["kernel"] = kernel_check()
@@ -248,7 +251,7 @@ def main() -> None:
         result["logits"] = logits_check()
         print(json.dumps(result["logits"]), flush=True)
         torch.cuda.empty_cache()
-    eng, warm = engine(128, not args.no_graphs, args.quantization)
+    eng, warm = engine(128, not args.no_graphs, args.quantization, args.kv_cache_dtype)
     result["warmup_s"] = round(warm, 1)
     result["kv_tokens"] = eng.kv.capacity_tokens
     print("warmup", warm, "kv tokens", eng.kv.capacity_tokens, flush=True)

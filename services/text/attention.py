@@ -7,6 +7,13 @@
 * Prefill (a chunk of one prompt): SDPA over the chunk's own keys when it is the first chunk,
   else over the cached prefix plus the chunk, gathered from the pages, with a causal mask that
   starts at the chunk's offset.
+
+The cache holds the model's dtype, or E4M3 (``ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8``: half the
+bytes a token, so twice the tokens in the same memory and half the reads of a decode step).
+FP8 pages are stored saturated at E4M3's largest value with a scale of 1, as vLLM does for a
+checkpoint without calibrated KV scales, and widened back to the compute dtype where they are
+read. A first prompt chunk attends over its own keys rounded the same way, so that a prompt
+sees the same keys whether its prefix came from the cache or was computed just now.
 """
 
 from __future__ import annotations
@@ -18,6 +25,48 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+KV_FP8 = torch.float8_e4m3fn
+KV_FP8_MAX = float(torch.finfo(KV_FP8).max)  # 448
+
+
+def as_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as the cache stores it: itself, or saturated and rounded to E4M3."""
+    if dtype == x.dtype:
+        return x
+    return x.clamp(-KV_FP8_MAX, KV_FP8_MAX).to(dtype)
+
+
+def kv_fp8_refusal(capability: tuple[int, int] | None, name: str = "this GPU") -> str | None:
+    """None where an E4M3 KV cache can run (the CPU's torch path, or CUDA 8.9+, whose Triton
+    kernels read E4M3); else the sentence that refuses ``ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8``.
+    ``capability`` is None for the CPU."""
+    if capability is None or capability >= (8, 9):
+        return None
+    major, minor = capability
+    return (
+        "ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8 needs compute capability 8.9 or newer (Ada or "
+        f"Hopper) for its attention kernels, and {name} has {major}.{minor}; use "
+        "ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=auto"
+    )
+
+
+def store_kv(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """Writes ``x`` ``[T, Hkv, D]`` to the flat cache indices ``slots`` (torch path)."""
+    flat = cache.view(-1, *x.shape[1:])
+    stored = as_cache_dtype(x, cache.dtype)
+    if (
+        cache.dtype == KV_FP8
+    ):  # index_copy_ through the bytes: float8 copies need no kernel of their own
+        flat, stored = flat.view(torch.uint8), stored.view(torch.uint8)
+    flat.index_copy_(0, slots, stored)
+
+
+def gather_kv(cache: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``cache[index]`` in the compute ``dtype``."""
+    if cache.dtype != KV_FP8:
+        return cache[index]
+    return cache.view(torch.uint8)[index].view(KV_FP8).to(dtype)
 
 
 def _expand_kv(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -43,10 +92,13 @@ def prefill_attention(
     group = heads // k.shape[1]
     if start == 0:
         keys, values, mask, causal = k, v, None, True
+        if k_cache is not None and k_cache.dtype != k.dtype:  # the keys a later hit will read
+            keys = as_cache_dtype(k, k_cache.dtype).to(k.dtype)
+            values = as_cache_dtype(v, k_cache.dtype).to(v.dtype)
     else:
         assert k_cache is not None and v_cache is not None and slots is not None
-        keys = k_cache.view(-1, *k_cache.shape[2:])[slots]
-        values = v_cache.view(-1, *v_cache.shape[2:])[slots]
+        keys = gather_kv(k_cache.view(-1, *k_cache.shape[2:]), slots, q.dtype)
+        values = gather_kv(v_cache.view(-1, *v_cache.shape[2:]), slots, q.dtype)
         positions = torch.arange(start + length, device=q.device)
         mask = positions[None, :] <= (start + torch.arange(length, device=q.device))[:, None]
         causal = False
@@ -86,8 +138,9 @@ def decode_attention_torch(
     rows, heads, dim = q.shape
     page = k_cache.shape[1]
     group = heads // k_cache.shape[2]
-    keys = k_cache[block_tables.long()].flatten(1, 2)  # [B, pages * page, Hkv, D]
-    values = v_cache[block_tables.long()].flatten(1, 2)
+    tables = block_tables.long()
+    keys = gather_kv(k_cache, tables, q.dtype).flatten(1, 2)  # [B, pages * page, Hkv, D]
+    values = gather_kv(v_cache, tables, q.dtype).flatten(1, 2)
     positions = torch.arange(block_tables.shape[1] * page, device=q.device)
     mask = positions[None, :] < lengths[:, None]  # [B, T]
     out = F.scaled_dot_product_attention(

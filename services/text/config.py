@@ -43,6 +43,11 @@ class TextSettings(CommonSettings):
     # running stream waits at most one chunk between two tokens (about 50 ms for 2048
     # tokens of a 7B model on an H100-class card).
     text_prefill_chunk_tokens: int = Field(default=2048, ge=16, le=65536)
+    # What the KV cache stores: `auto` is the model's dtype; `fp8` is E4M3 (vLLM's
+    # `--kv-cache-dtype fp8`): half the bytes a token, so twice the tokens fit and a decode step
+    # of many rows reads half the KV; scale 1, saturated at 448 (services/text/attention.py).
+    # Native runner only; on CUDA it needs compute capability 8.9 or newer (Ada, Hopper).
+    text_kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     # Tokens per KV-cache page.
     text_kv_page_size: int = Field(default=16, ge=1, le=1024)
     # Share the KV pages of a common prompt prefix between requests (vLLM's automatic prefix

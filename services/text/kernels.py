@@ -87,6 +87,8 @@ def _rope_store(  # type: ignore[no-untyped-def]
     KV_HEADS: tl.constexpr,
     DIM: tl.constexpr,
     STORE: tl.constexpr,
+    SATURATE: tl.constexpr,
+    KV_MAX: tl.constexpr,
 ):
     token = tl.program_id(0)
     head = tl.program_id(1)  # 0..HEADS-1: a query head; then the key heads
@@ -106,11 +108,18 @@ def _rope_store(  # type: ignore[no-untyped-def]
             kv = head - HEADS
             slot = tl.load(SLOTS + token)
             dst = slot * stride_slot + kv * DIM
-            tl.store(KC + dst + half, ra)
-            tl.store(KC + dst + DIM // 2 + half, rb)
             vsrc = QKV + token * stride_t + (HEADS + KV_HEADS + kv) * DIM
-            tl.store(VC + dst + half, tl.load(vsrc + half))
-            tl.store(VC + dst + DIM // 2 + half, tl.load(vsrc + DIM // 2 + half))
+            va = tl.load(vsrc + half)
+            vb = tl.load(vsrc + DIM // 2 + half)
+            if SATURATE:  # an E4M3 cache: clamp first, so that nothing large becomes NaN
+                ra = tl.minimum(tl.maximum(ra.to(tl.float32), -KV_MAX), KV_MAX)
+                rb = tl.minimum(tl.maximum(rb.to(tl.float32), -KV_MAX), KV_MAX)
+                va = tl.minimum(tl.maximum(va.to(tl.float32), -KV_MAX), KV_MAX)
+                vb = tl.minimum(tl.maximum(vb.to(tl.float32), -KV_MAX), KV_MAX)
+            tl.store(KC + dst + half, ra.to(KC.dtype.element_ty))
+            tl.store(KC + dst + DIM // 2 + half, rb.to(KC.dtype.element_ty))
+            tl.store(VC + dst + half, va.to(VC.dtype.element_ty))
+            tl.store(VC + dst + DIM // 2 + half, vb.to(VC.dtype.element_ty))
 
 
 def rope_store(
@@ -144,6 +153,8 @@ def rope_store(
         KV_HEADS=kv_heads,
         DIM=dim,
         STORE=store,
+        SATURATE=store and k_cache is not None and k_cache.dtype == FP8,
+        KV_MAX=FP8_MAX,
         num_warps=1,
     )
 

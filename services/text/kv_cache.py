@@ -109,11 +109,12 @@ class KVCacheManager:
         # Hashed pages nobody holds, oldest first: still hittable until their memory is needed.
         self._evictable: OrderedDict[int, None] = OrderedDict()
         logger.info(
-            "kv cache: %d pages of %d tokens (%d tokens, %.2f GiB) on %s, prefix cache %s",
+            "kv cache: %d pages of %d tokens (%d tokens, %.2f GiB, %s) on %s, prefix cache %s",
             num_pages - 1,
             page_size,
             self.capacity_tokens,
             num_pages * page_size * shape.bytes_per_token / 2**30,
+            str(shape.dtype).removeprefix("torch."),
             device,
             "on" if prefix_cache else "off",
         )

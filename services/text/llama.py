@@ -28,6 +28,7 @@ from services.text.attention import (
     decode_attention_torch,
     decode_attention_triton,
     prefill_attention,
+    store_kv,
     triton_available,
 )
 from services.text.fp8 import Fp8Weight
@@ -263,8 +264,8 @@ class _TorchGlue:
         if slots is not None and k_cache is not None and v_cache is not None:
             k = rotated[:, heads:]
             v = qkv[:, (heads + kv_heads) * dim :].view(-1, kv_heads, dim)
-            k_cache.view(-1, kv_heads, dim).index_copy_(0, slots, k)
-            v_cache.view(-1, kv_heads, dim).index_copy_(0, slots, v)
+            store_kv(k_cache, slots, k)
+            store_kv(v_cache, slots, v)
 
     @staticmethod
     def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from services.common.devices import resolve_device, resolve_dtype
 from services.common.model_source import ModelLoadError
 from services.common.tiny import LLAMA2_CHAT_TEMPLATE, resolve_model
 from services.text import fp8
+from services.text.attention import kv_fp8_refusal
 from services.text.config import TextSettings
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,28 @@ def nf4_config() -> Any:
 
 
 def check_fp8(settings: TextSettings) -> None:
-    """Refuses ``ARTICLEFORGE_TEXT_QUANTIZATION=fp8`` where FP8 matmuls cannot run, before
+    """Refuses ``ARTICLEFORGE_TEXT_QUANTIZATION=fp8`` where FP8 matmuls cannot run, and
+    ``ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8`` where an E4M3 cache cannot be read, before
     anything is loaded (``articleforge serve text`` calls it before it binds its port)."""
-    if settings.text_quantization != "fp8":
-        return
-    problem = fp8.unsupported_reason(resolve_device(settings.text_device))
-    if problem is None and settings.text_runner == "hf":
-        problem = (
-            "ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the engine's native runner only; use "
-            "ARTICLEFORGE_TEXT_RUNNER=auto or native"
-        )
+    problem = None
+    if settings.text_quantization == "fp8":
+        problem = fp8.unsupported_reason(resolve_device(settings.text_device))
+        if problem is None and settings.text_runner == "hf":
+            problem = (
+                "ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the engine's native runner only; "
+                "use ARTICLEFORGE_TEXT_RUNNER=auto or native"
+            )
+    if problem is None and settings.text_kv_cache_dtype == "fp8":
+        if settings.text_runner == "hf":
+            problem = (
+                "ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8 runs in the engine's native runner only "
+                "(the HF runner keeps its own cache); use ARTICLEFORGE_TEXT_RUNNER=auto or native"
+            )
+        else:
+            device = resolve_device(settings.text_device)
+            if device.type == "cuda":
+                capability = torch.cuda.get_device_capability(device)
+                problem = kv_fp8_refusal(capability, torch.cuda.get_device_name(device))
     if problem is not None:
         raise ModelLoadError(problem)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from services.text.attention import splits_for, triton_available
+from services.text.attention import KV_FP8, splits_for, triton_available
 from services.text.config import TextSettings
 from services.text.device import to_device
 from services.text.kv_cache import CacheShape, KVCacheManager, size_pages
@@ -347,6 +347,11 @@ def _lean_model(
                 f"ARTICLEFORGE_TEXT_QUANTIZATION=fp8 runs in the native runner only, "
                 f"which cannot run this model: {exc}; use none or nf4"
             ) from exc
+        if settings.text_kv_cache_dtype == "fp8":
+            raise ValueError(
+                f"ARTICLEFORGE_TEXT_KV_CACHE_DTYPE=fp8 runs in the native runner only, "
+                f"which cannot run this model: {exc}; use auto"
+            ) from exc
         if settings.text_runner == "native":
             raise ValueError(
                 f"ARTICLEFORGE_TEXT_RUNNER=native cannot run this model: {exc}; use "
@@ -377,7 +382,8 @@ def build_runner(settings: TextSettings, loaded: LoadedModel) -> tuple[Runner, K
     if model is None:  # the HF runner: accounting only, HF keeps the tensors
         shape = CacheShape(0, 0, 0, torch.float32)
     else:
-        shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, model.dtype)
+        kv_dtype = KV_FP8 if settings.text_kv_cache_dtype == "fp8" else model.dtype
+        shape = CacheShape(len(model.layers), model.kv_heads, model.head_dim, kv_dtype)
         chunk = min(settings.text_prefill_chunk_tokens, context)
         profile = partial(_profile, model, chunk)
     pages = size_pages(

@@ -62,6 +62,7 @@ def test_the_text_benchmark_measures_every_scenario_through_http(tmp_path: Path)
         "prefix",
         "prefix_shared",
         "fp8",
+        "fp8kv",
         "nf4_single",
         "nf4_concurrent",
     }
@@ -99,6 +100,9 @@ def test_the_text_benchmark_measures_every_scenario_through_http(tmp_path: Path)
     assert servers["fp8"]["refused"] == refusal and "ready_s" not in servers["fp8"]
     assert servers["fp8"]["env"]["ARTICLEFORGE_TEXT_QUANTIZATION"] == "fp8"
     assert "fp8_single" not in scenarios and "| fp8: the server refused to start" in result.stdout
+    # fp8kv (fp8 weights and an E4M3 KV cache) is refused by the same sentence and recorded.
+    assert scenarios["fp8kv"]["refused"] == refusal == servers["fp8kv"]["refused"]
+    assert servers["fp8kv"]["env"]["ARTICLEFORGE_TEXT_KV_CACHE_DTYPE"] == "fp8"
 
     # The burst is the bf16 server's first traffic: no warm-up request before it.
     burst = scenarios["burst"]

@@ -67,3 +67,50 @@ def test_every_planned_bucket_gives_the_product_of_its_kernel():
         assert got.shape == (rows, 4096)
         assert float((got - want).norm() / want.norm()) < 1e-2, rows
     assert planner.tile(129, w) is None  # past the weight-bound rows: always cuBLASLt
+
+
+def test_rope_store_writes_an_e4m3_cache_as_the_torch_path_does():
+    """The fused kernel's KV write into an fp8 cache: the same bytes as ``store_kv``, large
+    values saturated at 448 instead of becoming NaN."""
+    from services.text import kernels
+    from services.text.attention import KV_FP8, store_kv
+
+    heads, kv_heads, dim, tokens = 4, 4, 128, 37
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, device="cuda", dtype=torch.bfloat16)
+    qkv[3, heads * dim] = 1e4  # a key far past E4M3's range
+    positions = torch.arange(tokens, device="cuda")
+    angles = positions[:, None].float() * torch.rand(dim // 2, device="cuda")
+    cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
+    slots = torch.randperm(64, device="cuda")[:tokens]
+    caches = [torch.zeros(4, 16, kv_heads, dim, device="cuda", dtype=KV_FP8) for _ in range(4)]
+    rotated = qkv.clone()
+    kernels.rope_store(rotated, cos, sin, positions, slots, *caches[:2], heads, kv_heads, dim)
+    k = rotated[:, heads * dim : (heads + kv_heads) * dim].view(-1, kv_heads, dim)
+    v = rotated[:, (heads + kv_heads) * dim :].view(-1, kv_heads, dim)
+    store_kv(caches[2], slots, k)
+    store_kv(caches[3], slots, v)
+    assert torch.equal(caches[0].view(torch.uint8), caches[2].view(torch.uint8))
+    assert torch.equal(caches[1].view(torch.uint8), caches[3].view(torch.uint8))
+    assert not caches[0].float().isnan().any() and float(caches[0].float().abs().max()) == 448.0
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_the_decode_kernel_reads_an_e4m3_cache(group: int):
+    """Split-K decode attention over fp8 pages against the torch gather of the same pages."""
+    from services.text.attention import (
+        KV_FP8,
+        decode_attention_torch,
+        decode_attention_triton,
+    )
+
+    torch.manual_seed(group)
+    rows, kv_heads, dim, page, pages = 5, 8, 128, 16, 40
+    k = (torch.randn(pages, page, kv_heads, dim, device="cuda") * 2).to(KV_FP8)
+    v = (torch.randn(pages, page, kv_heads, dim, device="cuda") * 2).to(KV_FP8)
+    q = torch.randn(rows, kv_heads * group, dim, device="cuda", dtype=torch.bfloat16)
+    tables = torch.stack([torch.randperm(pages, device="cuda")[:8] for _ in range(rows)]).int()
+    lengths = torch.tensor([1, 17, 64, 100, 128], device="cuda", dtype=torch.int32)
+    want = decode_attention_torch(q.float(), k, v, tables, lengths)
+    for splits in (1, 4):
+        got = decode_attention_triton(q, k, v, tables, lengths, splits).float()
+        assert float((got - want).norm() / want.norm()) < 1e-2, splits
