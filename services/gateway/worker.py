@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import AbandonedJobError, InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import ReadyJobRegistry
@@ -88,7 +88,43 @@ class ArticleQueue(Queue):
         )
 
 
-class ArticleWorker(Worker):
+# How long the worker's command thread (stop/kill commands over Redis pub/sub) blocks in one read.
+COMMAND_POLL_SECONDS = 1.0
+
+
+class PromptStop:
+    """A worker that stops in about a second, not up to a minute.
+
+    RQ 3.0 reads its command channel in a thread that blocks up to 60 s per read, and stops it
+    by unsubscribing first so that Redis's reply wakes the read. When the thread takes that
+    reply and re-enters the read before its stop flag is set (likely on a busy machine),
+    redis-py 8's ``PubSubWorkerThread.stop()`` joins it until the 60 s read times out: every
+    worker shutdown, and every burst worker's end, can hang a minute
+    (tests/gateway/test_worker_stop.py reproduces it). Short reads bound that wait.
+    """
+
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
+    name: str
+
+    def subscribe(self) -> None:
+        logger.debug("worker %s: subscribing to %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()  # type: ignore[attr-defined]
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})  # type: ignore[attr-defined]
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=COMMAND_POLL_SECONDS,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,  # type: ignore[attr-defined]
+        )
+
+
+class InProcessWorker(PromptStop, SimpleWorker):
+    """RQ's ``SimpleWorker`` (jobs run in this process, no fork) that stops promptly: what the
+    tests drain queues with."""
+
+
+class ArticleWorker(PromptStop, Worker):
     """An RQ ``Worker`` whose heartbeat, abandoned-job detection and maintenance run in seconds."""
 
     def __init__(self, *args: Any, heartbeat_grace: int = 15, **kwargs: Any) -> None:

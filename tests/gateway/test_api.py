@@ -6,10 +6,11 @@ from pathlib import Path
 
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job, JobStatus
 
 from services.gateway import jobs
+from services.gateway.worker import InProcessWorker
 from tests.gateway.conftest import KEY, OTHER_KEY, make_client
 from tests.metrics import sample
 
@@ -196,7 +197,7 @@ def test_a_service_that_stays_down_fails_the_article(
 ) -> None:
     article_id = client.post("/v1/articles", json=BODY).json()["id"]
     queues = [Queue(name, connection=redis_db) for name in (jobs.ARTICLES_QUEUE, jobs.IMAGES_QUEUE)]
-    SimpleWorker(queues, connection=redis_db).work(burst=True)
+    InProcessWorker(queues, connection=redis_db).work(burst=True)
     status = client.get(f"/v1/articles/{article_id}").json()
     assert status["status"] == "failed"
     assert status["error"]["stage"] == "outline"

@@ -24,13 +24,13 @@ import redis
 import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
-from rq import Queue, SimpleWorker
+from rq import Queue
 from standardwebhooks import Webhook
 
 from services.gateway import jobs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
-from services.gateway.worker import article_worker
+from services.gateway.worker import InProcessWorker, article_worker
 from tests.processes import free_port, serve_all
 from tests.webhook_receiver import Receiver
 
@@ -119,7 +119,7 @@ def client(env: dict[str, str]) -> Iterator[TestClient]:
 def drain(connection: redis.Redis) -> None:
     """Runs every queued job (stages, regenerations, webhooks) to the end, in this process."""
     queues = [Queue(name, connection=connection) for name in (jobs.ARTICLES_QUEUE, "images")]
-    SimpleWorker(queues, connection=connection).work(burst=True)
+    InProcessWorker(queues, connection=connection).work(burst=True)
 
 
 def hooks(article_id: str) -> list[dict[str, Any]]:

@@ -18,13 +18,14 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from services.common.tiny import build_tiny_image
 from services.gateway import jobs
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
 from services.gateway.previews import PreviewThrottle
+from services.gateway.worker import InProcessWorker
 from tests.gateway.test_promises import _sse
 from tests.processes import free_port, serve_all
 from tests.redis_server import OwnRedis
@@ -110,7 +111,7 @@ def _finished(client: TestClient, connection: redis.Redis) -> tuple[str, list[di
     assert accepted.status_code == 202, accepted.text
     article_id = accepted.json()["id"]
     queues = [Queue(name, connection=connection) for name in (jobs.ARTICLES_QUEUE, "images")]
-    SimpleWorker(queues, connection=connection).work(burst=True)
+    InProcessWorker(queues, connection=connection).work(burst=True)
     events = _sse(client.get(f"/v1/articles/{article_id}/events").text)
     assert events[-1]["event"] == "succeeded", events[-1]
     return article_id, [json.loads(e["data"]) for e in events]

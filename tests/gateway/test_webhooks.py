@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue, SimpleWorker
+from rq import Queue
 from standardwebhooks import Webhook
 
 from services.gateway import jobs
+from services.gateway.worker import InProcessWorker
 
 
 class FlakyReceiver(BaseHTTPRequestHandler):
@@ -62,9 +63,9 @@ def test_failed_article_is_announced_and_delivery_retried(
             },
         ).json()["id"]
         # The text service is down (see gateway_env), so the outline fails the article.
-        SimpleWorker([Queue(jobs.ARTICLES_QUEUE, connection=redis_db)], connection=redis_db).work(
-            burst=True
-        )
+        InProcessWorker(
+            [Queue(jobs.ARTICLES_QUEUE, connection=redis_db)], connection=redis_db
+        ).work(burst=True)
         status = _status(client, article_id)
 
     assert status["status"] == "failed"

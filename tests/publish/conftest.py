@@ -24,7 +24,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
-from rq import Queue, SimpleWorker
+from rq import Queue
 from standardwebhooks import Webhook
 
 from services.gateway import jobs
@@ -32,6 +32,7 @@ from services.gateway.app import create_app
 from services.gateway.auth import key_scope
 from services.gateway.config import GatewaySettings
 from services.gateway.schemas import ArticleRequest
+from services.gateway.worker import InProcessWorker
 from tests.processes import free_port
 from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_server import OwnRedis
@@ -143,7 +144,7 @@ def client_for() -> TestClient:
 def drain(connection: redis.Redis) -> None:
     """Runs every queued job (assemble, publish and its retries, webhooks) in this process."""
     queues = [Queue(name, connection=connection) for name in (jobs.ARTICLES_QUEUE, "images")]
-    SimpleWorker(queues, connection=connection).work(burst=True)
+    InProcessWorker(queues, connection=connection).work(burst=True)
 
 
 def noise_png(seed: int, size: int = 256) -> bytes:
