@@ -326,8 +326,35 @@ def up(
     host: Annotated[str, typer.Option(help="Bind address for all the services.")] = "127.0.0.1",
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the studio.")] = False,
     ui_port: Annotated[int, typer.Option(help="Port of the studio.", min=1, max=65535)] = UI_PORT,
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the gateway (default: ARTICLEFORGE_GATEWAY_PORT, else 8000).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+    text_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the text service (default: ARTICLEFORGE_TEXT_PORT, else 8001).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+    image_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the image service (default: ARTICLEFORGE_IMAGE_PORT, else 8002).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
-    """Start text, image, gateway, workers and the studio locally; Ctrl-C stops them all."""
+    """Start text, image, gateway, workers and the studio locally; Ctrl-C stops them all.
+
+    Every port is checked before anything starts; the workers and the studio are pointed at
+    the ports chosen here."""
     from services.gateway.config import GatewaySettings
     from services.image.config import ImageSettings
     from services.launcher import Studio
@@ -343,10 +370,11 @@ def up(
 
         # What the user set for the studio stays; `up` fills in only the rest.
         studio = Studio(ui_port, set(load_settings(UISettings).model_fields_set), gateway.keys())
+    # An option wins over the setting, as `serve --port` does.
     ports = {
-        "text": load_settings(TextSettings).text_port,
-        "image": load_settings(ImageSettings).image_port,
-        "gateway": gateway.gateway_port,
+        "text": text_port or load_settings(TextSettings).text_port,
+        "image": image_port or load_settings(ImageSettings).image_port,
+        "gateway": gateway_port or gateway.gateway_port,
     }
 
     def redis_ok() -> str | None:

@@ -1,12 +1,14 @@
 """``articleforge up``: text, image, gateway, a worker and the studio as child processes, on one
 machine.
 
-It checks Redis first (and says how to start one), starts each child, waits until each answers
-``/readyz``, starts the studio (the Streamlit UI) once the gateway is ready and waits for its
-health check, prints the URLs, and on Ctrl-C (or SIGTERM) stops them all: SIGTERM first, then
-SIGKILL for any child still alive after a grace period. A worker that dies is replaced, as an
-orchestrator would (its stage runs again on another worker, see docs/reliability.md); a service
-that dies, or a worker that dies right after its start, stops everything.
+It checks Redis first (and says how to start one) and then that each of its ports is free (and
+says who holds one that is not, and which option moves it). Only then does it start each
+child, wait until each answers ``/readyz``, start the studio (the Streamlit UI) once the gateway
+is ready and wait for its health check. It prints the URLs, and on Ctrl-C (or SIGTERM) stops
+them all: SIGTERM first, then SIGKILL for any child still alive after a grace period. A worker
+that dies is replaced, as an orchestrator would (its stage runs again on another worker, see
+docs/reliability.md); a service that dies, or a worker that dies right after its start, stops
+everything.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -53,6 +56,90 @@ class Studio:
     port: int
     user_set: set[str]
     api_keys: list[str]
+
+
+# What the user calls each child whose port ``up`` binds, and how they move that port: `up`'s
+# option, and the setting where there is one (the studio's port is `up`'s own option only).
+PORT_OWNERS = {
+    "gateway": ("the gateway", "--gateway-port", "ARTICLEFORGE_GATEWAY_PORT"),
+    "text": ("the text service", "--text-port", "ARTICLEFORGE_TEXT_PORT"),
+    "image": ("the image service", "--image-port", "ARTICLEFORGE_IMAGE_PORT"),
+    "ui": ("the studio", "--ui-port", None),
+}
+
+
+def listener(port: int) -> str | None:
+    """Who listens on TCP ``port`` here, as "pid N (command line)", where that is cheap to
+    tell: on Linux, from /proc, for the processes this user may look into. None otherwise."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex ip:port), state (0A is LISTEN) and inode, as proc(5) has them
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets.add(f"socket:[{fields[9]}]")
+    if not sockets:
+        return None
+    for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            if any(os.readlink(fd) in sockets for fd in (pid / "fd").iterdir()):
+                argv = (pid / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                command = argv.decode(errors="replace") or "?"
+                return f"pid {pid.name} ({command[:120]})"
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return None
+
+
+def bindable(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now: bound as uvicorn's (asyncio's)
+    server binds, SO_REUSEADDR on every address the host resolves to, so that a port left in
+    TIME_WAIT counts as free and one that something listens on does not."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return True  # not ours to judge: the service itself says what is wrong with the host
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError:
+                return False
+    return True
+
+
+def port_problems(host: str, ports: dict[str, int]) -> list[str]:
+    """One sentence for each port of ``ports`` (child name: port) that two children share or
+    that is taken, saying how to choose another; empty when all are free."""
+    problems = []
+    by_port: dict[int, list[str]] = {}
+    for name, port in ports.items():
+        by_port.setdefault(port, []).append(name)
+    for port, names in by_port.items():
+        if len(names) > 1:
+            who = " and ".join(PORT_OWNERS[n][0] for n in names)
+            options = ", ".join(PORT_OWNERS[n][1] for n in names)
+            every = "both" if len(names) == 2 else "all"
+            problems.append(f"{who} are {every} given port {port}; give each its own ({options})")
+        elif not bindable(host, port):
+            what, option, setting = PORT_OWNERS[names[0]]
+            holder = listener(port)
+            by = f", by {holder}" if holder else ""
+            move = f"articleforge up {option} PORT" + (f" (or {setting}=PORT)" if setting else "")
+            problems.append(
+                f"{what}'s port {port} on {host or '*'} is taken{by}; stop that, or give "
+                f"{what} another port: {move}"
+            )
+    return problems
 
 
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
@@ -165,6 +252,12 @@ def up(
     problem = redis_ok()
     if problem is not None:
         say(f"no Redis: {problem}\n{REDIS_HINT}")
+        return 1
+    # Before anything starts: a service that cannot bind dies only after `up` has probed that
+    # port, where whatever holds it may well answer "ready".
+    wanted = {**ports, **({"ui": studio.port} if studio is not None else {})}
+    if taken := port_problems(host, wanted):
+        say("\n".join(taken))
         return 1
     extra = child_env(host, ports, public_url)
     env = {**os.environ, **extra}

@@ -124,13 +124,41 @@ class InProcessWorker(PromptStop, SimpleWorker):
     tests drain queues with."""
 
 
+class RoutineMaintenanceAtDebug(logging.Filter):
+    """Turns RQ's announcement of each maintenance pass into a DEBUG line.
+
+    RQ logs every pass at INFO: one line per queue and one for the groups, three lines every
+    ``maintenance_interval`` (5 s) per worker, which buried the jobs in the `up` console. What
+    a pass finds is logged apart from these (an abandoned job by ``rq.registry``, a lost one by
+    ``requeue_lost_jobs``, both as warnings), so only the routine lines go down a level.
+    """
+
+    # RQ 3.0's own format strings (rq/worker/base.py, clean_registries and
+    # clean_group_registries); tests/gateway/test_worker_logging.py notices when they change.
+    ROUTINE = frozenset(
+        {"Worker %s: cleaning registries for queue: %s", "Worker %s: cleaning group registries"}
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        routine = isinstance(record.msg, str) and record.msg in self.ROUTINE
+        if record.levelno != logging.INFO or not routine:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+ROUTINE_MAINTENANCE_AT_DEBUG = RoutineMaintenanceAtDebug()
+
+
 class ArticleWorker(PromptStop, Worker):
-    """An RQ ``Worker`` whose heartbeat, abandoned-job detection and maintenance run in seconds."""
+    """An RQ ``Worker`` whose heartbeat, abandoned-job detection and maintenance run in seconds,
+    and whose maintenance passes keep off the console unless they find something."""
 
     def __init__(self, *args: Any, heartbeat_grace: int = 15, **kwargs: Any) -> None:
         kwargs.setdefault("queue_class", ArticleQueue)
         super().__init__(*args, **kwargs)
         self.heartbeat_grace = heartbeat_grace
+        self.log.addFilter(ROUTINE_MAINTENANCE_AT_DEBUG)  # once: the logger keeps one of each
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ: min(time left, monitoring interval) + 60. The 60 s is how long a job outlives its

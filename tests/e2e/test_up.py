@@ -1,5 +1,5 @@
-"""`articleforge up`: starts the whole stack with the studio, serves an article, replaces a
-worker that dies, and stops cleanly on Ctrl-C."""
+"""`articleforge up`: starts the whole stack with the studio on the ports its options give,
+serves an article, replaces a worker that dies, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -47,18 +47,28 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path, redis_ur
     redis.Redis.from_url(redis_url).flushdb()
     ports = {name: free_port() for name in ("TEXT", "IMAGE", "GATEWAY")}
     ui_port = free_port()
+    # The settings name ports that are taken: `up` must follow its options instead, for the
+    # services, the workers' service URLs and the studio's.
+    stale = [socket.socket() for _ in ports]
+    for sock in stale:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
     env = {
         **os.environ,
         "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
         "ARTICLEFORGE_REDIS_URL": redis_url,
         "ARTICLEFORGE_DATA_DIR": str(tmp_path / "data"),
         "ARTICLEFORGE_API_KEYS": "",
-        **{f"ARTICLEFORGE_{name}_PORT": str(port) for name, port in ports.items()},
+        **{
+            f"ARTICLEFORGE_{name}_PORT": str(sock.getsockname()[1])
+            for name, sock in zip(ports, stale, strict=True)
+        },
     }
     for name in [v for v in env if v.startswith("ARTICLEFORGE_UI_")]:
         del env[name]  # `up` points the studio at its own gateway unless the user says otherwise
+    options = [f"--{name.lower()}-port={port}" for name, port in ports.items()]
     proc = subprocess.Popen(
-        [*articleforge_command(), "up", "--ui-port", str(ui_port)],
+        [*articleforge_command(), "up", "--ui-port", str(ui_port), *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -84,14 +94,14 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path, redis_ur
         assert health.status_code == 200 and health.text == "ok"
         (ui,) = [pid for pid in descendants(proc.pid) if b"streamlit" in _cmdline(pid)]
         assert _parent(ui) == proc.pid
-        ui_env = dict(
-            item.split("=", 1)
-            for item in Path(f"/proc/{ui}/environ").read_text().split("\0")
-            if "=" in item
-        )
+        ui_env = _environ(ui)
         assert ui_env["ARTICLEFORGE_UI_GATEWAY_URL"] == gateway
         assert ui_env["ARTICLEFORGE_UI_IMAGE_URL"] == f"http://127.0.0.1:{ports['IMAGE']}"
         assert "ARTICLEFORGE_UI_API_KEY" not in ui_env  # this gateway runs with auth off
+        (serving,) = [p for p in descendants(proc.pid) if b"serve\0gateway" in _cmdline(p)]
+        gateway_env = _environ(serving)
+        assert gateway_env["ARTICLEFORGE_TEXT_URL"] == f"http://127.0.0.1:{ports['TEXT']}"
+        assert gateway_env["ARTICLEFORGE_IMAGE_URL"] == f"http://127.0.0.1:{ports['IMAGE']}"
         assert _article(gateway)["status"] == "succeeded"
 
         # SIGKILL the only worker (and its scheduler): `up` starts another, and work goes on.
@@ -117,6 +127,8 @@ def test_up_serves_and_stops_on_ctrl_c(cache_dir: Path, tmp_path: Path, redis_ur
     finally:
         if proc.poll() is None:
             proc.kill()
+        for sock in stale:
+            sock.close()
     for port in [*ports.values(), ui_port]:  # every child is gone: nothing listens any more
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
@@ -128,6 +140,11 @@ def _parent(pid: int) -> int | None:
     except FileNotFoundError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state: the parent id
+
+
+def _environ(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/environ").read_text()
+    return dict(item.split("=", 1) for item in text.split("\0") if "=" in item)
 
 
 def _cmdline(pid: int) -> bytes:
