@@ -22,8 +22,23 @@ from markdown_it import MarkdownIt
 from slugify import slugify
 
 from services.gateway import languages, pipeline, seo
+from services.gateway.grounding import Grounding
 from services.gateway.pipeline import Outline
-from services.gateway.schemas import Article, ArticleRequest, ImageRef, Provenance, Section
+from services.gateway.schemas import (
+    Article,
+    ArticleRequest,
+    CitationInfo,
+    ImageRef,
+    Provenance,
+    Section,
+    SourceInfo,
+)
+from services.gateway.sources import (
+    Source,
+    link_markers_html,
+    references_html,
+    references_markdown,
+)
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})
 # Characters outside XML 1.0's `Char` production (C0 controls but tab, LF and CR; lone
@@ -155,6 +170,25 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def cited_numbering(citations: list[CitationInfo]) -> dict[str, int]:
+    """source id -> its marker, for the sources the article still cites (a rewrite may drop
+    one; the others keep their numbers)."""
+    return {c.source_id: c.marker for c in citations}
+
+
+def references(article: Article) -> tuple[str, str]:
+    """The article's references list as Markdown and as XHTML ("" when it cites nothing)."""
+    sources = [Source.model_validate(s.model_dump()) for s in article.sources]
+    numbering = cited_numbering(article.citations)
+    return references_markdown(sources, numbering), references_html(sources, numbering)
+
+
+def _citations(grounded: Grounding | None) -> list[CitationInfo]:
+    if grounded is None:
+        return []
+    return [CitationInfo(section=k, **c.model_dump()) for k, c in grounded.cited_citations()]
+
+
 def assemble(
     article_id: str,
     request: ArticleRequest,
@@ -163,12 +197,14 @@ def assemble(
     images: list[ImageRef],
     provenance: Provenance,
     created_at: str,
+    grounded: Grounding | None = None,
 ) -> Article:
     """Image 0 is featured; image k (k >= 1) illustrates section k-1.
 
     Model text is cleaned to characters valid in XML 1.0 before any Markdown or HTML is built.
     The featured image's caption is the title; a section image's caption is its section's
-    first sentence (the alt text, set from the prompt, describes the picture)."""
+    first sentence (the alt text, set from the prompt, describes the picture). With sources
+    (``grounded``) the citation markers link to a references list at the end."""
     outline = Outline(  # a title and a heading are one line each
         title=" ".join(xml_safe(outline.title).split()),
         headings=[" ".join(xml_safe(h).split()) for h in outline.headings],
@@ -209,6 +245,25 @@ def assemble(
             md_parts.append(f"![{_md_line(section.image.alt)}]({section.image.url})")
         md_parts.append(section.markdown)
 
+    citations = _citations(grounded)
+    sources = [
+        SourceInfo.model_validate(s.model_dump(exclude={"text"}))
+        for s in (grounded.sources if grounded else [])
+    ]
+    html_text = xhtml(nh3.clean("\n".join(html_parts)))
+    if citations:  # links and ids added after sanitizing (nh3 keeps no `id`), all escaped
+        numbering = cited_numbering(citations)
+        full = [Source.model_validate(s.model_dump()) for s in sources]
+        md_parts.append(references_markdown(full, numbering).strip())
+        html_text = link_markers_html(html_text) + "\n" + references_html(full, numbering)
+        sections = [s.model_copy(update={"html": link_markers_html(s.html)}) for s in sections]
+    if grounded is not None:
+        provenance = provenance.model_copy(
+            update={
+                "invented_citations_removed": grounded.removed,
+                "uncited_sections": sorted(grounded.uncited),
+            }
+        )
     body_text = _plain(" ".join(bodies))
     words = len(body_text.split())
     first = _plain(bodies[0]) if bodies else outline.title
@@ -224,13 +279,15 @@ def assemble(
         featured_image=featured,
         images=images,
         markdown="\n\n".join(md_parts) + "\n",
-        html=xhtml(nh3.clean("\n".join(html_parts))),
+        html=html_text,
         word_count=words,
         reading_time_minutes=max(1, math.ceil(words / 200)),
         language=request.language,
         provenance=provenance,
         created_at=created_at,
         metadata=request.metadata,
+        sources=sources,
+        citations=citations,
     )
     return seo.fill(article)
 

@@ -60,6 +60,14 @@ class GatewaySettings(CommonSettings):
     webhook_secret: str | None = None
     # Allow webhook URLs that resolve to private, loopback or link-local addresses.
     webhook_allow_private: bool = False
+    # Sources (a request's `sources`): URL sources that resolve to private, loopback or
+    # link-local addresses are refused (on every redirect hop) unless this is true.
+    sources_allow_private: bool = False
+    # Comma-separated CIDRs let through although private, e.g. an intranet wiki's
+    # `10.20.0.0/16`; everything else stays refused.
+    sources_allow_networks: str = ""
+    # The User-Agent sources are fetched with, and robots.txt is read for.
+    sources_user_agent: str = "articleforge"
     # Seconds between webhook delivery attempts (RQ Retry); one retry per entry.
     webhook_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[10, 60, 300, 1800])
     # Seconds to wait for a webhook receiver to answer.
@@ -300,3 +308,7 @@ class GatewaySettings(CommonSettings):
             self.data_dir / "webhook_secret",
             lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         )
+
+    @property
+    def source_networks(self) -> list[str]:
+        return [n.strip() for n in self.sources_allow_networks.split(",") if n.strip()]

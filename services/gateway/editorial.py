@@ -40,6 +40,7 @@ from rq.job import Job, JobStatus
 from services.common.errors import ArticleforgeError, Conflict
 from services.gateway import assemble, pipeline, seo
 from services.gateway.config import GatewaySettings
+from services.gateway.grounding import Grounding
 from services.gateway.job_base import (
     ARTICLES_QUEUE,
     IMAGES_QUEUE,
@@ -51,10 +52,17 @@ from services.gateway.job_base import (
     store_for,
     text_backend,
 )
-from services.gateway.jobs import REVIEWS, claim_image_id, enqueue_after_outline, keep_image
+from services.gateway.jobs import (
+    REVIEWS,
+    article_grounding,
+    claim_image_id,
+    enqueue_after_outline,
+    keep_image,
+)
 from services.gateway.publish.job import republish_after_revision
 from services.gateway.revisions import revision_path, save_revision
 from services.gateway.schemas import Article, ArticleRequest, EditInfo, ErrorInfo, ImageRef
+from services.gateway.sources import Passage
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
@@ -325,6 +333,7 @@ def rewrite_prompt(
     bodies: list[str],
     index: int,
     instructions: str | None,
+    passages: str = "",
 ) -> str:
     """One section again, with the outline and the neighbouring sections as context.
 
@@ -332,7 +341,7 @@ def rewrite_prompt(
     prefix cache can serve that part from the article's own section prompts; what is particular
     to this rewrite (the neighbours, the section, the editor's words) comes last."""
     heading = outline.headings[index]
-    prompt = pipeline.section_preamble(request, outline)
+    prompt = pipeline.section_preamble(request, outline) + passages
     if index > 0:
         before = " ".join(bodies[index - 1].split())[-300:]
         prompt += f' The section before, "{outline.headings[index - 1]}", ends: "{before}"'
@@ -360,13 +369,19 @@ def regenerate_section_job(
     request = ArticleRequest.model_validate_json(fields["request"])
     outline = pipeline.Outline(**json.loads(fields["outline"]))
     bodies: list[str] = json.loads(fields["sections"])
-    prompt = rewrite_prompt(request, outline, bodies, index, params.get("instructions"))
+    grounded = article_grounding(store, article_id, request)
+    block, given = "", list[Passage]()
+    if grounded is not None:  # retrieval again, for the heading as it is now
+        block, given = grounded.prompt_for(outline.title, outline.headings[index])
+    prompt = rewrite_prompt(request, outline, bodies, index, params.get("instructions"), block)
     _, max_new = pipeline.section_budget(request, outline)
     body = pipeline.text_body(prompt, request, params["seed"], max_new, params.get("temperature"))
     reply = asyncio.run(text_backend(config).generate(body))
     text = pipeline.clean_section(reply["text"], outline.headings[index])
     fell_back = not text
     bodies[index] = text or pipeline.fallback_section(outline.headings[index], request)
+    if grounded is not None:
+        bodies[index] = grounded.rewrite(index, bodies[index], given if text else [])
     seeds = {"sections": {str(index): params["seed"]}}
     _commit(
         store,
@@ -377,6 +392,7 @@ def regenerate_section_job(
         bodies=bodies,
         seeds=seeds,
         fallback=(f"section:{index}", fell_back),
+        grounded=grounded,
     )
 
 
@@ -439,6 +455,7 @@ def _commit(
     fallback: tuple[str, bool],
     bodies: list[str] | None = None,
     records: list[dict[str, Any] | None] | None = None,
+    grounded: Grounding | None = None,
 ) -> None:
     """Builds revision ``revision`` from the stored parts, ``bodies`` or ``records`` replaced,
     and makes it the article's latest: on disk first, then in Redis, once."""
@@ -464,8 +481,10 @@ def _commit(
     kept = [f for f in provenance.fallbacks if f != name]
     provenance.fallbacks = sorted([*kept, name]) if fell_back else kept
 
+    if grounded is None:  # an image redraw: the citations stay as they are
+        grounded = article_grounding(store, article_id, request)
     article = assemble.assemble(
-        article_id, request, outline, bodies, images, provenance, previous.created_at
+        article_id, request, outline, bodies, images, provenance, previous.created_at, grounded
     )
     article = seo.fill(
         article.model_copy(update={"revision": revision, "updated_at": assemble.now_iso()})
@@ -479,6 +498,7 @@ def _commit(
         f"revision:{revision}": article.model_dump(mode="json"),
         f"revision:{previous.revision}": previous.model_dump(mode="json"),
         "sections": bodies,
+        **({"grounding": grounded.record()} if grounded is not None else {}),
         **{f"image:{k}": r for k, r in enumerate(records) if r is not None},
         "edit": edit,
     }

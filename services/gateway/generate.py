@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.limits import seed_or_random
-from services.gateway import assemble, export, pipeline
+from services.gateway import assemble, export, grounding, pipeline
 from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
+from services.gateway.sources import load_sources
 
 # (stage, done, total) -> None; the CLI draws a progress bar from it
 ProgressFn = Callable[[str, int, int], None]
@@ -28,6 +29,7 @@ async def run_pipeline(
     image: LocalImage | None,
     out_dir: Path,
     progress: ProgressFn,
+    warn: Callable[[str], None] = print,
 ) -> Article:
     article_id = "art_" + secrets.token_hex(12)
     text_seed = seed_or_random(request.text.seed)
@@ -35,8 +37,24 @@ async def run_pipeline(
     timings: dict[str, float] = {}
     started = time.monotonic()
 
+    grounded = None
+    if request.sources:
+        progress("sources", 0, len(request.sources))
+        # On the user's own machine: private addresses (an intranet page) are theirs to use.
+        sources = await load_sources(request.sources, allow_private=True)
+        progress("sources", len(sources), len(sources))
+        timings["sources"] = round(time.monotonic() - started, 3)
+        for source in sources:
+            if source.error is not None:
+                warn(source.error.message)
+        if not grounding.usable(sources):
+            raise ValueError(f"none of the {len(sources)} sources could be used")
+        grounded = grounding.Grounding(sources, require=request.require_citations)
+
     progress("outline", 0, 1)
-    outline = await pipeline.write_outline(text, request, text_seed)
+    outline = await pipeline.write_outline(
+        text, request, text_seed, grounded.sources if grounded else ()
+    )
     fallbacks = ["outline"] if outline.fallback else []
     progress("outline", 1, 1)
     timings["outline"] = round(time.monotonic() - started, 3)
@@ -50,7 +68,9 @@ async def run_pipeline(
         progress("sections", min(tokens, expected), expected)
 
     mark = time.monotonic()
-    bodies, more = await pipeline.write_sections(text, request, outline, text_seed, on_delta)
+    bodies, more = await pipeline.write_sections(
+        text, request, outline, text_seed, on_delta, grounded=grounded
+    )
     progress("sections", tokens, tokens)
     fallbacks += more
     timings["sections"] = round(time.monotonic() - mark, 3)
@@ -117,7 +137,7 @@ async def run_pipeline(
         fallbacks=fallbacks,
     )
     article = assemble.assemble(
-        article_id, request, outline, bodies, images, provenance, assemble.now_iso()
+        article_id, request, outline, bodies, images, provenance, assemble.now_iso(), grounded
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "article.json").write_text(article.model_dump_json(indent=2))

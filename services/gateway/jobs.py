@@ -39,7 +39,7 @@ from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError
-from services.gateway import assemble, pipeline, signing
+from services.gateway import assemble, grounding, pipeline, signing
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import (
     ARTICLES_QUEUE,
@@ -55,6 +55,7 @@ from services.gateway.job_base import (
 from services.gateway.previews import PreviewThrottle
 from services.gateway.publish.job import enqueue_publish, load_record
 from services.gateway.schemas import ArticleRequest, ErrorInfo
+from services.gateway.sources import Source, load_sources
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
@@ -186,7 +187,8 @@ def _fail_article(job: Job, connection: Redis, exc_type: type, value: BaseExcept
         kind = "worker_lost"
         message = f"the worker running this stage died {config.stage_retries + 1} times"
     # The documented stage names (`images`, not the job id's `image-0`); older jobs kept those.
-    stage = job.meta.get("stage")
+    # An error may name its own stage (the sources, loaded by the outline job).
+    stage = getattr(value, "stage", None) or job.meta.get("stage")
     if isinstance(stage, str) and stage.startswith("image-"):
         stage = "images"
     error = ErrorInfo(type=kind, message=message, stage=stage)
@@ -238,15 +240,61 @@ def _throttled(action: Callable[[], None]) -> Callable[[], None]:
     return maybe
 
 
+class SourcesUnusable(ArticleforgeError):
+    """Sources were given and none of them could be used."""
+
+    status_code = 422
+    type = "sources_unusable"
+    stage = "sources"
+
+
+def article_sources(
+    store: ArticleStore, config: GatewaySettings, article_id: str, request: ArticleRequest
+) -> list[Source]:
+    """The article's sources, loaded once (a re-run of the stage reads what the first kept):
+    in Redis for the status, and on disk beside the article. None usable fails the article at
+    stage `sources`."""
+    if not request.sources:
+        return []
+    kept = store.get(article_id, "sources")
+    if kept is None:
+        store.stage(article_id, "sources", "writing")
+        started = time.monotonic()
+        loaded = asyncio.run(
+            load_sources(
+                request.sources,
+                allow_private=config.sources_allow_private,
+                allow_networks=config.source_networks,
+                user_agent=config.sources_user_agent,
+            )
+        )
+        kept = [s.model_dump(mode="json") for s in loaded]
+        store.save_sources(article_id, kept)
+        store.put(article_id, sources=kept)
+        _timed(store, article_id, "sources", started)
+        store.stage(article_id, "outline", "writing")
+        for source in loaded:
+            if source.error is not None:
+                logger.warning("article %s: %s", article_id, source.error.message)
+    sources = [Source.model_validate(s) for s in kept]
+    if not grounding.usable(sources):
+        problems = "; ".join(s.error.message for s in sources if s.error is not None)
+        raise SourcesUnusable(f"none of the {len(sources)} sources could be used: {problems}")
+    return sources
+
+
 def outline_job(article_id: str) -> None:
     config, store = settings(), store_for(settings())
     try:
         request = _begin(store, article_id, "outline", "writing")
     except Stopped:
         return
+    sources = article_sources(store, config, article_id, request)
     started = time.monotonic()
     outline = asyncio.run(
-        pipeline.write_outline(text_backend(config), request, store.get(article_id, "text_seed"))
+        pipeline.write_outline(
+            text_backend(config), request, store.get(article_id, "text_seed"), sources
+        )
     )
     store.put(article_id, outline=asdict(outline))
     _add_fallbacks(store, article_id, ["outline"] if outline.fallback else [])
@@ -292,6 +340,7 @@ def sections_job(article_id: str) -> None:
             publish()
 
     backend = text_backend(config)
+    grounded = article_grounding(store, article_id, request)
     bodies, fallbacks = asyncio.run(
         pipeline.write_sections(
             backend,
@@ -300,8 +349,11 @@ def sections_job(article_id: str) -> None:
             store.get(article_id, "text_seed"),
             on_delta,
             usage.__setitem__,
+            grounded,
         )
     )
+    if grounded is not None:
+        store.put(article_id, grounding=grounded.record())
     models = asyncio.run(backend.models())
     # Provenance: the card of the model (or adapter) that actually wrote the sections.
     card: dict[str, Any] = next(
@@ -312,6 +364,22 @@ def sections_job(article_id: str) -> None:
     _timed(store, article_id, "sections", started)
     store.publish(article_id)
     logger.info("article %s: %d sections written", article_id, len(bodies))
+
+
+def article_grounding(
+    store: ArticleStore, article_id: str, request: ArticleRequest
+) -> grounding.Grounding | None:
+    """The sources kept by the outline job, ready to give passages; None without sources."""
+    kept = store.get(article_id, "sources")
+    if not request.sources or not kept:
+        return None
+    grounded = grounding.Grounding(
+        [Source.model_validate(s) for s in kept], require=request.require_citations
+    )
+    record = store.get(article_id, "grounding")
+    if record:
+        grounded.restore(record)
+    return grounded
 
 
 def image_prompts_job(article_id: str) -> None:
@@ -462,7 +530,14 @@ def assemble_job(article_id: str) -> None:
     )
     created = status_view(article_id, fields).timestamps.get("created", assemble.now_iso())
     article = assemble.assemble(
-        article_id, request, outline, json.loads(fields["sections"]), images, provenance, created
+        article_id,
+        request,
+        outline,
+        json.loads(fields["sections"]),
+        images,
+        provenance,
+        created,
+        article_grounding(store, article_id, request),
     )
     store.put(article_id, article=article.model_dump(mode="json"))
     # Disk first: once a client sees `succeeded`, the article already survives Redis.

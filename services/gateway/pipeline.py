@@ -15,13 +15,17 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from services.common.limits import MAX_HEADING_CHARS, MAX_TITLE_CHARS
-from services.gateway import languages
+from services.gateway import grounding, languages
 from services.gateway.schemas import ArticleRequest
+
+if TYPE_CHECKING:
+    from services.gateway.grounding import Grounding
+    from services.gateway.sources import Passage, Source
 
 SYSTEM = (
     "You are a skilled writer who writes clear, accurate, well-structured articles for the web."
@@ -163,13 +167,20 @@ def parse_outline(raw: str, sections: int) -> Outline | None:
     return Outline(title=title, headings=headings)
 
 
-async def write_outline(text: TextBackend, request: ArticleRequest, seed: int) -> Outline:
-    # The fixed rules first (shared by every article with this many sections), the topic last.
+async def write_outline(
+    text: TextBackend,
+    request: ArticleRequest,
+    seed: int,
+    sources: Sequence[Source] = (),
+) -> Outline:
+    # The fixed rules first (shared by every article with this many sections), the topic last,
+    # then the article's own sources.
+    from_sources = grounding.outline_block(sources)
     prompt = (
         "Plan the article described below: its title and its section headings, in the "
         "language the article is written in. Answer with JSON only, in the form "
         f'{{"title": "...", "sections": ["...", ...]}} with exactly {request.sections} '
-        f"section headings. The article: {instruction(request)}"
+        f"section headings. The article: {instruction(request)}{from_sources}"
     )
     reply = await text.generate(text_body(prompt, request, seed, 48 + 24 * request.sections))
     return parse_outline(reply["text"], request.sections) or fallback_outline(request)
@@ -226,6 +237,16 @@ def section_budget(request: ArticleRequest, outline: Outline) -> tuple[int, int]
     return words, min(2048, int(words * TOKENS_PER_WORD) + 32)
 
 
+def section_prompt(preamble: str, k: int, heading: str, passages: str = "") -> str:
+    """Section ``k``'s prompt: the article's shared preamble, then what differs: the section's
+    own source passages (if any) and its name."""
+    return f'{preamble}{passages} Now write only section {k + 1}, "{heading}".'
+
+
+# A second attempt at a section that cited none of its sources draws with another seed.
+RECITE_SEED_OFFSET = 1000
+
+
 async def write_sections(
     text: TextBackend,
     request: ArticleRequest,
@@ -233,28 +254,50 @@ async def write_sections(
     seed: int,
     on_delta: Callable[[str], None] | None = None,
     on_usage: Callable[[int, int], None] | None = None,
+    grounded: Grounding | None = None,
 ) -> tuple[list[str], list[str]]:
     """All sections at once, so the text engine decodes them in one batch.
 
     ``on_delta`` sees every streamed token, also those of an attempt that the service client
-    retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost."""
+    retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost. With
+    ``grounded`` each section is given its passages, its markers are settled there (citations,
+    removals) and, with ``require_citations``, a section citing nothing is written again."""
     _, max_new = section_budget(request, outline)
     preamble = section_preamble(request, outline)  # shared by all sections: the cache's prefix
+    given: dict[int, list[Passage]] = {}
+    spent: dict[int, int] = {}
 
-    async def one(k: int, heading: str) -> str:
-        prompt = f'{preamble} Now write only section {k + 1}, "{heading}".'
-        reply = await text.generate(text_body(prompt, request, seed + 1 + k, max_new), on_delta)
+    async def one(k: int, heading: str, offset: int = 0) -> str:
+        block = ""
+        if grounded is not None:
+            block, given[k] = grounded.prompt_for(outline.title, heading)
+        prompt = section_prompt(preamble, k, heading, block)
+        body = text_body(prompt, request, seed + 1 + k + offset, max_new)
+        reply = await text.generate(body, on_delta)
+        spent[k] = spent.get(k, 0) + int((reply.get("usage") or {}).get("completion_tokens", 0))
         if on_usage is not None:
-            on_usage(k, int((reply.get("usage") or {}).get("completion_tokens", 0)))
+            on_usage(k, spent[k])
         return clean_section(reply["text"], heading)
 
-    bodies = await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings)))
+    bodies = list(await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings))))
+    cited = [grounded is None or grounded.cites(b, given.get(k, [])) for k, b in enumerate(bodies)]
+    if grounded is not None and grounded.require:
+        again = [k for k, ok in enumerate(cited) if not ok]
+        rewrites = await asyncio.gather(
+            *(one(k, outline.headings[k], RECITE_SEED_OFFSET) for k in again)
+        )
+        for k, body in zip(again, rewrites, strict=True):
+            if grounded.cites(body, given.get(k, [])) or not bodies[k]:
+                bodies[k], cited[k] = body, grounded.cites(body, given.get(k, []))
     fallbacks = []
     for k, body in enumerate(bodies):
         if not body:
             bodies[k] = fallback_section(outline.headings[k], request)
             fallbacks.append(f"section:{k}")
-    return list(bodies), fallbacks
+            given[k], cited[k] = [], False
+        if grounded is not None:  # in section order: the article's numbering
+            bodies[k] = grounded.settle(k, bodies[k], given.get(k, []), cited[k])
+    return bodies, fallbacks
 
 
 # --- 3. image prompts ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from services.common.errors import Conflict, NotFound, Overloaded
@@ -31,6 +32,7 @@ from services.gateway.schemas import (
     ErrorInfo,
     Status,
 )
+from services.gateway.sources import Source
 from services.gateway.store import ARTICLE_ID, ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_webhook
@@ -223,6 +225,29 @@ def get_article(
     if revision is None:
         return status
     return at_revision(store, status, revision)
+
+
+class SourceTexts(BaseModel):
+    data: list[Source] = Field(description="Each source as loaded, its extracted text included.")
+
+
+@router.get(
+    "/articles/{article_id}/sources",
+    response_model=SourceTexts,
+    summary="The article's sources with their extracted text.",
+)
+def get_sources(
+    article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep
+) -> SourceTexts:
+    load(store, article_id, scope, redis_down(request))  # it exists and is this key's
+    try:
+        kept = store.load_sources(article_id)
+    except RedisError:
+        kept = None
+        path = store.sources_path(article_id)
+        if path.exists():
+            kept = json.loads(path.read_text())
+    return SourceTexts(data=[Source.model_validate(s) for s in kept or []])
 
 
 def redis_down(request: Request) -> bool:

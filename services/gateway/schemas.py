@@ -33,6 +33,7 @@ from services.common.limits import (
     TopP,
 )
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
+from services.gateway.sources import MAX_SOURCES, SourceSpec
 from services.image.config import SchedulerName
 
 Status = Literal[
@@ -47,7 +48,15 @@ Status = Literal[
 ]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Stage = Literal[
-    "queued", "outline", "sections", "image_prompts", "images", "assemble", "webhook", "done"
+    "queued",
+    "sources",
+    "outline",
+    "sections",
+    "image_prompts",
+    "images",
+    "assemble",
+    "webhook",
+    "done",
 ]
 
 LENGTH_WORDS = {"short": 400, "medium": 800, "long": 1500}
@@ -248,6 +257,25 @@ class ArticleRequest(BaseModel):
         description="Echoed back untouched (up to 4 KB as JSON).",
         examples=[{"cms_post_id": 42}],
     )
+    sources: list[SourceSpec] = Field(
+        default_factory=list,
+        max_length=MAX_SOURCES,
+        description="What the article is written from: URLs (fetched by the workers, private "
+        "addresses refused, robots.txt honoured), uploaded files (HTML, Markdown, text, PDF, "
+        "DOCX, as base64) and inline text. Each "
+        "section is given the passages most relevant to its heading, numbered, and asked to "
+        "cite them; markers that point at nothing are removed. A source that cannot be used "
+        "is reported in `sources` of the status; the article fails at stage `sources` only "
+        "when none can.",
+        examples=[[{"type": "url", "url": "https://example.com/press/solar-2026"}]],
+    )
+    require_citations: bool = Field(
+        default=False,
+        description="With sources: a section that cites none of its passages is written once "
+        "more; if it still cites nothing it is kept and listed in "
+        "`provenance.uncited_sections`.",
+        examples=[True],
+    )
 
     @field_validator("keywords")
     @classmethod
@@ -438,6 +466,41 @@ class Section(BaseModel):
     image: ImageRef | None = Field(default=None, description="Illustration, if any.")
 
 
+class SourceProblem(BaseModel):
+    type: str = Field(
+        description="fetch_failed, too_large, private_address, robots_disallowed, "
+        "unsupported_type, no_text or timeout.",
+        examples=["private_address"],
+    )
+    message: str = Field(
+        description="One sentence naming the source and the cause.",
+        examples=["source 2 (http://10.0.0.5/) resolves to 10.0.0.5, a private address"],
+    )
+
+
+class SourceInfo(BaseModel):
+    id: str = Field(description="Its id, by position in the request.", examples=["src_1"])
+    type: Literal["url", "text", "file"] = Field(description="How it was given.", examples=["url"])
+    title: str = Field(description="Given, or read from the document.", examples=["Solar 2026"])
+    url: str | None = Field(default=None, description="For a URL source.")
+    final_url: str | None = Field(default=None, description="Where its redirects ended.")
+    filename: str | None = Field(default=None, description="For an uploaded file.")
+    media_type: str | None = Field(default=None, description="As served or sniffed.")
+    sha256: str | None = Field(default=None, description="Hash of the raw document.")
+    chars: int = Field(default=0, description="Characters of extracted text kept.")
+    truncated: bool = Field(default=False, description="The text was cut at the limit.")
+    error: SourceProblem | None = Field(default=None, description="Why it could not be used.")
+
+
+class CitationInfo(BaseModel):
+    marker: int = Field(description="The [n] in the text; the n-th reference.", examples=[1])
+    source_id: str = Field(description="The source it points at.", examples=["src_1"])
+    section: int = Field(description="The section (0-based) that cites it.", examples=[0])
+    passage: str = Field(description="The passage the section was given.")
+    start: int = Field(description="The passage's first character in the source text.")
+    end: int = Field(description="One past its last character.")
+
+
 class Provenance(BaseModel):
     text_model: str = Field(
         description="Base text model.", examples=["NousResearch/Llama-2-7b-chat-hf"]
@@ -458,6 +521,18 @@ class Provenance(BaseModel):
         default_factory=list,
         description="Where model output was unusable and a deterministic fallback was used.",
         examples=[["outline"]],
+    )
+    invented_citations_removed: int = Field(
+        default=0,
+        description="Citation markers the model wrote that pointed at no passage it was "
+        "given (or were malformed), removed from the text.",
+        examples=[2],
+    )
+    uncited_sections: list[int] = Field(
+        default_factory=list,
+        description="With `require_citations`: sections (0-based) that cited nothing even "
+        "when written a second time.",
+        examples=[[3]],
     )
 
 
@@ -536,6 +611,14 @@ class Article(BaseModel):
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Echo of the request's.", examples=[{"cms_post_id": 42}]
     )
+    sources: list[SourceInfo] = Field(
+        default_factory=list, description="The request's sources, as loaded (no text)."
+    )
+    citations: list[CitationInfo] = Field(
+        default_factory=list,
+        description="Every kept citation: its marker, the source and the passage it points at. "
+        "The references list at the end of `markdown` and `html` numbers the cited sources.",
+    )
     revision: int = Field(
         default=1,
         ge=1,
@@ -592,6 +675,11 @@ class ArticleStatus(BaseModel):
         default=None, description="The latest section or image regeneration, if any."
     )
     error: ErrorInfo | None = Field(default=None, description="Present once `failed`.")
+    sources: list[SourceInfo] = Field(
+        default_factory=list,
+        description="Each source as loaded, with its error if it could not be used (once the "
+        "`sources` stage has run). Their text: GET /v1/articles/{id}/sources.",
+    )
     publish: dict[str, PublishInfo] = Field(
         default_factory=dict,
         description="By target (`wordpress`, `ghost`): where publishing the article stands, "

@@ -207,6 +207,23 @@ class ArticleStore:
             raise ValueError(f"not an image id: {image_id!r}")
         return self.data_dir / "images" / f"{image_id}.png"
 
+    def sources_path(self, article_id: str) -> Path:
+        if not ARTICLE_ID.match(article_id):
+            raise ValueError(f"not an article id: {article_id!r}")
+        return self.data_dir / "sources" / f"{article_id}.json"
+
+    def save_sources(self, article_id: str, sources: list[dict[str, Any]]) -> None:
+        """The article's loaded sources (their text included) beside its disk copy."""
+        atomic_write(self.sources_path(article_id), json.dumps(sources).encode())
+
+    def load_sources(self, article_id: str) -> list[dict[str, Any]] | None:
+        """The sources from Redis, else from disk; None when the article has none kept."""
+        kept = self.get(article_id, "sources")
+        if kept is not None:
+            return list(kept)
+        path = self.sources_path(article_id)
+        return list(json.loads(path.read_text())) if path.exists() else None
+
     def save_image(self, image_id: str, png: bytes) -> None:
         atomic_write(self.image_path(image_id), png)
 

@@ -15,6 +15,7 @@ from services.gateway.schemas import (
     ImageProgress,
     OutlineView,
     Progress,
+    SourceInfo,
 )
 
 
@@ -26,6 +27,7 @@ def _iso(value: str | None) -> str | None:
 
 STAGE_SPAN = {  # stage -> (start percent, end percent)
     "queued": (0, 0),
+    "sources": (0, 0),
     "outline": (0, 10),
     "sections": (10, 60),
     "image_prompts": (60, 65),
@@ -140,6 +142,10 @@ def status_view(
         edit=edit,
         error=error,
         publish=publish,
+        sources=[
+            SourceInfo.model_validate({k: v for k, v in s.items() if k != "text"})
+            for s in json.loads(fields.get("sources", "[]"))
+        ],
         timestamps=timestamps,
         metadata=request.get("metadata", {}),
     )

@@ -213,6 +213,13 @@ class RequestChecks:
         settings, context, kv_capacity = self.settings, self.context, self.kv_capacity
         name, adapter = self.resolve_model(model)
         ids = self.encode_prompt(prompt)
+        if logger.isEnabledFor(logging.DEBUG):  # what the model is asked, to debug prompts
+            logger.debug(
+                "request %s: %d prompt tokens: %s",
+                request_id,
+                len(ids),
+                self.loaded.tokenizer.decode(ids, skip_special_tokens=True),
+            )
         if not ids:
             raise InvalidRequest(
                 f"{prompt.param} renders to an empty prompt (0 tokens); give some text to "

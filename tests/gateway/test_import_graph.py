@@ -63,7 +63,9 @@ def import_graph() -> tuple[dict[str, set[str]], list[str]]:
                 parent
                 for dotted in _imported(node, name, path.name == "__init__.py")
                 for parent in _with_parents(dotted)
-                if parent in modules and parent != name
+                # a submodule importing a sibling passes through its own package, which is
+                # already being imported: no layer above it
+                if parent in modules and parent != name and not name.startswith(parent + ".")
             }
             graph[name] |= targets
             if targets and id(node) in nested:

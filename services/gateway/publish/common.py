@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import BaseModel, Field
 
-from services.gateway.assemble import figure, sections_html, xhtml
+from services.gateway.assemble import figure, references, sections_html, xhtml
 from services.gateway.publish.schemas import PublishError, PublishInfo
 from services.gateway.schemas import Article, ImageRef
 
@@ -155,4 +155,6 @@ def post_body(article: Article, images: Mapping[str, tuple[str, dict[str, str]]]
         src, attrs = images.get(ref.id, (ref.url, {}))
         return figure(ref, src, attrs)
 
-    return xhtml(sections_html(article.sections, image))
+    body = xhtml(sections_html(article.sections, image))
+    _, cited = references(article)  # the list the sections' [n] links point at
+    return body + ("\n" + cited if cited else "")
