@@ -194,12 +194,22 @@ def generate(
     image_prompt: Annotated[
         list[str] | None, typer.Option(help="Image prompt by hand (repeat, one per image).")
     ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A source to write from and cite (repeat): an http(s) URL, or a file "
+            "(HTML, Markdown, text, PDF, DOCX).",
+        ),
+    ] = None,
+    require_citations: Annotated[
+        bool, typer.Option(help="With sources: write a section again when it cites nothing.")
+    ] = False,
 ) -> None:
     """Write and illustrate an article in this process (no servers, no Redis)."""
     from pydantic import ValidationError
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from services.gateway.generate import run_pipeline
+    from services.gateway.generate import SourcesUnusable, run_pipeline
     from services.gateway.local import LocalImage, LocalText
     from services.gateway.schemas import ArticleRequest
     from services.image.config import ImageSettings
@@ -229,6 +239,8 @@ def generate(
                     "seed": seed,
                 },
                 "image_prompts": image_prompt or None,
+                "sources": _source_specs(source or []),
+                "require_citations": require_citations,
             }
         )
     except ValidationError as exc:
@@ -275,8 +287,12 @@ def generate(
                     LocalImage(image_engine) if image_engine else None,
                     out,
                     on_progress,
+                    lambda line: console.print(f"[yellow]{line}[/yellow]"),
                 )
             )
+    except SourcesUnusable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     finally:
         text_engine.shutdown()
         if image_engine is not None:
@@ -288,6 +304,24 @@ def generate(
         print(out / name)
     for ref in article.images:
         print(out / ref.url)
+
+
+def _source_specs(values: list[str]) -> list[dict[str, str]]:
+    """``--source`` values as request sources: URLs as they are, files read and encoded."""
+    import base64
+
+    specs = []
+    for value in values:
+        if value.startswith(("http://", "https://")):
+            specs.append({"type": "url", "url": value})
+            continue
+        path = Path(value)
+        if not path.is_file():
+            console.print(f"[red]--source: {value!r} is neither an http(s) URL nor a file[/red]")
+            raise typer.Exit(2)
+        data = base64.b64encode(path.read_bytes()).decode()
+        specs.append({"type": "file", "filename": path.name, "content_base64": data})
+    return specs
 
 
 NO_STREAMLIT = "the studio needs Streamlit: pip install 'articleforge[ui]'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -214,6 +215,20 @@ class GatewaySettings(CommonSettings):
     # Seconds between publish attempts after a 429, a 5xx or a transport error (RQ Retry); one
     # retry per entry. A 4xx from the CMS fails the publish at once, with the CMS's message.
     publish_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[5, 30, 120, 600])
+
+    @field_validator("sources_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for network in (n.strip() for n in value.split(",")):
+            if not network:
+                continue
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not a network (CIDR such as 10.20.0.0/16 or 127.0.0.1/32)"
+                ) from None
+        return value
 
     @field_validator("webhook_retry_intervals", "publish_retry_intervals", mode="before")
     @classmethod

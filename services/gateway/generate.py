@@ -19,6 +19,11 @@ from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
 from services.gateway.sources import load_sources
 
+
+class SourcesUnusable(Exception):
+    """Sources were given and none of them could be used (each one's reason was warned)."""
+
+
 # (stage, done, total) -> None; the CLI draws a progress bar from it
 ProgressFn = Callable[[str, int, int], None]
 
@@ -48,7 +53,7 @@ async def run_pipeline(
             if source.error is not None:
                 warn(source.error.message)
         if not grounding.usable(sources):
-            raise ValueError(f"none of the {len(sources)} sources could be used")
+            raise SourcesUnusable(f"none of the {len(sources)} sources could be used")
         grounded = grounding.Grounding(sources, require=request.require_citations)
 
     progress("outline", 0, 1)

@@ -28,3 +28,14 @@ def test_the_webhook_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
 def test_a_secret_without_the_prefix_is_refused() -> None:
     with pytest.raises(ValueError, match="must start with `whsec_`"):
         GatewaySettings(webhook_secret="hunter2", _env_file=None)  # type: ignore[call-arg]
+
+
+def test_source_networks_are_cidrs_and_a_bad_one_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ARTICLEFORGE_SOURCES_ALLOW_NETWORKS", " 10.20.0.0/16, 127.0.0.1/32 ,")
+    assert GatewaySettings(_env_file=None).source_networks == ["10.20.0.0/16", "127.0.0.1/32"]
+    monkeypatch.setenv("ARTICLEFORGE_SOURCES_ALLOW_NETWORKS", "10.0.0.0/8,intranet")
+    with pytest.raises(ValueError, match="'intranet' is not a network") as refused:
+        GatewaySettings(_env_file=None)
+    assert "sources_allow_networks" in str(refused.value)
