@@ -62,7 +62,7 @@ from services.gateway.jobs import (
 from services.gateway.publish.job import republish_after_revision
 from services.gateway.revisions import revision_path, save_revision
 from services.gateway.schemas import Article, ArticleRequest, EditInfo, ErrorInfo, ImageRef
-from services.gateway.sources import Passage
+from services.gateway.sources import Passage, SourceSpec
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
@@ -115,14 +115,20 @@ def continue_after_review(
     config: GatewaySettings,
     article_id: str,
     outline: pipeline.Outline | None,
+    sources: list[SourceSpec] | None = None,
 ) -> None:
     """Approves the outline (replaced by ``outline`` when given) and queues the rest; a 409 when
-    the article is not awaiting review (any more)."""
+    the article is not awaiting review (any more). ``sources`` replace the request's: the
+    sections job loads them again."""
     key = store.key(article_id)
     expires = store.redis.hget(key, "review_expires")
     if expires is not None and float(expires) <= time.time():
         expire_review(store, config, article_id)  # the sweep had not come round yet
     extra = {} if outline is None else {"outline": json.dumps(asdict(outline))}
+    if sources is not None:
+        replaced = ArticleRequest.model_validate(store.get(article_id, "request"))
+        replaced.sources = sources
+        extra["request"] = replaced.model_dump_json()
     if not store.swap(article_id, "awaiting_review", "writing", **extra):
         status = store.status(article_id)
         raise Conflict(
@@ -130,6 +136,8 @@ def continue_after_review(
             + (" (the review expired)" if status == "cancelled" and expires else ""),
             param="id",
         )
+    if sources is not None:  # loaded again, by the sections job
+        store.redis.hdel(store.key(article_id), "sources", "grounding")
     request = ArticleRequest.model_validate(store.get(article_id, "request"))
     request_id = str(store.get(article_id, "request_id") or "")
     try:

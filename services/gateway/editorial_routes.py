@@ -125,7 +125,8 @@ def _continue(
 ) -> tuple[int, dict[str, Any]]:
     load(store, article_id, scope)  # 404 for unknown ids and other keys' articles
     edited = None if outline is None else pipeline.Outline(outline.title, outline.headings)
-    editorial.continue_after_review(store, settings, article_id, edited)
+    sources = None if outline is None else outline.sources
+    editorial.continue_after_review(store, settings, article_id, edited, sources)
     return 202, load(store, article_id, scope).model_dump(mode="json")
 
 

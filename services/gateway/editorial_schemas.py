@@ -16,6 +16,7 @@ from services.common.limits import (
     Temperature,
 )
 from services.gateway.schemas import REQUEST_CONFIG, EditInfo, SchedulerSteps
+from services.gateway.sources import MAX_SOURCES, SourceSpec
 from services.image.config import SchedulerName
 
 
@@ -46,6 +47,14 @@ class OutlineEdit(BaseModel):
         f"1..{MAX_HEADING_CHARS} characters); one section is written per heading, so their "
         "number may differ from the request's `sections`.",
         examples=[["Why now", "What panels cost", "Net metering explained"]],
+    )
+    sources: list[SourceSpec] | None = Field(
+        default=None,
+        max_length=MAX_SOURCES,
+        description="Replaces the article's sources (add some, leave some out), as in the "
+        "article request; they are loaded again before the sections are written, with ids "
+        "by their new positions. Absent: the sources stay as they are.",
+        examples=[[{"type": "text", "title": "Cost survey 2025", "text": "Panels cost …"}]],
     )
 
     @field_validator("title")

@@ -249,7 +249,11 @@ class SourcesUnusable(ArticleforgeError):
 
 
 def article_sources(
-    store: ArticleStore, config: GatewaySettings, article_id: str, request: ArticleRequest
+    store: ArticleStore,
+    config: GatewaySettings,
+    article_id: str,
+    request: ArticleRequest,
+    stage: str = "outline",
 ) -> list[Source]:
     """The article's sources, loaded once (a re-run of the stage reads what the first kept):
     in Redis for the status, and on disk beside the article. None usable fails the article at
@@ -272,7 +276,7 @@ def article_sources(
         store.save_sources(article_id, kept)
         store.put(article_id, sources=kept)
         _timed(store, article_id, "sources", started)
-        store.stage(article_id, "outline", "writing")
+        store.stage(article_id, stage, "writing")
         for source in loaded:
             if source.error is not None:
                 logger.warning("article %s: %s", article_id, source.error.message)
@@ -340,6 +344,8 @@ def sections_job(article_id: str) -> None:
             publish()
 
     backend = text_backend(config)
+    # Loaded by the outline job; again here when an editor replaced them at the review.
+    article_sources(store, config, article_id, request, stage="sections")
     grounded = article_grounding(store, article_id, request)
     bodies, fallbacks = asyncio.run(
         pipeline.write_sections(

@@ -669,3 +669,34 @@ def test_the_rewrite_prompt_carries_the_outline_the_neighbours_and_the_language(
     preamble = section_preamble(request, outline)
     assert prompt.startswith(preamble) and first.startswith(preamble)
     assert "ENDE-EINS" not in preamble and "Ersparnis" in preamble  # the whole outline
+
+
+def test_sources_replaced_at_the_review_are_the_ones_written_from(
+    client: TestClient, redis_db: redis.Redis
+) -> None:
+    """An editor adds one source and drops another while the outline waits: the sections job
+    loads the new list (ids by their new positions) and the article keeps exactly those."""
+    battery = {"type": "text", "title": "Battery guide", "text": "A home battery holds 10 kWh."}
+    costs = {"type": "text", "title": "Cost survey", "text": "Panels cost 2.50 dollars a watt."}
+    body = {**BODY, "review": "outline", "sources": [battery]}
+    article_id = client.post("/v1/articles", json=body).json()["id"]
+    drain(redis_db)
+    waiting = client.get(f"/v1/articles/{article_id}").json()
+    assert [(s["id"], s["title"]) for s in waiting["sources"]] == [("src_1", "Battery guide")]
+    outline = {"title": "Solar at home", "headings": ["Costs", "Storage"], "sources": [costs]}
+    bad = client.put(
+        f"/v1/articles/{article_id}/outline", json={**outline, "sources": [{"type": "text"}]}
+    )
+    assert bad.status_code == 422 and "sources.0" in bad.json()["error"]["param"]
+    edited = client.put(f"/v1/articles/{article_id}/outline", json=outline)
+    assert edited.status_code == 202, edited.text
+    drain(redis_db)
+    final = client.get(f"/v1/articles/{article_id}").json()
+    assert final["status"] == "succeeded", final["error"]
+    assert [(s["id"], s["title"]) for s in final["sources"]] == [("src_1", "Cost survey")]
+    assert [(s["id"], s["title"]) for s in final["article"]["sources"]] == [
+        ("src_1", "Cost survey")
+    ]
+    texts = client.get(f"/v1/articles/{article_id}/sources").json()["data"]
+    assert [s["text"] for s in texts] == [costs["text"]]
+    assert json.loads(redis_db.hget(f"af:article:{article_id}", "request"))["sources"] == [costs]
