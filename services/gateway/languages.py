@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import langcodes
+
+# RFC 5646 puts no bound on a tag; 35 characters hold every registered form with room to spare.
+MAX_TAG_CHARS = 35
+
 # ISO 639-1 codes of languages Llama-2-class models write, by English name (the prompt's).
 NAMES = {
     "ar": "Arabic",
@@ -219,6 +224,22 @@ FALLBACKS = {
         ),
     ),
 }
+
+
+def canonical_tag(tag: str) -> str:
+    """A BCP-47 tag (RFC 5646, checked by langcodes against the IANA registry) in its
+    canonical case, deprecated subtags replaced; a ValueError saying what is wrong otherwise."""
+    if "_" in tag:
+        raise ValueError(
+            f"{tag!r} is not a BCP-47 tag: subtags are joined by '-', as in "
+            f"{tag.replace('_', '-')!r}"
+        )
+    if not langcodes.tag_is_valid(tag):
+        raise ValueError(
+            f"{tag!r} is not a valid BCP-47 language tag (RFC 5646), such as en, de-AT, "
+            "es-419 or zh-Hant"
+        )
+    return str(langcodes.standardize_tag(tag))
 
 
 def base(tag: str) -> str:

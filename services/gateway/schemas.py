@@ -32,6 +32,7 @@ from services.common.limits import (
     Temperature,
     TopP,
 )
+from services.gateway import languages
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.gateway.sources import MAX_SOURCES, SourceSpec
 from services.image.config import SchedulerName
@@ -223,8 +224,10 @@ class ArticleRequest(BaseModel):
     )
     language: str = Field(
         default="en",
-        pattern=r"^[a-z]{2}(-[A-Z]{2})?$",
-        description="BCP-47 language tag.",
+        min_length=1,
+        max_length=languages.MAX_TAG_CHARS,
+        description="BCP-47 language tag (RFC 5646): `en`, `de-AT`, `es-419`, `zh-Hant`, "
+        "`sr-Latn-RS`, …; returned in its canonical form (`EN-us` -> `en-US`).",
         examples=["en"],
     )
     text: TextOptions = Field(default_factory=TextOptions, description="Text sampling.")
@@ -276,6 +279,11 @@ class ArticleRequest(BaseModel):
         "`provenance.uncited_sections`.",
         examples=[True],
     )
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        return languages.canonical_tag(value)
 
     @field_validator("keywords")
     @classmethod

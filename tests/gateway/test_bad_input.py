@@ -54,3 +54,40 @@ def test_nan_and_infinities_are_a_422_naming_the_field(
     assert error["param"] == param
     assert "finite" in error["message"] or "NaN or Infinity" in error["message"]
     assert client.get("/v1/articles").json()["data"] == []  # nothing was queued
+
+
+@pytest.mark.parametrize(
+    ("tag", "stored"),
+    [
+        ("es-419", "es-419"),  # Latin American Spanish: a region of three digits
+        ("zh-Hant", "zh-Hant"),  # a script subtag
+        ("sr-Latn-RS", "sr-Latn-RS"),
+        ("EN-us", "en-US"),  # any case in, the canonical one stored
+        ("iw", "he"),  # a deprecated subtag, replaced
+    ],
+)
+def test_bcp47_tags_are_accepted_and_stored_canonical(
+    client: TestClient, tag: str, stored: str
+) -> None:
+    reply = client.post("/v1/articles", json={"topic": "Solar power", "language": tag})
+    assert reply.status_code == 202, reply.text
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert store.get(reply.json()["id"], "request")["language"] == stored
+
+
+@pytest.mark.parametrize(
+    ("tag", "says"),
+    [
+        ("en_US", "subtags are joined by '-', as in 'en-US'"),
+        ("english", "not a valid BCP-47 language tag (RFC 5646)"),
+        ("xx-foo", "not a valid BCP-47 language tag (RFC 5646)"),
+        ("", "at least 1 character"),
+    ],
+)
+def test_a_bad_language_tag_is_a_422_naming_the_field(
+    client: TestClient, tag: str, says: str
+) -> None:
+    reply = client.post("/v1/articles", json={"topic": "Solar power", "language": tag})
+    assert reply.status_code == 422
+    error = reply.json()["error"]
+    assert error["param"] == "language" and says in error["message"], error
