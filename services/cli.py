@@ -207,6 +207,7 @@ def generate(
 ) -> None:
     """Write and illustrate an article in this process (no servers, no Redis)."""
     from pydantic import ValidationError
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from services.gateway.generate import SourcesUnusable, run_pipeline
@@ -246,7 +247,8 @@ def generate(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        console.print(f"[red]{where}: {first['msg']}[/red]")
+        said = escape(str(first["msg"]).removeprefix("Value error, "))
+        console.print(f"[red]{where}: {said}[/red]", soft_wrap=True)  # one line, never cut
         raise typer.Exit(2) from exc
 
     text_settings, image_settings = load_settings(TextSettings), load_settings(ImageSettings)

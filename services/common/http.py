@@ -262,11 +262,33 @@ def refuse_unknown_query(request: Request) -> None:
             )
 
 
+def _not_json(request: Request, first: dict[str, Any]) -> str | None:
+    """The sentence for a body that is not a JSON object (bad JSON, or no JSON content type),
+    where pydantic's would speak of dictionaries and decode errors."""
+    loc, kind = tuple(first.get("loc", ())), first.get("type")
+    if loc[:1] != ("body",):
+        return None
+    if kind == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        return f"the body is not valid JSON ({reason})" if reason else "the body is not valid JSON"
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if len(loc) == 1 and kind in ("model_attributes_type", "dict_type") and "json" not in media:
+        got = f"`{media}`" if media else "none"
+        return (
+            "send the body as JSON with the header `Content-Type: application/json` "
+            f"(the request's Content-Type: {got})"
+        )
+    return None
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0]
+    # A misspelt field fails twice, as unknown and as missing: the unknown one says more.
+    first = min(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
     param = _loc_to_param(tuple(first.get("loc", ())))
-    message = str(first.get("msg", "invalid value"))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if (sentence := _not_json(request, first)) is not None:
+        return _error_response(request, 422, "invalid_request_error", sentence, "body")
     if first.get("type") == "extra_forbidden":
         # An unknown field or query parameter: name it and, for a typo, the one it resembles.
         loc = tuple(first.get("loc", ()))
@@ -274,7 +296,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
         close = difflib.get_close_matches(str(loc[-1]), _known_names(request, loc), n=1)
         if close:
             message += f"; did you mean `{close[0]}`?"
-    elif "input" in first and first.get("type") != "missing":
+    elif "input" in first and first.get("type") != "missing" and "got " not in message:
         shown = repr(first["input"])
         if len(shown) > 80:
             shown = shown[:77] + "..."

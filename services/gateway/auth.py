@@ -41,12 +41,26 @@ def authenticate(
     keys = settings.keys()
     if not keys:
         return ANONYMOUS
-    header = request.headers.get("authorization", "")
+    header = request.headers.get("authorization", "").strip()
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    if not header:
         raise Unauthorized(
             "missing `Authorization: Bearer <key>` header", headers={"WWW-Authenticate": "Bearer"}
         )
+    if scheme.lower() == "bearer" and not given.strip():
+        raise Unauthorized(
+            "the Authorization header has `Bearer` but no key after it",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if scheme.lower() != "bearer":
+        # Never echo what might be the key: a scheme is named only when it looks like one.
+        named = f"the `{scheme}` scheme" if scheme.isalpha() and len(scheme) <= 10 else None
+        found = "no `Bearer ` before the key" if " " not in header else named or "another scheme"
+        raise Unauthorized(
+            f"the Authorization header must read `Bearer <key>`; it has {found}",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    given = given.strip()
     # Compare against every key, always, so timing says nothing about which one nearly matched.
     matched = False
     for key in keys:

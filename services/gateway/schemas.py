@@ -61,7 +61,7 @@ Stage = Literal[
 ]
 
 LENGTH_WORDS = {"short": 400, "medium": 800, "long": 1500}
-_SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+_SIZE = re.compile(r"^(\d{1,6})x(\d{1,6})$")
 # An article's images are at least this wide and high (the image service takes down to 8).
 MIN_ARTICLE_SIDE = 64
 # Body sections when a request names none: the API's and `articleforge generate`'s one default.
@@ -160,16 +160,16 @@ class ImageOptions(SchedulerSteps):
     def _size(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        rule = (
+            f"WIDTHxHEIGHT with width and height multiples of {SIDE_MULTIPLE} in "
+            f"{MIN_ARTICLE_SIDE}..{MAX_SIDE} (such as 512x512)"
+        )
         match = _SIZE.match(value)
         if not match:
-            raise ValueError(f"size must look like 512x512, got {value!r}")
-        width, height = int(match[1]), int(match[2])
-        for side in (width, height):
+            raise ValueError(f"must be {rule}, got {value!r}")
+        for side in (int(match[1]), int(match[2])):
             if side % SIDE_MULTIPLE or not MIN_ARTICLE_SIDE <= side <= MAX_SIDE:
-                raise ValueError(
-                    f"width and height must be multiples of {SIDE_MULTIPLE} in "
-                    f"{MIN_ARTICLE_SIDE}..{MAX_SIDE}, got {value}"
-                )
+                raise ValueError(f"must be {rule}, got {value!r} ({side} is not)")
         return value
 
     def dimensions(self) -> dict[str, int]:
