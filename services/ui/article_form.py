@@ -1,8 +1,10 @@
 """The article request form: every control maps onto one field of `POST /v1/articles`
-(services/gateway/schemas.py), with the bounds read from that schema."""
+(services/gateway/schemas.py), with the bounds read from that schema; the sources box is
+services/ui/sources_form.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 import streamlit as st
@@ -15,7 +17,9 @@ from services.gateway.schemas import (
     TextOptions,
 )
 from services.image.config import SchedulerName
+from services.ui.common import settings
 from services.ui.limits import bounds
+from services.ui.sources_form import Refused, check_fits, collect, sources_box
 
 # Offered sizes; the image model's native size (512 for SD 1.5, 64 for `tiny`) is the default.
 SIZES = ("native", "64x64", "128x128", "256x256", "512x512", "512x768", "768x512", "768x768")
@@ -28,8 +32,18 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def article_form() -> dict[str, Any] | None:
-    """Renders the form; returns the request body once it is submitted."""
+@dataclass
+class Draft:
+    """A submitted form: the request body, and where each of its sources came from."""
+
+    body: dict[str, Any]
+    origins: list[str] = field(default_factory=list)
+
+
+def article_form() -> Draft | None:
+    """Renders the form; returns the request once it is submitted and within the limits (a
+    refusal is shown under the form and nothing is sent)."""
+    max_body_bytes = settings().max_body_bytes
     with st.form("article"):
         topic = st.text_input(
             "Topic",
@@ -77,6 +91,7 @@ def article_form() -> dict[str, Any] | None:
             key="review",
             help="The article stops at `awaiting_review`: edit the headings, then continue.",
         )
+        given = sources_box(max_body_bytes)
 
         st.markdown("**Text**")
         temperature_b = bounds(TextOptions, "temperature")
@@ -201,4 +216,14 @@ def article_form() -> dict[str, Any] | None:
         body["image_prompts"] = _lines(prompts)
     if review:
         body["review"] = "outline"
-    return body
+    try:
+        sourced = collect(given)
+        if sourced.specs:
+            body["sources"] = sourced.specs
+        if given.require_citations:
+            body["require_citations"] = True
+        check_fits(body, max_body_bytes)
+    except Refused as refused:
+        st.error(str(refused), icon=":material/block:")
+        return None
+    return Draft(body, sourced.origins)

@@ -49,7 +49,9 @@ def describe(name: str, url: str, response: httpx.Response) -> ApiError:
     message = str(error.get("message") or response.text[:300] or response.reason_phrase)
     param = error.get("param")
     retry_after = response.headers.get("Retry-After")
-    if status in (400, 422):
+    if status == 413:
+        text = f"The {name} refused the request as too large (413): {message}"
+    elif status in (400, 422):
         text = f"check `{param}`: {message}" if param else message
         text = f"The {name} refused the request ({status}): {text}"
     elif status == 401:
@@ -74,6 +76,14 @@ def describe(name: str, url: str, response: httpx.Response) -> ApiError:
         param=param if isinstance(param, str) else None,
         retry_after=retry_after,
     )
+
+
+def json_bytes(body: Any) -> bytes:
+    """A JSON request body exactly as it is sent, so that its size can be checked first."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class ApiClient:
@@ -109,7 +119,13 @@ class ApiClient:
     ) -> httpx.Response:
         try:
             with self._client(timeout) as client:
-                response = client.request(method, path, json=json_body, params=params)
+                if json_body is None:
+                    response = client.request(method, path, params=params)
+                else:
+                    content = json_bytes(json_body)
+                    response = client.request(
+                        method, path, content=content, params=params, headers=JSON_HEADERS
+                    )
         except httpx.TransportError as exc:
             raise self._transport_error(exc, timeout) from None
         if response.status_code >= 400:

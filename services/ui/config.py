@@ -2,6 +2,10 @@
 
 The studio talks only to HTTP APIs: the gateway's public one for articles, and the text and
 image services' own for the playgrounds. It never imports a model or Redis.
+
+``max_body_bytes`` (ARTICLEFORGE_MAX_BODY_BYTES, from CommonSettings) is read as the gateway's
+request limit, the variable the gateway reads too: the article form refuses sources that would
+not fit it before sending them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Live progress of an article: stage, tokens, and each image's steps and latest preview.
+"""Live progress of an article: stage, tokens, its sources as loaded, and each image's steps
+and latest preview.
 
 The view reads `GET /v1/articles/{id}` every ARTICLEFORGE_UI_POLL_SECONDS inside a fragment,
 so only this part of the page is redrawn; once the article leaves its working states the whole
@@ -13,10 +14,12 @@ from urllib.parse import urlparse
 import streamlit as st
 
 from services.ui.common import decode_data_url, gateway, settings, show_png, shows_errors
+from services.ui.sources import render_sources
 
 WORKING = frozenset({"queued", "writing", "illustrating", "assembling"})
 STAGES = {
     "queued": "Waiting for a worker",
+    "sources": "Reading the sources",
     "outline": "Writing the outline",
     "sections": "Writing the sections",
     "image_prompts": "Writing the image prompts",
@@ -82,6 +85,7 @@ def render_progress(status: dict[str, Any]) -> None:
     if outline:
         st.markdown(f"**{outline['title']}**")
         st.markdown("\n".join(f"1. {heading}" for heading in outline["headings"]))
+    render_sources(list(status.get("sources") or []))
     render_images(list(progress.get("images") or []))
 
 

@@ -1,5 +1,6 @@
-"""A finished article: rendered with its images, a rewrite for each section, a redraw for each
-image (the regenerate routes; the new revision replaces the old in place), and downloads."""
+"""A finished article: rendered with its images, each section's citations, a rewrite for each
+section, a redraw for each image (the regenerate routes; the new revision replaces the old in
+place), the references and sources, and downloads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from services.gateway.editorial_schemas import ImageRegenerate, SectionRegenerat
 from services.ui.common import gateway, settings, show_png, shows_errors
 from services.ui.limits import bounds
 from services.ui.progress import image_png
+from services.ui.sources import render_citations, render_references, source_line, summary
 
 IMAGE_WIDTH = 512
 PENDING = "pending_edit"  # session key: the regeneration asked for, until its revision shows
@@ -155,6 +157,13 @@ def render_result(article_id: str, status: dict[str, Any]) -> None:
         st.header(section["heading"], divider="gray")
         show_image(article_id, index + 1, section.get("image"), busy)
         st.markdown(section["markdown"])
+        render_citations(article, index)
         rewrite_controls(article_id, index, busy)
+    render_references(article)
+    sources = status.get("sources") or article.get("sources") or []
+    if sources:
+        with st.expander(summary(sources), icon=":material/library_books:"):
+            for source in sources:
+                st.markdown(source_line(source))
     st.divider()
     downloads(article_id, article)

@@ -53,6 +53,14 @@ def _ready(url: str) -> bool:
         return False
 
 
+@pytest.fixture()
+def studio(ui_stack: UIStack, monkeypatch: pytest.MonkeyPatch) -> UIStack:
+    """The studio's settings point at the stack (AppTest runs the app in this process)."""
+    for name, value in ui_stack.env().items():
+        monkeypatch.setenv(name, value)
+    return ui_stack
+
+
 @pytest.fixture(scope="package")
 def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIStack]:
     redis_server = OwnRedis(free_port())
@@ -72,6 +80,8 @@ def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "ARTICLEFORGE_API_KEYS": API_KEY,
         "ARTICLEFORGE_RATE_LIMIT_PER_MINUTE": "0",
         "ARTICLEFORGE_PREVIEW_INTERVAL_MS": "200",
+        # URL sources served by the tests' own http.server on 127.0.0.1 (test_sources.py).
+        "ARTICLEFORGE_SOURCES_ALLOW_NETWORKS": "127.0.0.1/32",
         # Three torch processes on two cores: one thread each, or their threads fight.
         "OMP_NUM_THREADS": "1",
     }

@@ -22,14 +22,6 @@ pytestmark = pytest.mark.e2e
 APP = str(Path(services.ui.__file__).parent / "app.py")
 
 
-@pytest.fixture()
-def studio(ui_stack: UIStack, monkeypatch: pytest.MonkeyPatch) -> UIStack:
-    """The studio's settings point at the stack (AppTest runs the app in this process)."""
-    for name, value in ui_stack.env().items():
-        monkeypatch.setenv(name, value)
-    return ui_stack
-
-
 def fresh() -> AppTest:
     return AppTest.from_file(APP, default_timeout=30).run()
 
@@ -43,7 +35,8 @@ def fill(at: AppTest, topic: str, **fields: Any) -> AppTest:
 
 
 def _widget(at: AppTest, key: str) -> Any:
-    for kind in ("text_input", "number_input", "selectbox", "slider", "checkbox", "text_area"):
+    kinds = ("text_input", "number_input", "selectbox", "slider", "checkbox", "text_area")
+    for kind in (*kinds, "file_uploader"):
         found = [w for w in getattr(at, kind) if w.key == key]
         if found:
             return found[0]
@@ -56,6 +49,12 @@ def captions(at: AppTest) -> list[str]:
 
 def shown_text(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
+
+
+def byline(at: AppTest) -> str:
+    """The finished article's line under its title (revision, words, reading time)."""
+    [line] = [c.value for c in at.caption if c.value.startswith("Revision ")]
+    return str(line)
 
 
 def assert_no_traceback(at: AppTest) -> None:
@@ -107,7 +106,7 @@ def test_submit_watch_previews_read_the_article_rewrite_and_redraw(studio: UISta
     assert not [c for c in shown if "preview" in c]
     for section in article["sections"]:
         assert section["markdown"] in shown_text(at)
-    assert "Revision 1" in at.caption[0].value
+    assert byline(at).startswith("Revision 1 ·")
     assert {b.label for b in at.get("download_button")} >= {
         "Download JSON",
         "Download Markdown",
@@ -130,7 +129,7 @@ def test_submit_watch_previews_read_the_article_rewrite_and_redraw(studio: UISta
     assert rewritten != article["sections"][1]["markdown"]
     assert rewritten in shown_text(at)
     assert article["sections"][1]["markdown"] not in shown_text(at)
-    assert "Revision 2" in at.caption[0].value
+    assert byline(at).startswith("Revision 2 ·")
 
     # Redraw the first section's image with a seed of its own: revision 3, a new picture there.
     before = [image.value for image in at.image]

@@ -10,15 +10,19 @@ from typing import Any
 
 import streamlit as st
 
-from services.ui.article_form import article_form
+from services.ui.article_form import Draft, article_form
+from services.ui.client import ApiError
 from services.ui.common import gateway, shows_errors
 from services.ui.progress import WORKING, follow_live
 from services.ui.result import render_result
+from services.ui.sources import render_sources
+from services.ui.sources_form import explained
 
 
-def review(article_id: str, outline: dict[str, Any]) -> None:
+def review(article_id: str, outline: dict[str, Any], sources: list[dict[str, Any]]) -> None:
     st.subheader(f"Outline of {article_id}")
     st.info("The outline waits for your review: edit the headings, then continue.")
+    render_sources(sources)
     with st.form("outline"):
         title = st.text_input("Title", value=str(outline["title"]), key="outline-title")
         headings = st.text_area(
@@ -48,7 +52,7 @@ def show(article_id: str) -> None:
         st.subheader(f"Working on {article_id}")
         follow_live(article_id)
     elif state == "awaiting_review":
-        review(article_id, status["outline"])
+        review(article_id, status["outline"], status.get("sources") or [])
     elif state == "succeeded":
         render_result(article_id, status)
     elif state == "failed":
@@ -57,13 +61,17 @@ def show(article_id: str) -> None:
             f"The article failed at `{error.get('stage')}` ({error.get('type')}): "
             f"{error.get('message')}"
         )
+        render_sources(status.get("sources") or [])
     else:
         st.warning(f"The article was {state}.")
 
 
 @shows_errors
-def submit(body: dict[str, object]) -> None:
-    accepted = gateway().create_article(body)
+def submit(draft: Draft) -> None:
+    try:
+        accepted = gateway().create_article(draft.body)
+    except ApiError as error:
+        raise explained(error, draft.origins) from None
     st.session_state.pop("pending_edit", None)
     st.query_params["article"] = accepted["id"]
     st.rerun()
@@ -71,8 +79,8 @@ def submit(body: dict[str, object]) -> None:
 
 article_id = st.query_params.get("article")
 with st.expander("New article", expanded=article_id is None, icon=":material/edit:"):
-    body = article_form()
-    if body is not None:
-        submit(body)
+    draft = article_form()
+    if draft is not None:
+        submit(draft)
 if article_id:
     show(article_id)
