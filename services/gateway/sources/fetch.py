@@ -14,6 +14,7 @@ disallows everything, a file past 500 KiB is read up to there.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -67,6 +68,10 @@ def mib(size: int) -> str:
     return f"{size / (1024 * 1024):g} MiB"
 
 
+# origin -> the parse of its robots.txt, fetched once for every source of a request
+RobotsCache = dict[str, "asyncio.Future[Protego]"]
+
+
 class Fetcher:
     """One source's fetch: a client, the guard's settings and the robots.txt seen so far."""
 
@@ -78,13 +83,15 @@ class Fetcher:
         networks: Sequence[Network],
         user_agent: str,
         max_bytes: int,
+        robots: RobotsCache | None = None,
     ) -> None:
         self.client = client
         self.allow_private = allow_private
         self.networks = list(networks)
         self.user_agent = user_agent
         self.max_bytes = max_bytes
-        self._robots: dict[str, Protego] = {}
+        # Shared by the sources of one request (``load_sources``): one robots.txt per origin.
+        self._robots: RobotsCache = {} if robots is None else robots
 
     async def fetch(self, url: str) -> Fetched:
         current = url
@@ -161,9 +168,15 @@ class Fetcher:
     async def _robots_allow(self, url: str) -> bool:
         parsed = httpx.URL(url)
         origin = _origin(parsed)
-        if origin not in self._robots:
-            self._robots[origin] = Protego.parse(await self._robots_txt(origin))
-        return bool(self._robots[origin].can_fetch(url, self.user_agent))
+        task = self._robots.get(origin)
+        if task is None:  # the first source of this origin fetches it; the others wait for it
+            task = self._robots[origin] = asyncio.ensure_future(self._parse_robots(origin))
+        # shielded: a source that times out stops waiting without cancelling the others' fetch
+        rules = await asyncio.shield(task)
+        return bool(rules.can_fetch(url, self.user_agent))
+
+    async def _parse_robots(self, origin: str) -> Protego:
+        return Protego.parse(await self._robots_txt(origin))
 
     async def _robots_txt(self, origin: str) -> str:
         current = f"{origin}/robots.txt"

@@ -33,7 +33,7 @@ from services.gateway.sources.extract import (
     extract,
     truncate,
 )
-from services.gateway.sources.fetch import Fetcher, Refused, mib, parse_networks
+from services.gateway.sources.fetch import Fetcher, Refused, RobotsCache, mib, parse_networks
 from services.gateway.sources.models import (
     FETCH_TIMEOUT_S,
     SOURCE_MAX_BYTES,
@@ -61,6 +61,7 @@ async def load_source(
     user_agent: str = "articleforge",
     timeout: float = FETCH_TIMEOUT_S,
     max_bytes: int = SOURCE_MAX_BYTES,
+    robots: RobotsCache | None = None,
 ) -> Source:
     """Loads the source at ``index`` (0-based position in the request; its id is
     ``src_{index + 1}``).
@@ -95,6 +96,7 @@ async def load_source(
                 networks=networks,
                 user_agent=user_agent,
                 max_bytes=max_bytes,
+                robots=robots,
             )
             with anyio.fail_after(timeout):
                 fetched = await fetcher.fetch(str(spec.url))
@@ -131,7 +133,9 @@ async def load_sources(
     timeout: float = FETCH_TIMEOUT_S,
     max_bytes: int = SOURCE_MAX_BYTES,
 ) -> list[Source]:
-    """All of a request's sources, concurrently, in request order, over one client."""
+    """All of a request's sources, concurrently, in request order, over one client, with
+    one robots.txt fetch per origin."""
+    robots: RobotsCache = {}
     async with _http(client, timeout, user_agent) as http:
         return list(
             await asyncio.gather(
@@ -145,6 +149,7 @@ async def load_sources(
                         user_agent=user_agent,
                         timeout=timeout,
                         max_bytes=max_bytes,
+                        robots=robots,
                     )
                     for index, spec in enumerate(specs)
                 )

@@ -190,6 +190,16 @@ def test_load_sources_keeps_request_order_and_ids(site: Site) -> None:
     assert sources[1].sha256 == hashlib.sha256(b"Tides matter.").hexdigest()
 
 
+def test_the_sources_of_one_request_read_each_robots_txt_once(bare_site: Site) -> None:
+    """Four sources on one site, loaded together: one request for /robots.txt, not four."""
+    url = bare_site.url("/private/article")
+    specs = [SPEC.validate_python({"type": "url", "url": url}) for _ in range(4)]
+    before = bare_site.hits["/robots.txt"]
+    sources = asyncio.run(load_sources(specs, allow_networks=LOCAL))
+    assert [s.error for s in sources] == [None] * 4
+    assert bare_site.hits["/robots.txt"] - before == 1
+
+
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "not-a-network"])
 def test_a_malformed_allow_network_is_a_configuration_error(bad: str) -> None:
     with pytest.raises(ValueError):
