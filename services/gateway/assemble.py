@@ -160,10 +160,16 @@ def _tags(request: ArticleRequest) -> list[str]:
     return tags[:10]
 
 
-def _caption(body: str) -> str:
-    """A section image's caption: the section's first sentence (its heading is right above)."""
-    first = re.split(r"(?<=[.!?])\s+", _plain(body))[0]
-    return _cut(first, 160)
+EXCERPT_SENTENCES = 2
+
+
+def _caption(body: str, skip: int) -> str | None:
+    """A section image's caption: a sentence of its section past the first ``skip`` (the
+    section's own first line sits right beside the image, and the first section's opening
+    is the excerpt too), so that no sentence is printed twice on the page; None when the
+    section has no other sentence of a few words."""
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", _plain(body)) if len(x.split()) >= 4]
+    return _cut(sentences[skip], 160) if len(sentences) > skip else None
 
 
 def now_iso() -> str:
@@ -211,12 +217,15 @@ def assemble(
         fallback=outline.fallback,
     )
     bodies = [xml_safe(b) for b in bodies]
-    captions = [outline.title, *(_caption(b) for b in bodies)]
+    skips = [EXCERPT_SENTENCES if k == 0 else 1 for k in range(len(bodies))]
+    captions = [outline.title, *(_caption(b, n) for b, n in zip(bodies, skips, strict=True))]
     images = [
         image.model_copy(
             update={
                 "alt": " ".join(xml_safe(image.alt).split()),
-                "caption": captions[k] if k < len(captions) else outline.title,
+                # past the captions the text gives: the alt text, which describes the picture
+                "caption": (captions[k] if k < len(captions) else outline.title)
+                or " ".join(xml_safe(image.alt).split()),
                 "prompt": xml_safe(image.prompt),
             }
         )
@@ -272,7 +281,7 @@ def assemble(
         id=article_id,
         title=outline.title,
         slug=slugify(outline.title, max_length=80, word_boundary=True) or article_id,
-        excerpt=_cut(" ".join(sentences[:2]), 300),
+        excerpt=_cut(" ".join(sentences[:EXCERPT_SENTENCES]), 300),
         meta_description=_cut(first, 160),
         tags=_tags(request),
         sections=sections,

@@ -61,6 +61,9 @@ class GatewaySettings(CommonSettings):
     webhook_secret: str | None = None
     # Allow webhook URLs that resolve to private, loopback or link-local addresses.
     webhook_allow_private: bool = False
+    # Where an article's events go when its request names no `webhook.url` (e.g. the CMS
+    # plugin that receives every article); a request's own URL wins. Checked like one.
+    webhook_default_url: str | None = None
     # Sources (a request's `sources`): URL sources that resolve to private, loopback or
     # link-local addresses are refused (on every redirect hop) unless this is true.
     sources_allow_private: bool = False
@@ -215,6 +218,18 @@ class GatewaySettings(CommonSettings):
     # Seconds between publish attempts after a 429, a 5xx or a transport error (RQ Retry); one
     # retry per entry. A 4xx from the CMS fails the publish at once, with the CMS's message.
     publish_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[5, 30, 120, 600])
+
+    @field_validator("webhook_default_url", mode="before")
+    @classmethod
+    def _default_hook(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # `ARTICLEFORGE_WEBHOOK_DEFAULT_URL=` means none
+        if isinstance(value, str):
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{value!r} is not an http(s) URL with a host")
+            return value.strip()
+        return value
 
     @field_validator("sources_allow_networks")
     @classmethod

@@ -71,9 +71,11 @@ class Fallbacks:
 FALLBACKS = {
     "en": Fallbacks(
         (
-            "What {topic} is",
-            "Why {topic} matters",
-            "How {topic} works",
+            # No verb agrees with the topic, so a plural one reads as well as a singular one
+            # ("Heat pumps explained", never "What heat pumps is").
+            "{topic} explained",
+            "The case for {topic}",
+            "{topic} in practice",
             "The benefits",
             "The challenges",
             "Getting started",

@@ -490,23 +490,48 @@ class SourceInfo(BaseModel):
     id: str = Field(description="Its id, by position in the request.", examples=["src_1"])
     type: Literal["url", "text", "file"] = Field(description="How it was given.", examples=["url"])
     title: str = Field(description="Given, or read from the document.", examples=["Solar 2026"])
-    url: str | None = Field(default=None, description="For a URL source.")
-    final_url: str | None = Field(default=None, description="Where its redirects ended.")
-    filename: str | None = Field(default=None, description="For an uploaded file.")
-    media_type: str | None = Field(default=None, description="As served or sniffed.")
-    sha256: str | None = Field(default=None, description="Hash of the raw document.")
-    chars: int = Field(default=0, description="Characters of extracted text kept.")
-    truncated: bool = Field(default=False, description="The text was cut at the limit.")
-    error: SourceProblem | None = Field(default=None, description="Why it could not be used.")
+    url: str | None = Field(
+        default=None,
+        description="For a URL source.",
+        examples=["https://example.com/press/solar-2026"],
+    )
+    final_url: str | None = Field(
+        default=None,
+        description="Where its redirects ended.",
+        examples=["https://example.com/press/solar-2026"],
+    )
+    filename: str | None = Field(
+        default=None, description="For an uploaded file.", examples=["report.pdf"]
+    )
+    media_type: str | None = Field(
+        default=None, description="As served or sniffed.", examples=["text/html"]
+    )
+    sha256: str | None = Field(
+        default=None,
+        description="Hex SHA-256 of the raw document.",
+        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
+    chars: int = Field(default=0, description="Characters of extracted text kept.", examples=[5120])
+    truncated: bool = Field(
+        default=False, description="The text was cut at the limit.", examples=[False]
+    )
+    error: SourceProblem | None = Field(
+        default=None, description="Why it could not be used.", examples=[None]
+    )
 
 
 class CitationInfo(BaseModel):
     marker: int = Field(description="The [n] in the text; the n-th reference.", examples=[1])
     source_id: str = Field(description="The source it points at.", examples=["src_1"])
     section: int = Field(description="The section (0-based) that cites it.", examples=[0])
-    passage: str = Field(description="The passage the section was given.")
-    start: int = Field(description="The passage's first character in the source text.")
-    end: int = Field(description="One past its last character.")
+    passage: str = Field(
+        description="The passage the section was given.",
+        examples=["Rooftop panels cost about 2.50 dollars per watt installed in 2025."],
+    )
+    start: int = Field(
+        description="The passage's first character in the source text.", examples=[0]
+    )
+    end: int = Field(description="One past its last character.", examples=[66])
 
 
 class Provenance(BaseModel):
@@ -620,12 +645,26 @@ class Article(BaseModel):
         default_factory=dict, description="Echo of the request's.", examples=[{"cms_post_id": 42}]
     )
     sources: list[SourceInfo] = Field(
-        default_factory=list, description="The request's sources, as loaded (no text)."
+        default_factory=list,
+        description="The request's sources, as loaded (no text).",
+        examples=[[{"id": "src_1", "type": "text", "title": "Cost survey 2025", "chars": 66}]],
     )
     citations: list[CitationInfo] = Field(
         default_factory=list,
         description="Every kept citation: its marker, the source and the passage it points at. "
         "The references list at the end of `markdown` and `html` numbers the cited sources.",
+        examples=[
+            [
+                {
+                    "marker": 1,
+                    "source_id": "src_1",
+                    "section": 0,
+                    "passage": "…",
+                    "start": 0,
+                    "end": 66,
+                }
+            ]
+        ],
     )
     revision: int = Field(
         default=1,
@@ -687,6 +726,7 @@ class ArticleStatus(BaseModel):
         default_factory=list,
         description="Each source as loaded, with its error if it could not be used (once the "
         "`sources` stage has run). Their text: GET /v1/articles/{id}/sources.",
+        examples=[[{"id": "src_1", "type": "url", "title": "Solar 2026", "chars": 5120}]],
     )
     publish: dict[str, PublishInfo] = Field(
         default_factory=dict,

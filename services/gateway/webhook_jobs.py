@@ -48,15 +48,16 @@ def _enqueue(
     )
 
 
-def _hook_url(store: ArticleStore, article_id: str) -> str | None:
+def _hook_url(store: ArticleStore, config: GatewaySettings, article_id: str) -> str | None:
+    """The request's `webhook.url`, else the gateway's ARTICLEFORGE_WEBHOOK_DEFAULT_URL."""
     webhook = (store.get(article_id, "request") or {}).get("webhook")
-    return str(webhook["url"]) if webhook else None
+    return str(webhook["url"]) if webhook else config.webhook_default_url
 
 
 def enqueue_webhook(
     store: ArticleStore, config: GatewaySettings, article_id: str, event: str
 ) -> None:
-    url = _hook_url(store, article_id)
+    url = _hook_url(store, config, article_id)
     job_id = f"{article_id}-webhook"
     if url is None or Job.exists(job_id, connection=store.redis):
         return  # queued once per article: RQ would overwrite the job and deliver it again
@@ -81,7 +82,7 @@ def enqueue_event(
     revision: int | None = None,
 ) -> None:
     """Queues ``event`` once per article and ``suffix`` (its webhook-id is as stable)."""
-    url = _hook_url(store, article_id)
+    url = _hook_url(store, config, article_id)
     job_id = f"{article_id}-webhook-{suffix}"
     if url is None or Job.exists(job_id, connection=store.redis):
         return

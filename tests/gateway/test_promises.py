@@ -291,15 +291,20 @@ def test_every_c0_control_character_is_cleaned_before_markdown_and_html() -> Non
     assert [img.get("src") for img in root.iter("img")][0] == "http://x/v1/images/img_0?a=1&b=2"
     for section in article.sections:
         ET.fromstring(f"<root>{section.html}</root>")
-    # ... and the text itself survived.
-    assert "Body one." in article.html and "More text." in article.html
+    # ... and the text itself survived (the CR and LF among the controls break its lines).
+    flat = " ".join("".join(root.itertext()).split())
+    assert "Body one." in flat and "More text." in flat
     assert [s.heading for s in article.sections] == ["Fir st", "Second"]
 
 
 def test_alt_text_describes_the_picture_and_the_caption_belongs_to_the_section() -> None:
     request = ArticleRequest(topic="solar power", sections=2, images={"count": 3})  # type: ignore[arg-type]
     outline = pipeline.Outline("Solar Power Today", ["How panels work", "What they cost"])
-    bodies = ["Panels turn light into current. Then more.", "Prices fell. A lot."]
+    bodies = [
+        "Panels turn light into current. The cells are made of silicon. Each one gives half "
+        "a volt in full sun.",
+        "Prices fell by ninety percent. Installers now quote per watt. A lot.",
+    ]
     style = "watercolor, soft light"
     images = [
         _image(0, pipeline.with_style("a sunny roof with panels", style), "x", style),
@@ -310,14 +315,40 @@ def test_alt_text_describes_the_picture_and_the_caption_belongs_to_the_section()
     featured, first, second = article.images
     assert featured.alt == "A sunny roof with panels" and featured.caption == "Solar Power Today"
     assert first.alt == "Silicon cells in close-up"
-    assert first.caption == "Panels turn light into current."
-    assert second.caption == "Prices fell."
+    # A section image's caption is a sentence of its section, but never one printed elsewhere
+    # on the page: not the section's first line (beside the image), and for the first
+    # section not the excerpt's two sentences either (issue 27, point 8).
+    assert first.caption == "Each one gives half a volt in full sun."
+    assert second.caption == "Installers now quote per watt."
+    assert article.excerpt == "Panels turn light into current. The cells are made of silicon."
     for section in article.sections:
         assert section.image is not None
         assert len({section.heading, section.image.alt, section.image.caption}) == 3
+        assert not section.markdown.startswith(section.image.caption)
     assert article.sections[0].image == first
-    assert "<figcaption>Panels turn light into current.</figcaption>" in article.html
+    assert "<figcaption>Each one gives half a volt in full sun.</figcaption>" in article.html
     assert "![Silicon cells in close-up](http://x/v1/images/img_1" in article.markdown
+
+
+def test_a_section_with_no_other_sentence_is_captioned_by_its_alt_text() -> None:
+    request = ArticleRequest(topic="solar power", sections=1, images={"count": 2})  # type: ignore[arg-type]
+    outline = pipeline.Outline("Solar Power Today", ["How panels work"])
+    images = [_image(0, "a sunny roof", "x"), _image(1, "silicon cells in close-up", "x")]
+    article = _assembled(request, outline, ["Panels turn light into current."], images)
+    assert article.images[1].caption == article.images[1].alt == "Silicon cells in close-up"
+    assert article.excerpt == "Panels turn light into current."
+
+
+def test_fallback_headings_read_well_for_a_plural_topic() -> None:
+    request = ArticleRequest(topic="Heat pumps for old houses", sections=4)
+    headings = pipeline.fallback_outline(request).headings
+    assert headings == [
+        "Heat pumps for old houses explained",
+        "The case for heat pumps for old houses",
+        "Heat pumps for old houses in practice",
+        "The benefits",
+    ]
+    assert not any(" is" in h.split("houses")[-1] for h in headings)
 
 
 def test_the_fallback_image_prompt_names_the_title_once() -> None:

@@ -82,3 +82,40 @@ def test_failed_article_is_announced_and_delivery_retried(
 
 def _status(client: TestClient, article_id: str) -> dict:
     return dict(client.get(f"/v1/articles/{article_id}").json())
+
+
+def test_the_gateways_default_webhook_url_gets_articles_that_name_none(
+    gateway_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: str,
+    redis_db: redis.Redis,
+) -> None:
+    """ARTICLEFORGE_WEBHOOK_DEFAULT_URL: a request without `webhook` is announced there; a
+    request with its own URL is announced at its own, not at the default."""
+    monkeypatch.setenv("ARTICLEFORGE_WEBHOOK_ALLOW_PRIVATE", "true")
+    monkeypatch.setenv("ARTICLEFORGE_WEBHOOK_RETRY_INTERVALS", "0,0")
+    monkeypatch.setenv("ARTICLEFORGE_WEBHOOK_DEFAULT_URL", receiver)
+    jobs.settings.cache_clear()
+    from tests.gateway.conftest import KEY, make_client
+
+    own = ThreadingHTTPServer(("127.0.0.1", 0), FlakyReceiver)
+    threading.Thread(target=own.serve_forever, daemon=True).start()
+    own_url = f"http://127.0.0.1:{own.server_address[1]}/own"
+    try:
+        with make_client() as client:
+            client.headers["Authorization"] = f"Bearer {KEY}"
+            plain = {"topic": "Solar power", "images": {"count": 0}}
+            first = client.post("/v1/articles", json=plain).json()["id"]
+            second = client.post(
+                "/v1/articles", json={**plain, "webhook": {"url": own_url}}
+            ).json()["id"]
+            InProcessWorker(
+                [Queue(jobs.ARTICLES_QUEUE, connection=redis_db)], connection=redis_db
+            ).work(burst=True)
+    finally:
+        own.shutdown()
+    # Both receivers share FlakyReceiver's log: sort the deliveries by the article they name.
+    delivered = {json.loads(body)["data"]["id"]: headers for headers, body in FlakyReceiver.calls}
+    assert set(delivered) == {first, second}
+    paths = {json.loads(b)["data"]["id"]: h.get("host") for h, b in FlakyReceiver.calls}
+    assert paths[first] == receiver.split("/")[2] and paths[second] == own_url.split("/")[2]
