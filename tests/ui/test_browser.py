@@ -1,7 +1,9 @@
 """The studio in a real browser: Debian's headless Chromium, driven by playwright, opens the app
 served by `streamlit run` (the command `articleforge ui` runs) against the live stack, submits a
 topic, watches the progress view until an image preview shows, then waits for the finished
-article and checks that its pictures loaded. The screenshots go to docs/img/ for the README."""
+article and checks that its pictures loaded. Its screenshots go to the test's temporary folder;
+`ARTICLEFORGE_REFRESH_SCREENSHOTS=1 python -m pytest tests/ui/test_browser.py` writes them into
+docs/img/ instead, for the README (CONTRIBUTING.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+def screenshots_folder(tmp_path: Path) -> Path:
+    """docs/img/ only when asked to refresh the README's pictures; a test run changes no
+    tracked file."""
+    return DOCS_IMG if os.environ.get("ARTICLEFORGE_REFRESH_SCREENSHOTS") == "1" else tmp_path
+
+
 TOPIC = "Rooftop solar for homeowners"
 STEPS = 40  # the steps slider moved up from its default (25) so the previews stay a while
 
@@ -72,7 +82,9 @@ def test_submit_in_the_browser_and_read_the_illustrated_article(
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install)")
     from playwright.sync_api import expect, sync_playwright
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_folder(tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    tracked = {p.name: p.read_bytes() for p in DOCS_IMG.glob("studio-*.png")}
     with sync_playwright() as driver:
         browser = driver.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a fresh profile every run
@@ -98,7 +110,7 @@ def test_submit_in_the_browser_and_read_the_illustrated_article(
             # The progress view, with a preview of an image being drawn.
             preview = page.get_by_text("preview at step").first
             expect(preview).to_be_visible(timeout=90_000)
-            page.screenshot(path=str(SCREENSHOTS / "studio-progress.png"), full_page=True)
+            page.screenshot(path=str(shots / "studio-progress.png"), full_page=True)
 
             # The finished article, with its pictures loaded.
             expect(page.get_by_role("button", name="Download HTML")).to_be_visible(timeout=90_000)
@@ -112,6 +124,11 @@ def test_submit_in_the_browser_and_read_the_illustrated_article(
             )
             assert loaded and all(loaded), loaded
             assert len(loaded) == 2  # the featured image and the first section's
-            page.screenshot(path=str(SCREENSHOTS / "studio-article.png"), full_page=True)
+            page.screenshot(path=str(shots / "studio-article.png"), full_page=True)
         finally:
             browser.close()
+    assert all(
+        (shots / name).stat().st_size > 0 for name in ("studio-progress.png", "studio-article.png")
+    )
+    if shots != DOCS_IMG:  # a plain test run leaves the README's pictures as they are
+        assert {p.name: p.read_bytes() for p in DOCS_IMG.glob("studio-*.png")} == tracked
