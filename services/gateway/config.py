@@ -72,6 +72,11 @@ class GatewaySettings(CommonSettings):
     sources_allow_networks: str = ""
     # The User-Agent sources are fetched with, and robots.txt is read for.
     sources_user_agent: str = "articleforge"
+    # Ranks a section's passages by BM25 fused with this sentence-embedding model's cosine
+    # similarity (services/gateway/sources/embeddings.py; needs the `embeddings` extra):
+    # `tiny` (random weights, built offline), a sentence-transformers id or a local folder.
+    # Unset: BM25 alone.
+    sources_embedding_model: str | None = None
     # Seconds between webhook delivery attempts (RQ Retry); one retry per entry.
     webhook_retry_intervals: Annotated[list[int], NoDecode] = Field(default=[10, 60, 300, 1800])
     # Seconds to wait for a webhook receiver to answer.

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from services.common.limits import seed_or_random
 from services.gateway import assemble, export, grounding, pipeline
+from services.gateway.config import GatewaySettings
 from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
 from services.gateway.sources import load_sources
+from services.gateway.sources.embeddings import load_embedder
 
 
 class SourcesUnusable(Exception):
@@ -54,7 +56,15 @@ async def run_pipeline(
                 warn(source.error.message)
         if not grounding.usable(sources):
             raise SourcesUnusable(f"none of the {len(sources)} sources could be used")
-        grounded = grounding.Grounding(sources, require=request.require_citations)
+        # The gateway's ARTICLEFORGE_SOURCES_EMBEDDING_MODEL applies here too (read only with
+        # sources, so that a bad gateway setting never stops a plain `generate`).
+        config = GatewaySettings()
+        embedder = None
+        if config.sources_embedding_model:
+            embedder = load_embedder(config.sources_embedding_model, config.resolved_cache_dir())
+        grounded = grounding.Grounding(
+            sources, require=request.require_citations, embedder=embedder
+        )
 
     progress("outline", 0, 1)
     outline = await pipeline.write_outline(

@@ -4,8 +4,8 @@ retrieval and the marker arithmetic; this module applies them to one article).
 
 * The outline prompt lists the usable sources, each with its title and a short summary.
 * Each section prompt carries the passages most relevant to the section's heading (BM25 over
-  every usable source's passages), numbered ``[1]``..``[k]`` for that section, and the
-  instruction to cite them.
+  every usable source's passages, fused with embedding similarity where an embedding model is
+  configured), numbered ``[1]``..``[k]`` for that section, and the instruction to cite them.
 * After the section is written its markers are rewritten to article-wide numbers (the n-th
   source cited in the article is ``[n]``, in order of first citation, section by section),
   markers that point at nothing it was given are removed and counted, and each kept one
@@ -31,6 +31,7 @@ from services.gateway.sources import (
     split_passages,
     summary,
 )
+from services.gateway.sources.embeddings import HybridIndex
 
 PASSAGES_PER_SECTION = 4
 # At most this many characters of passages in one section prompt (about 700 Llama tokens),
@@ -72,13 +73,19 @@ class Grounding:
     citations: dict[int, list[Citation]] = field(default_factory=dict)
     removed: int = 0
     uncited: list[int] = field(default_factory=list)
-    _index: PassageIndex | None = None
+    # A sentence-transformers model (``sources.embeddings.load_embedder``): given, passages are
+    # ranked by BM25 and embedding similarity fused (``HybridIndex``); None, by BM25 alone.
+    embedder: Any | None = None
+    _index: PassageIndex | HybridIndex | None = None
 
     @property
-    def index(self) -> PassageIndex:
+    def index(self) -> PassageIndex | HybridIndex:
         if self._index is None:
             passages = [p for s in usable(self.sources) for p in split_passages(s)]
-            self._index = PassageIndex(passages)
+            if self.embedder is not None:
+                self._index = HybridIndex(passages, self.embedder)
+            else:
+                self._index = PassageIndex(passages)
         return self._index
 
     @property
