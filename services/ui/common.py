@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import streamlit as st
 from PIL import Image
@@ -17,6 +19,7 @@ from services.ui.config import UISettings
 
 logger = logging.getLogger(__name__)
 P = ParamSpec("P")
+SENT_KEPT = 1000  # requests the studio keeps for headings and retries, oldest dropped first
 
 
 def settings() -> UISettings:
@@ -69,3 +72,51 @@ def enlarged(png: bytes, width: int) -> bytes:
 
 def show_png(png: bytes, *, caption: str | None = None, width: int = 384) -> None:
     st.image(enlarged(png, width), caption=caption, width=width)
+
+
+@st.cache_resource(show_spinner=False)
+def _sent() -> OrderedDict[str, dict[str, Any]]:
+    """The request body of each article this studio submitted, by id. The gateway's status
+    does not carry the request, so the topic and a retry come from here; kept for the studio's
+    process (every session, so the history and a reload find it too), not across restarts."""
+    return OrderedDict()
+
+
+def remember(article_id: str, body: dict[str, Any]) -> None:
+    sent = _sent()
+    sent[article_id] = body
+    while len(sent) > SENT_KEPT:
+        sent.popitem(last=False)
+
+
+def sent(article_id: str) -> dict[str, Any] | None:
+    """The request this studio sent for the article, if it did."""
+    return _sent().get(article_id)
+
+
+def name_of(article_id: str, status: dict[str, Any]) -> str | None:
+    """What a heading calls the article: its title once known, else the topic it was asked
+    for; None when neither is known (an article another client sent, before its outline)."""
+    for part in ("article", "outline"):
+        title = (status.get(part) or {}).get("title")
+        if title:
+            return str(title)
+    request = sent(article_id)
+    return str(request["topic"]) if request and request.get("topic") else None
+
+
+def section_label(index: int) -> str:
+    """Section `index` (0-based, as the API counts) as the result names it: 1-based."""
+    return f"section {index + 1}"
+
+
+def image_label(slot: int) -> str:
+    """Image slot 0 is the featured image; slot k illustrates section k."""
+    return "featured image" if slot == 0 else f"image {slot}"
+
+
+def utc(iso: str | None) -> str:
+    """A gateway timestamp (`2026-12-07T09:14:03.123456Z`) as `2026-12-07 09:14 UTC`."""
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

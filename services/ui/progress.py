@@ -13,7 +13,14 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
-from services.ui.common import decode_data_url, gateway, settings, show_png, shows_errors
+from services.ui.common import (
+    decode_data_url,
+    gateway,
+    image_label,
+    settings,
+    show_png,
+    shows_errors,
+)
 from services.ui.sources import render_sources
 
 WORKING = frozenset({"queued", "writing", "illustrating", "assembling"})
@@ -57,7 +64,7 @@ def render_images(images: list[dict[str, Any]]) -> None:
                 counter = "the image server reports no steps"  # ARTICLEFORGE_IMAGE_BACKEND=openai
             else:
                 counter = "not started"
-            label = "featured image" if index == 0 else f"image {index}"
+            label = image_label(index)
             st.markdown(f"**{label.capitalize()}** · {state} · {counter}")
             if entry.get("preview"):
                 shown = entry.get("preview_step") or entry.get("step")

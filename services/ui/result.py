@@ -10,7 +10,14 @@ from typing import Any
 import streamlit as st
 
 from services.gateway.editorial_schemas import ImageRegenerate, SectionRegenerate
-from services.ui.common import gateway, settings, show_png, shows_errors
+from services.ui.common import (
+    gateway,
+    image_label,
+    section_label,
+    settings,
+    show_png,
+    shows_errors,
+)
 from services.ui.limits import bounds
 from services.ui.progress import image_png
 from services.ui.sources import render_citations, render_references, source_line, summary
@@ -53,8 +60,7 @@ def redraw_controls(article_id: str, slot: int, image: dict[str, Any], busy: boo
                 body["prompt"] = prompt.strip()
             if seed is not None:
                 body["seed"] = int(seed)
-            what = "featured image" if slot == 0 else f"image {slot}"
-            _ask(article_id, "images", slot, body, f"{what} redrawn")
+            _ask(article_id, "images", slot, body, f"{image_label(slot)} redrawn")
 
 
 def rewrite_controls(article_id: str, index: int, busy: bool) -> None:
@@ -67,7 +73,7 @@ def rewrite_controls(article_id: str, index: int, busy: bool) -> None:
         )
         if st.button("Rewrite", key=f"rewrite-{index}", disabled=busy):
             body = {"instructions": instructions.strip()} if instructions.strip() else {}
-            _ask(article_id, "sections", index, body, f"section {index + 1} rewritten")
+            _ask(article_id, "sections", index, body, f"{section_label(index)} rewritten")
 
 
 def show_image(article_id: str, slot: int, image: dict[str, Any] | None, busy: bool) -> None:
@@ -84,9 +90,10 @@ def watch_edit(article_id: str, revision: int) -> None:
     edit = status.get("edit") or {}
     if status.get("revision") != revision or edit.get("status") not in ("queued", "running"):
         st.rerun()
+    index = int(edit.get("index") or 0)
+    what = image_label(index) if edit.get("kind") == "image" else section_label(index)
     st.info(
-        f"Making revision {edit.get('revision')}: {edit.get('kind')} {edit.get('index')} is "
-        f"{edit.get('status')}…",
+        f"Making revision {edit.get('revision')}: {what} is {edit.get('status')}…",
         icon=":material/hourglass_top:",
     )
 

@@ -6,6 +6,7 @@ API errors read as sentences."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ def test_submit_watch_previews_read_the_article_rewrite_and_redraw(studio: UISta
     at.text_input(key="rewrite-instructions-1").input("end with a checklist")
     at.button(key="rewrite-1").click().run()
     assert_no_traceback(at)
+    # The note while it runs counts sections as the result does: the second is section 2.
+    [note] = [i.value for i in at.info if i.value.startswith("Making revision")]
+    assert note.startswith("Making revision 2: section 2 is "), note
     until(
         "revision 2 in the studio",
         lambda: any("revision 2" in s.value for s in at.run().success),
@@ -153,7 +157,11 @@ def test_outline_review_then_history(studio: UIStack) -> None:
     at = fill(fresh(), "Heat pumps in old houses", words=100, sections=2, count=0, review=True)
     assert_no_traceback(at)
     article_id = at.query_params["article"]
+    assert_headings_name_it(at)
     until("the outline review form", lambda: at.run().get("text_area") and _has_outline(at))
+    with studio.client() as client:
+        outline = client.get(f"/v1/articles/{article_id}").json()["outline"]
+    assert [h.value for h in at.subheader] == [outline["title"]]
     at.text_input(key="outline-title").input("Heat Pumps for Old Houses")
     at.text_area(key="outline-headings").input("What it costs\nWhat it saves\nHow to start")
     at.button(key="outline-edit").click().run()
@@ -173,6 +181,84 @@ def test_outline_review_then_history(studio: UIStack) -> None:
     assert_no_traceback(history)
     assert history.query_params["article"] == article_id
     assert history.title[0].value == "Heat Pumps for Old Houses"
+
+
+def headings(at: AppTest) -> list[str]:
+    return [h.value for kind in ("title", "header", "subheader") for h in getattr(at, kind)]
+
+
+def assert_headings_name_it(at: AppTest) -> None:
+    """Whatever state the article is in, no heading is its raw id."""
+    assert headings(at), "no heading"
+    assert not [h for h in headings(at) if "art_" in h], headings(at)
+
+
+def test_a_failed_article_says_why_shows_what_was_asked_and_retries(studio: UIStack) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/gone.html"  # refused: the only source fails
+    topic = "Tidal mills of Brittany"
+    at = fresh()
+    at.text_area(key="source_urls").input(nowhere)
+    at = fill(at, topic, words=100, sections=2, count=0)
+    assert_no_traceback(at)
+    first = at.query_params["article"]
+
+    def failed(article_id: str) -> dict[str, Any]:
+        with studio.client() as client:
+            status = client.get(f"/v1/articles/{article_id}").json()
+        assert status["status"] not in ("succeeded", "cancelled"), status["status"]
+        return status if status["status"] == "failed" else {}
+
+    error = until("the article to fail", lambda: failed(first))["error"]
+    at.run()
+    assert_no_traceback(at)
+    assert [b.label for b in at.button if b.key == "retry"] == ["Retry"]
+    assert [h.value for h in at.subheader] == [topic]
+    [shown] = at.error
+    assert error["stage"] in shown.value and error["message"] in shown.value, shown.value
+    [sent] = [c.value for c in at.code]
+    assert topic in sent and nowhere in sent and '"sections": 2' in sent
+
+    at.button(key="retry").click().run()
+    assert_no_traceback(at)
+    second = at.query_params["article"]
+    assert second.startswith("art_") and second != first
+    again = until("the retried article to fail", lambda: failed(second))["error"]
+    assert again["message"] == error["message"]  # the same request: the same source refused
+
+    # The history names both by their topic (the studio remembers what it sent).
+    history = AppTest.from_file(APP, default_timeout=30).run()
+    history.switch_page("pages/history.py").run()
+    history.selectbox(key="history-status").select("failed").run()
+    assert_no_traceback(history)
+    text = shown_text(history)
+    assert f"**{topic}**  \n`{first}`" in text and f"**{topic}**  \n`{second}`" in text
+
+
+def test_history_shows_why_an_article_failed_and_times_in_utc(studio: UIStack) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/gone.html"
+    body = {
+        "topic": "Windmills",
+        "target_words": 100,
+        "sections": 1,
+        "images": {"count": 0},
+        "sources": [{"type": "url", "url": nowhere}],
+    }
+    with studio.client() as client:
+        article_id = client.post("/v1/articles", json=body).json()["id"]
+
+        def failed() -> dict[str, Any]:
+            status = client.get(f"/v1/articles/{article_id}").json()
+            return status if status["status"] == "failed" else {}
+
+        status = until("the article to fail", failed)
+    history = AppTest.from_file(APP, default_timeout=30).run()
+    history.switch_page("pages/history.py").run()
+    assert_no_traceback(history)
+    text = shown_text(history)
+    error = status["error"]
+    assert f"failed at `{error['stage']}`  \n{error['message']}" in text, text
+    created = datetime.fromisoformat(status["timestamps"]["created"])
+    assert f"created {created:%Y-%m-%d %H:%M} UTC" in text, text
 
 
 def _has_outline(at: AppTest) -> bool:

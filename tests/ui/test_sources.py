@@ -28,6 +28,7 @@ from services.gateway import assemble, grounding
 from services.gateway.pipeline import Outline
 from services.gateway.schemas import ArticleRequest
 from services.gateway.sources import SOURCE_MAX_BYTES, TextSource, load_sources
+from services.ui.progress import WORKING
 from tests.processes import free_port, until
 from tests.ui.conftest import UIStack
 from tests.ui.test_app import assert_no_traceback, fill, fresh, shown_text
@@ -107,8 +108,9 @@ def test_sources_from_the_form_are_listed_with_their_states(studio: UIStack, sit
         def listed() -> bool:
             at.run()
             assert_no_traceback(at)
-            working = [h.value for h in at.subheader] == [f"Working on {article_id}"]
-            return working and "Sources: 3 of 4 usable" in page_text(at)
+            working = [c.value for c in at.caption if c.value.startswith(f"`{article_id}`")]
+            working = [w for w in working if w.rsplit(" · ", 1)[-1] in WORKING]
+            return bool(working) and "Sources: 3 of 4 usable" in page_text(at)
 
         until("the sources in the progress view", listed, timeout=90, every=0.1)
         done = until("the article to succeed", finished)

@@ -8,7 +8,7 @@ from typing import Any, get_args
 import streamlit as st
 
 from services.gateway.schemas import Status
-from services.ui.common import gateway, settings, shows_errors
+from services.ui.common import gateway, name_of, settings, shows_errors, utc
 
 ALL = "all"
 CURSORS = "history_cursors"  # session key: the cursors of the pages before this one
@@ -16,13 +16,17 @@ CURSORS = "history_cursors"  # session key: the cursors of the pages before this
 
 def row(item: dict[str, Any]) -> None:
     progress = item.get("progress") or {}
-    outline = item.get("outline") or {}
-    created = (item.get("timestamps") or {}).get("created", "")
-    left, middle, right, button = st.columns([4, 2, 3, 1], vertical_alignment="center")
-    left.markdown(f"**{outline.get('title') or '(no outline yet)'}**  \n`{item['id']}`")
+    times = item.get("timestamps") or {}
+    left, middle, right, button = st.columns([4, 3, 2, 1], vertical_alignment="center")
+    left.markdown(f"**{name_of(item['id'], item) or '(no outline yet)'}**  \n`{item['id']}`")
     percent = float(progress.get("percent", 0))
-    middle.markdown(f"{item['status']}  \n{percent:.0f} % · {progress.get('stage')}")
-    right.markdown(created.replace("T", " ")[:19])
+    state = f"{item['status']}  \n{percent:.0f} % · {progress.get('stage')}"
+    error = item.get("error")
+    if error:
+        state = f"{item['status']} at `{error.get('stage')}`  \n{error.get('message')}"
+    middle.markdown(state)
+    finished = f"  \nfinished {utc(times['finished'])}" if times.get("finished") else ""
+    right.markdown(f"created {utc(times.get('created'))}{finished}")
     if button.button("Open", key=f"open-{item['id']}"):
         st.switch_page("pages/article.py", query_params={"article": item["id"]})
 
