@@ -13,10 +13,15 @@ import streamlit as st
 
 logger = logging.getLogger(__name__)
 PAGES = Path(__file__).parent / "pages"
-
-st.set_page_config(
-    page_title="articleforge studio", page_icon=":material/edit_note:", layout="wide"
+# The tab's icon, inline: a `:material/…:` page icon is fetched from fonts.gstatic.com and an
+# emoji from a CDN, and the studio must work offline (Material Symbols' edit_note, Apache-2.0).
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="#ff4b4b"><path d="M3 10h11'
+    "v2H3zm0-2h11V6H3zm0 8h7v-2H3zm15.01-3.13.71-.71c.39-.39 1.02-.39 1.41 0l.71.71c.39.39.39 "
+    '1.02 0 1.41l-.71.71-2.12-2.12zm-.71.71-5.3 5.3V21h2.12l5.3-5.3-2.12-2.12z"/></svg>'
 )
+
+st.set_page_config(page_title="articleforge studio", page_icon=ICON, layout="wide")
 navigation = st.navigation(
     [
         st.Page(PAGES / "article.py", title="Article", icon=":material/article:", default=True),

@@ -213,6 +213,12 @@ class GatewayClient(ApiClient):
         path = f"/v1/articles/{article_id}/{kind}/{index}/regenerate"
         return self.json("POST", path, json_body=body)
 
+    def publish(self, article_id: str, target: str, status: str) -> dict[str, Any]:
+        """Queues publishing into `target` (`wordpress`, `ghost`) as a `draft` or `publish`
+        post; a target the gateway has no settings for is its 400, naming the configured ones."""
+        body = {"target": target, "status": status}
+        return self.json("POST", f"/v1/articles/{article_id}/publish", json_body=body)
+
     def export(self, article_id: str, name: str, revision: int | None = None) -> bytes:
         """`export.md` or `export.html`."""
         params = {"revision": revision} if revision is not None else None

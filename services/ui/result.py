@@ -1,6 +1,6 @@
 """A finished article: rendered with its images, each section's citations, a rewrite for each
 section, a redraw for each image (the regenerate routes; the new revision replaces the old in
-place), the references and sources, and downloads."""
+place), the references and sources, downloads, and publishing (publishing.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from services.ui.common import (
 )
 from services.ui.limits import bounds
 from services.ui.progress import image_png
+from services.ui.publishing import render_publishing
 from services.ui.sources import render_citations, render_references, source_line, summary
 
 IMAGE_WIDTH = 512
@@ -174,3 +175,4 @@ def render_result(article_id: str, status: dict[str, Any]) -> None:
                 st.markdown(source_line(source))
     st.divider()
     downloads(article_id, article)
+    render_publishing(article_id, status)

@@ -4,6 +4,9 @@ with the databases of the shared Redis). Started once for every test under tests
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.ui.launch import HEALTH_PATH, streamlit_command
 from tests.processes import free_port, running, until
 from tests.redis_server import OwnRedis
 
@@ -105,3 +109,30 @@ def ui_stack(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             yield UIStack(urls["gateway"], urls["text"], urls["image"], logs)
     finally:
         redis_server.stop()
+
+
+@pytest.fixture(scope="package")
+def studio_url(ui_stack: UIStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    env = {**os.environ, **ui_stack.env(), "ARTICLEFORGE_UI_POLL_SECONDS": "0.5"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            streamlit_command("127.0.0.1", port), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+                try:
+                    if httpx.get(url + HEALTH_PATH, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "streamlit did not start in 60 s"
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -8,17 +8,9 @@ docs/img/ instead, for the README (CONTRIBUTING.md)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-
-from services.ui.launch import HEALTH_PATH, streamlit_command
-from tests.processes import free_port
-from tests.ui.conftest import UIStack
 
 pytestmark = pytest.mark.e2e
 
@@ -46,33 +38,6 @@ def screenshots_folder(tmp_path: Path) -> Path:
 
 TOPIC = "Rooftop solar for homeowners"
 STEPS = 40  # the steps slider moved up from its default (25) so the previews stay a while
-
-
-@pytest.fixture(scope="module")
-def studio_url(ui_stack: UIStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, **ui_stack.env(), "ARTICLEFORGE_UI_POLL_SECONDS": "0.5"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            streamlit_command("127.0.0.1", port), env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
-                try:
-                    if httpx.get(url + HEALTH_PATH, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "streamlit did not start in 60 s"
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
 
 
 def test_submit_in_the_browser_and_read_the_illustrated_article(
