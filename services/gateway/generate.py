@@ -19,7 +19,6 @@ from services.gateway.config import GatewaySettings
 from services.gateway.local import LocalImage, LocalText
 from services.gateway.schemas import Article, ArticleRequest, ImageRef
 from services.gateway.sources import load_sources
-from services.gateway.sources.embeddings import load_embedder
 
 
 class SourcesUnusable(Exception):
@@ -59,11 +58,11 @@ async def run_pipeline(
         # The gateway's ARTICLEFORGE_SOURCES_EMBEDDING_MODEL applies here too (read only with
         # sources, so that a bad gateway setting never stops a plain `generate`).
         config = GatewaySettings()
-        embedder = None
-        if config.sources_embedding_model:
-            embedder = load_embedder(config.sources_embedding_model, config.resolved_cache_dir())
         grounded = grounding.Grounding(
-            sources, require=request.require_citations, embedder=embedder
+            sources,
+            require=request.require_citations,
+            embedding_model=config.sources_embedding_model,
+            cache_dir=config.resolved_cache_dir(),
         )
 
     progress("outline", 0, 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.gateway.sources import (
@@ -31,7 +32,7 @@ from services.gateway.sources import (
     split_passages,
     summary,
 )
-from services.gateway.sources.embeddings import HybridIndex
+from services.gateway.sources.embeddings import HybridIndex, load_embedder
 
 PASSAGES_PER_SECTION = 4
 # At most this many characters of passages in one section prompt (about 700 Llama tokens),
@@ -73,17 +74,21 @@ class Grounding:
     citations: dict[int, list[Citation]] = field(default_factory=dict)
     removed: int = 0
     uncited: list[int] = field(default_factory=list)
-    # A sentence-transformers model (``sources.embeddings.load_embedder``): given, passages are
-    # ranked by BM25 and embedding similarity fused (``HybridIndex``); None, by BM25 alone.
-    embedder: Any | None = None
+    # ARTICLEFORGE_SOURCES_EMBEDDING_MODEL: set, passages are ranked by BM25 and embedding
+    # similarity fused (``HybridIndex``); None, by BM25 alone. The model is loaded (once per
+    # process) only when passages are first asked for, so assembling an article never loads it.
+    embedding_model: str | None = None
+    cache_dir: Path | None = None
     _index: PassageIndex | HybridIndex | None = None
 
     @property
     def index(self) -> PassageIndex | HybridIndex:
         if self._index is None:
             passages = [p for s in usable(self.sources) for p in split_passages(s)]
-            if self.embedder is not None:
-                self._index = HybridIndex(passages, self.embedder)
+            if self.embedding_model is not None:
+                assert self.cache_dir is not None, "an embedding model is built in cache_dir"
+                embedder = load_embedder(self.embedding_model, self.cache_dir)
+                self._index = HybridIndex(passages, embedder)
             else:
                 self._index = PassageIndex(passages)
         return self._index
@@ -117,14 +122,14 @@ class Grounding:
         """Whether ``text`` keeps at least one marker (numbering left untouched)."""
         return bool(given) and apply_citations(text, given, {}).cited
 
-    def settle(self, k: int, text: str, given: Sequence[Passage], cited: bool) -> str:
-        """Section ``k``'s text with its markers rewritten to the article's numbers; call it in
-        section order. ``cited`` False (after a rewrite that still cited nothing) with
-        ``require`` lists the section in ``uncited``."""
+    def settle(self, k: int, text: str, given: Sequence[Passage]) -> str:
+        """Section ``k``'s final text with its markers rewritten to the article's numbers;
+        call it in section order. With ``require``, a section that keeps no marker is listed
+        in ``uncited``."""
         result = apply_citations(text, given, self.numbering)
         self.citations[k] = list(result.citations)
         self.removed += result.removed
-        if self.require and not cited and k not in self.uncited:
+        if self.require and not result.cited and k not in self.uncited:
             self.uncited.append(k)
         return result.text
 
@@ -154,7 +159,7 @@ class Grounding:
         in ``uncited`` give way to the new text's."""
         self.citations.pop(k, None)
         self.uncited = [u for u in self.uncited if u != k]
-        return self.settle(k, text, given, self.cites(text, given))
+        return self.settle(k, text, given)
 
     def cited_citations(self) -> list[tuple[int, Citation]]:
         """(section, citation) of every kept citation, in section order."""

@@ -56,7 +56,6 @@ from services.gateway.previews import PreviewThrottle
 from services.gateway.publish.job import enqueue_publish, load_record
 from services.gateway.schemas import ArticleRequest, ErrorInfo
 from services.gateway.sources import Source, load_sources
-from services.gateway.sources.embeddings import load_embedder  # the model: once per process
 from services.gateway.store import ArticleStore
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_event, enqueue_webhook
@@ -381,13 +380,11 @@ def article_grounding(
     if not request.sources or not kept:
         return None
     config = settings()
-    embedder = None
-    if config.sources_embedding_model:
-        embedder = load_embedder(config.sources_embedding_model, config.resolved_cache_dir())
     grounded = grounding.Grounding(
         [Source.model_validate(s) for s in kept],
         require=request.require_citations,
-        embedder=embedder,
+        embedding_model=config.sources_embedding_model,
+        cache_dir=config.resolved_cache_dir(),
     )
     record = store.get(article_id, "grounding")
     if record:

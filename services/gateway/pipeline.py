@@ -280,23 +280,22 @@ async def write_sections(
         return clean_section(reply["text"], heading)
 
     bodies = list(await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings))))
-    cited = [grounded is None or grounded.cites(b, given.get(k, [])) for k, b in enumerate(bodies)]
     if grounded is not None and grounded.require:
-        again = [k for k, ok in enumerate(cited) if not ok]
+        again = [k for k, b in enumerate(bodies) if not grounded.cites(b, given[k])]
         rewrites = await asyncio.gather(
             *(one(k, outline.headings[k], RECITE_SEED_OFFSET) for k in again)
         )
         for k, body in zip(again, rewrites, strict=True):
-            if grounded.cites(body, given.get(k, [])) or not bodies[k]:
-                bodies[k], cited[k] = body, grounded.cites(body, given.get(k, []))
+            if grounded.cites(body, given[k]) or not bodies[k]:
+                bodies[k] = body
     fallbacks = []
     for k, body in enumerate(bodies):
         if not body:
             bodies[k] = fallback_section(outline.headings[k], request)
             fallbacks.append(f"section:{k}")
-            given[k], cited[k] = [], False
+            given[k] = []
         if grounded is not None:  # in section order: the article's numbering
-            bodies[k] = grounded.settle(k, bodies[k], given.get(k, []), cited[k])
+            bodies[k] = grounded.settle(k, bodies[k], given[k])
     return bodies, fallbacks
 
 

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from services.gateway import assemble, export, grounding
+from services.gateway import export, grounding
 from services.gateway.pipeline import Outline, section_preamble, write_outline, write_sections
 from services.gateway.publish.common import post_body
 from services.gateway.schemas import ArticleRequest
 from services.gateway.sources import TextSource, load_sources
 from tests.gateway.test_pipeline import RecordingText
+from tests.grounded_article import written_with_citations
 
 BATTERIES = (
     "Home batteries store the surplus of a sunny afternoon for the evening. A typical lithium "
@@ -105,36 +106,21 @@ def test_the_prompts_carry_the_sources_and_the_instruction_to_cite(tiny_engine: 
 
 def test_kept_markers_link_to_the_references_and_invented_ones_are_gone() -> None:
     request = ArticleRequest(topic="Solar power for homeowners", sections=2, sources=_sources())
-    loaded = asyncio.run(load_sources(request.sources))
-    grounded = grounding.Grounding(loaded)
     outline = Outline(title="Solar power at home", headings=["Costs", "Batteries"])
-    given = [grounded.passages_for(outline.title, h) for h in outline.headings]
-    assert given[0][0].source_id == "src_2" and given[1][0].source_id == "src_1"
     # What a citing model writes: section 1 cites its passage 1 (the cost survey) and an
     # invented [7]; section 2 cites its passage 1 (the battery guide) twice and a malformed [x].
     texts = [
         "A 6 kW system costs near 15,000 dollars [1]. Prices fall every year [7].",
         "A battery lasts about 6,000 cycles [1][1]. Most owners add one later [x].",
     ]
-    bodies = [
-        grounded.settle(k, t, given[k], grounded.cites(t, given[k])) for k, t in enumerate(texts)
-    ]
+    written = written_with_citations(request, outline, texts)
+    grounded, bodies, article = written.grounded, written.bodies, written.article
+    assert written.given[0][0].source_id == "src_2" and written.given[1][0].source_id == "src_1"
     assert bodies == [
         "A 6 kW system costs near 15,000 dollars [1]. Prices fall every year.",
         "A battery lasts about 6,000 cycles [2]. Most owners add one later.",
     ]
     assert grounded.removed == 2 and grounded.numbering == {"src_2": 1, "src_1": 2}
-    provenance = assemble.provenance(request, "tiny", None, None, 7, [], {}, [])
-    article = assemble.assemble(
-        "art_" + "0" * 24,
-        request,
-        outline,
-        bodies,
-        [],
-        provenance,
-        "2026-12-07T00:00:00Z",
-        grounded,
-    )
     assert article.provenance.invented_citations_removed == 2
     assert [(c.marker, c.source_id, c.section) for c in article.citations] == [
         (1, "src_2", 0),

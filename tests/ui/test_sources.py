@@ -12,7 +12,6 @@ tests/gateway/test_grounded.py builds one).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
@@ -24,11 +23,11 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from services.gateway import assemble, grounding
 from services.gateway.pipeline import Outline
 from services.gateway.schemas import ArticleRequest
-from services.gateway.sources import SOURCE_MAX_BYTES, TextSource, load_sources
+from services.gateway.sources import SOURCE_MAX_BYTES, TextSource
 from services.ui.progress import WORKING
+from tests.grounded_article import written_with_citations
 from tests.processes import free_port, until
 from tests.ui.conftest import UIStack
 from tests.ui.test_app import assert_no_traceback, fill, fresh, shown_text
@@ -274,28 +273,12 @@ def cited_article() -> dict[str, Any]:
             TextSource(type="text", title="Cost survey [2025]", text=COSTS),
         ],
     )
-    loaded = asyncio.run(load_sources(request.sources))
-    grounded = grounding.Grounding(loaded)
     outline = Outline(title="Solar power at home", headings=["Costs", "Batteries"])
-    given = [grounded.passages_for(outline.title, h) for h in outline.headings]
     texts = [
         "A 6 kW system costs near 15,000 dollars [1]. Prices fall every year [7].",
         "A battery lasts about 6,000 cycles [1].",
     ]
-    bodies = [
-        grounded.settle(k, t, given[k], grounded.cites(t, given[k])) for k, t in enumerate(texts)
-    ]
-    provenance = assemble.provenance(request, "tiny", None, None, 7, [], {}, [])
-    article = assemble.assemble(
-        "art_" + "0" * 24,
-        request,
-        outline,
-        bodies,
-        [],
-        provenance,
-        "2026-12-07T00:00:00Z",
-        grounded,
-    )
+    article = written_with_citations(request, outline, texts).article
     return article.model_dump(mode="json")
 
 

@@ -143,14 +143,14 @@ def tiny_engine(cache_dir: Path) -> Iterator[Any]:
     engine.shutdown()
 
 
-def test_section_prompts_carry_the_hybrid_passages(tiny_engine: Any, embedder: Any) -> None:
+def test_section_prompts_carry_the_hybrid_passages(tiny_engine: Any, cache_dir: Path) -> None:
     request = ArticleRequest(
         topic="Energy at home",
         sections=2,
         target_words=100,
         sources=[{"type": "text", "title": f"Title {s}", "text": t} for s, t in TEXTS.items()],
     )
-    grounded = grounding.Grounding(_sources(), embedder=embedder)
+    grounded = grounding.Grounding(_sources(), embedding_model="tiny", cache_dir=cache_dir)
     assert isinstance(grounded.index, HybridIndex)
     outline = Outline(title="Energy at home", headings=["Batteries", "Zzz unrelated words"])
     text = RecordingText(tiny_engine)
