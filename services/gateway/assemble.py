@@ -34,7 +34,6 @@ from services.gateway.schemas import (
     SourceInfo,
 )
 from services.gateway.sources import (
-    Source,
     link_markers_html,
     references_html,
     references_markdown,
@@ -184,9 +183,11 @@ def cited_numbering(citations: list[CitationInfo]) -> dict[str, int]:
 
 def references(article: Article) -> tuple[str, str]:
     """The article's references list as Markdown and as XHTML ("" when it cites nothing)."""
-    sources = [Source.model_validate(s.model_dump()) for s in article.sources]
     numbering = cited_numbering(article.citations)
-    return references_markdown(sources, numbering), references_html(sources, numbering)
+    return (
+        references_markdown(article.sources, numbering),
+        references_html(article.sources, numbering),
+    )
 
 
 def _citations(grounded: Grounding | None) -> list[CitationInfo]:
@@ -262,9 +263,8 @@ def assemble(
     html_text = xhtml(nh3.clean("\n".join(html_parts)))
     if citations:  # links and ids added after sanitizing (nh3 keeps no `id`), all escaped
         numbering = cited_numbering(citations)
-        full = [Source.model_validate(s.model_dump()) for s in sources]
-        md_parts.append(references_markdown(full, numbering).strip())
-        html_text = link_markers_html(html_text) + "\n" + references_html(full, numbering)
+        md_parts.append(references_markdown(sources, numbering).strip())
+        html_text = link_markers_html(html_text) + "\n" + references_html(sources, numbering)
         sections = [s.model_copy(update={"html": link_markers_html(s.html)}) for s in sections]
     if grounded is not None:
         provenance = provenance.model_copy(

@@ -34,7 +34,7 @@ from services.common.limits import (
 )
 from services.gateway import languages
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
-from services.gateway.sources import MAX_SOURCES, SourceSpec
+from services.gateway.sources import MAX_SOURCES, SourceInfo, SourceSpec
 from services.image.config import SchedulerName
 
 Status = Literal[
@@ -472,52 +472,6 @@ class Section(BaseModel):
     markdown: str = Field(description="Body as Markdown.", examples=["Panels turn light..."])
     html: str = Field(description="Body as sanitized HTML.", examples=["<p>Panels turn...</p>"])
     image: ImageRef | None = Field(default=None, description="Illustration, if any.")
-
-
-class SourceProblem(BaseModel):
-    type: str = Field(
-        description="fetch_failed, too_large, private_address, robots_disallowed, "
-        "unsupported_type, no_text or timeout.",
-        examples=["private_address"],
-    )
-    message: str = Field(
-        description="One sentence naming the source and the cause.",
-        examples=["source 2 (http://10.0.0.5/) resolves to 10.0.0.5, a private address"],
-    )
-
-
-class SourceInfo(BaseModel):
-    id: str = Field(description="Its id, by position in the request.", examples=["src_1"])
-    type: Literal["url", "text", "file"] = Field(description="How it was given.", examples=["url"])
-    title: str = Field(description="Given, or read from the document.", examples=["Solar 2026"])
-    url: str | None = Field(
-        default=None,
-        description="For a URL source.",
-        examples=["https://example.com/press/solar-2026"],
-    )
-    final_url: str | None = Field(
-        default=None,
-        description="Where its redirects ended.",
-        examples=["https://example.com/press/solar-2026"],
-    )
-    filename: str | None = Field(
-        default=None, description="For an uploaded file.", examples=["report.pdf"]
-    )
-    media_type: str | None = Field(
-        default=None, description="As served or sniffed.", examples=["text/html"]
-    )
-    sha256: str | None = Field(
-        default=None,
-        description="Hex SHA-256 of the raw document.",
-        examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
-    )
-    chars: int = Field(default=0, description="Characters of extracted text kept.", examples=[5120])
-    truncated: bool = Field(
-        default=False, description="The text was cut at the limit.", examples=[False]
-    )
-    error: SourceProblem | None = Field(
-        default=None, description="Why it could not be used.", examples=[None]
-    )
 
 
 class CitationInfo(BaseModel):

@@ -142,10 +142,8 @@ def status_view(
         edit=edit,
         error=error,
         publish=publish,
-        sources=[
-            SourceInfo.model_validate({k: v for k, v in s.items() if k != "text"})
-            for s in json.loads(fields.get("sources", "[]"))
-        ],
+        # the stored sources with their text; the status shows the rest (pydantic drops `text`)
+        sources=[SourceInfo.model_validate(s) for s in json.loads(fields.get("sources", "[]"))],
         timestamps=timestamps,
         metadata=request.get("metadata", {}),
     )

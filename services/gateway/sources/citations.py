@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, Field
 
 from services.gateway.sources.extract import clean_title
-from services.gateway.sources.models import Source
+from services.gateway.sources.models import SourceInfo
 from services.gateway.sources.passages import Passage
 
 _BRACKET = re.compile(r"\[([^\[\]\n]*)\]")
@@ -157,7 +157,9 @@ def _task_box(text: str, start: int, content: str) -> bool:
     return bool(_LIST_ITEM_START.fullmatch(text[line_start:start]))
 
 
-def _cited(sources: Sequence[Source], numbering: Mapping[str, int]) -> list[tuple[int, Source]]:
+def _cited(
+    sources: Sequence[SourceInfo], numbering: Mapping[str, int]
+) -> list[tuple[int, SourceInfo]]:
     by_id = {source.id: source for source in sources}
     return sorted(
         (marker, by_id[source_id]) for source_id, marker in numbering.items() if source_id in by_id
@@ -175,7 +177,7 @@ def _sentence(title: str) -> str:
 
 
 def references_markdown(
-    sources: Sequence[Source], numbering: Mapping[str, int], heading: str = "References"
+    sources: Sequence[SourceInfo], numbering: Mapping[str, int], heading: str = "References"
 ) -> str:
     """``## References`` and a numbered list in marker order; "" when nothing is cited."""
     lines = []
@@ -192,7 +194,7 @@ def references_markdown(
 
 
 def references_html(
-    sources: Sequence[Source], numbering: Mapping[str, int], heading: str = "References"
+    sources: Sequence[SourceInfo], numbering: Mapping[str, int], heading: str = "References"
 ) -> str:
     """The references as well-formed XHTML, each item with ``id="ref-N"`` for the markers'
     links; "" when nothing is cited."""

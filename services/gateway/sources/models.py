@@ -176,8 +176,8 @@ class SourceError(BaseModel):
     )
 
 
-class Source(BaseModel):
-    """A loaded source. ``text`` is what retrieval and citations read; "" when ``error`` is set."""
+class SourceInfo(BaseModel):
+    """A loaded source as the status and the article show it: everything but its text."""
 
     id: str = Field(description="src_1, src_2, … by position in the request.", examples=["src_1"])
     type: SourceType = Field(description="How the source was given.", examples=["url"])
@@ -208,7 +208,6 @@ class Source(BaseModel):
         description="Hex SHA-256 of the document's bytes (of the UTF-8 text for text sources).",
         examples=["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
     )
-    text: str = Field(default="", description="The extracted text.", examples=["The Rance …"])
     chars: int = Field(default=0, description="len(text).", examples=[5120])
     truncated: bool = Field(
         default=False,
@@ -218,6 +217,12 @@ class Source(BaseModel):
     error: SourceError | None = Field(
         default=None, description="Set when the source is unusable.", examples=[None]
     )
+
+
+class Source(SourceInfo):
+    """A loaded source. ``text`` is what retrieval and citations read; "" when ``error`` is set."""
+
+    text: str = Field(default="", description="The extracted text.", examples=["The Rance …"])
 
     @property
     def usable(self) -> bool:
