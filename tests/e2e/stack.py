@@ -36,6 +36,8 @@ class Stack:
     hook_url: str
     deliveries: list[tuple[dict[str, str], bytes]]
     _exit: ExitStack
+    # text/image/gateway -> settings that service alone gets, over ``env``
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     services: dict[str, Any] = field(default_factory=dict)  # text/image/gateway -> Popen
     workers: dict[str, Any] = field(default_factory=dict)  # name -> Popen
     _started: int = 0
@@ -45,7 +47,7 @@ class Stack:
         self.services[name] = self._exit.enter_context(
             running(
                 ["serve", name, "--port", port],
-                env=self.env,
+                env={**self.env, **self.service_env.get(name, {})},
                 ready_url=f"http://127.0.0.1:{port}/readyz",
                 log_path=self.logs / f"{name}{attempt or ''}.log",
                 timeout=300,
@@ -167,6 +169,7 @@ def stack(
     redis_url: str,
     workers: int,
     extra_env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
     """The whole system on ``redis_url``, a database that the caller leased for the stack's life
     (the `redis_url` fixture, or `tests.redis_db.leased_db` for a longer-lived stack)."""
@@ -204,6 +207,7 @@ def stack(
             hook_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
             deliveries=deliveries,
             _exit=exit_stack,
+            service_env=service_env or {},
         )
         for name in ("text", "image", "gateway"):
             result._serve(name)

@@ -29,7 +29,6 @@ import random
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,9 @@ from tests.e2e.source_pages import (
     WIND_TITLE,
     SourcePages,
 )
-from tests.processes import free_port, running, until
+from tests.e2e.stack import Stack
+from tests.e2e.stack import stack as whole_stack
+from tests.processes import until
 from tests.publish.wordpress_site import WordPressSite, missing
 
 pytestmark = pytest.mark.e2e
@@ -158,20 +159,25 @@ def wordpress() -> Iterator[WordPressSite | None]:
 
 
 @dataclass
-class Stack:
-    gateway: str
-    text: str
-    text_log: Path
+class GroundedStack:
+    """The whole stack (tests/e2e/stack.py) with the citing adapter in its text service."""
+
+    base: Stack
     publishes: bool  # to the WordPress site
 
+    @property
+    def text(self) -> str:
+        return self.base.env["ARTICLEFORGE_TEXT_URL"]
+
     def client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.gateway, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30
-        )
+        client = self.base.client()
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
+        return client
 
     def prompts(self) -> list[str]:
         """Every prompt the text engine was given so far, as its log shows it."""
-        return [m.group(3) for m in PROMPT_LOG.finditer(self.text_log.read_text(errors="replace"))]
+        log = (self.base.logs / "text.log").read_text(errors="replace")
+        return [m.group(3) for m in PROMPT_LOG.finditer(log)]
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +187,10 @@ def stack(
     redis_url: str,
     citing_adapter: Path,
     wordpress: WordPressSite | None,
-) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("logs")
-    ports = {name: free_port() for name in ("text", "image", "gateway")}
+) -> Iterator[GroundedStack]:
     env = {
-        "ARTICLEFORGE_CACHE_DIR": str(cache_dir),
-        "ARTICLEFORGE_REDIS_URL": redis_url,
-        "ARTICLEFORGE_TEXT_URL": f"http://127.0.0.1:{ports['text']}",
-        "ARTICLEFORGE_IMAGE_URL": f"http://127.0.0.1:{ports['image']}",
-        "ARTICLEFORGE_PUBLIC_URL": f"http://127.0.0.1:{ports['gateway']}",
-        "ARTICLEFORGE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "ARTICLEFORGE_API_KEYS": API_KEY,
-        "ARTICLEFORGE_WEBHOOK_SECRET": SECRET,
+        "ARTICLEFORGE_WEBHOOK_SECRET": SECRET,  # the WordPress site's
         # The source pages are on loopback; every other address that is not public stays
         # refused (169.254.169.254 among them).
         "ARTICLEFORGE_SOURCES_ALLOW_NETWORKS": "127.0.0.1/32",
@@ -206,31 +204,13 @@ def stack(
         env["ARTICLEFORGE_PUBLISH_WORDPRESS_URL"] = wordpress.url
         env["ARTICLEFORGE_PUBLISH_WORDPRESS_USER"] = wordpress.user
         env["ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD"] = wordpress.app_password
-    text_env = {
-        **env,
+    text = {
         "ARTICLEFORGE_LOG_LEVEL": "DEBUG",  # every prompt in the log
         "ARTICLEFORGE_TEXT_ADAPTER": f"citing={citing_adapter}",  # merged: the default model
     }
-    with ExitStack() as processes:
-        for name in ("text", "image", "gateway"):
-            processes.enter_context(
-                running(
-                    ["serve", name, "--port", str(ports[name])],
-                    env=text_env if name == "text" else env,
-                    ready_url=f"http://127.0.0.1:{ports[name]}/readyz",
-                    log_path=logs / f"{name}.log",
-                    timeout=300,
-                )
-            )
-        processes.enter_context(
-            running(["worker", "--name", "grounded"], env=env, log_path=logs / "worker.log")
-        )
-        yield Stack(
-            gateway=f"http://127.0.0.1:{ports['gateway']}",
-            text=f"http://127.0.0.1:{ports['text']}",
-            text_log=logs / "text.log",
-            publishes=wordpress is not None,
-        )
+    tmp = tmp_path_factory.mktemp("grounded")
+    with whole_stack(cache_dir, tmp, redis_url, 1, env, {"text": text}) as base:
+        yield GroundedStack(base, publishes=wordpress is not None)
 
 
 def finished(client: httpx.Client, article_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -295,7 +275,7 @@ def plain_markdown(markdown: str) -> str:
     return html.unescape(markdown.replace("\\[", "[").replace("\\]", "]"))
 
 
-def written(stack: Stack, prompt: str, heading: str, max_new_tokens: int) -> str:
+def written(stack: GroundedStack, prompt: str, heading: str, max_new_tokens: int) -> str:
     """What the text engine writes for a section ``prompt`` under greedy decoding, asked again
     the way the pipeline asks (its system prompt and budget), and cleaned the way the pipeline
     cleans every section before it looks at the markers."""
@@ -352,7 +332,7 @@ class Grounded:
 
 
 @pytest.fixture(scope="module")
-def grounded(stack: Stack, pages: SourcePages) -> Grounded:
+def grounded(stack: GroundedStack, pages: SourcePages) -> Grounded:
     body: dict[str, Any] = {
         "topic": "Tidal power",
         "sections": 2,
@@ -430,7 +410,7 @@ def test_every_source_is_listed_and_each_bad_one_says_why(
 
 
 def test_the_text_engine_gets_the_passages_of_the_usable_sources(
-    grounded: Grounded, stack: Stack
+    grounded: Grounded, stack: GroundedStack
 ) -> None:
     outline_prompt = next(p for p in stack.prompts() if "Plan the article" in p)
     assert f'"{TIDAL_TITLE}": ' in outline_prompt and f'"{WIND_TITLE}": ' in outline_prompt
@@ -454,7 +434,7 @@ def test_the_text_engine_gets_the_passages_of_the_usable_sources(
 
 
 def test_kept_markers_are_renumbered_and_linked_and_invented_ones_removed(
-    grounded: Grounded, stack: Stack
+    grounded: Grounded, stack: GroundedStack
 ) -> None:
     from services.gateway.pipeline import Outline, section_budget
     from services.gateway.schemas import ArticleRequest
@@ -567,7 +547,7 @@ def test_the_wordpress_post_keeps_the_links_and_the_references(
 
 
 def test_an_article_whose_sources_are_all_unusable_fails_at_the_sources(
-    stack: Stack, pages: SourcePages
+    stack: GroundedStack, pages: SourcePages
 ) -> None:
     topic = "Instance metadata services"
     body = {
