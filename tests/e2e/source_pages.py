@@ -1,6 +1,6 @@
 """A real HTTP site of source documents on 127.0.0.1, for grounded-article tests.
 
-``SourcePages`` is a ``ThreadingHTTPServer`` in a thread. It serves what a CMS editor's sources
+``source_pages()`` is a ``tests.page_site.Site``. It serves what a CMS editor's sources
 look like, good and bad:
 
 * ``/tidal-power.html``: a news article with real paragraphs between a menu, a newsletter box
@@ -13,18 +13,15 @@ look like, good and bad:
 * ``/gallery.html``: a page with an image and a script and no text;
 * ``/members/briefing.html``: a page that ``/robots.txt`` disallows.
 
-It counts the requests it got per path, and how many bytes of ``/huge.html`` it had sent when
-the client hung up (or all of them).
+It counts the requests it got per path, and how many bytes of ``/huge.html`` it had streamed
+when the client hung up (or all of them).
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-
 from fpdf import FPDF
+
+from tests.page_site import Reply, Site
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/"
 HUGE_BYTES = 40 * 1024 * 1024
@@ -93,78 +90,26 @@ def wind_pdf() -> bytes:
     return bytes(pdf.output())
 
 
-class SourcePages:
-    """``with SourcePages() as pages: pages.url("/tidal-power.html")``."""
-
-    def __init__(self) -> None:
-        self.hits: Counter[str] = Counter()
-        self.huge_bytes_sent = 0
-        pages = self
-        documents = {
-            "/robots.txt": ("text/plain", ROBOTS_TXT.encode()),
-            "/tidal-power.html": ("text/html; charset=utf-8", TIDAL_HTML.encode()),
-            "/members/briefing.html": ("text/html; charset=utf-8", TIDAL_HTML.encode()),
-            "/offshore-wind.pdf": ("application/pdf", wind_pdf()),
-            "/gallery.html": ("text/html; charset=utf-8", GALLERY_HTML.encode()),
+def source_pages() -> Site:
+    """``with source_pages() as pages: pages.url("/tidal-power.html")``; ``pages.hits`` counts
+    the requests per path, ``pages.streamed["/huge.html"]`` the bytes of the huge page sent."""
+    html = {"Content-Type": "text/html; charset=utf-8"}
+    return Site(
+        {
+            "/robots.txt": Reply(body=ROBOTS_TXT.encode(), headers={"Content-Type": "text/plain"}),
+            "/tidal-power.html": Reply(body=TIDAL_HTML.encode(), headers=html),
+            "/members/briefing.html": Reply(body=TIDAL_HTML.encode(), headers=html),
+            "/offshore-wind.pdf": Reply(
+                body=wind_pdf(), headers={"Content-Type": "application/pdf"}
+            ),
+            "/gallery.html": Reply(body=GALLERY_HTML.encode(), headers=html),
+            "/moved": Reply(302, headers={"Location": METADATA_URL}),
+            # no Content-Length: the body ends when the server closes, so only counting what
+            # arrives can stop it
+            "/huge.html": Reply(
+                body=b"<!doctype html><html><body>",
+                headers={"Content-Type": "text/html"},
+                stream_mib=HUGE_BYTES // (1024 * 1024),
+            ),
         }
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                pages.hits[self.path] += 1
-                try:
-                    if self.path == "/moved":
-                        self.send_response(302)
-                        self.send_header("Location", METADATA_URL)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                    elif self.path == "/huge.html":
-                        self._huge()
-                    elif self.path in documents:
-                        media_type, body = documents[self.path]
-                        self.send_response(200)
-                        self.send_header("Content-Type", media_type)
-                        self.send_header("Content-Length", str(len(body)))
-                        self.end_headers()
-                        self.wfile.write(body)
-                    else:
-                        self.send_error(404)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading, as it should past a limit
-
-            def _huge(self) -> None:
-                # HTTP/1.0 without a Content-Length: the body ends when the server closes, so
-                # only counting what arrives can stop it.
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.end_headers()
-                chunk = b"<p>" + b"tide " * (64 * 1024 // 5) + b"</p>\n"
-                self.wfile.write(b"<!doctype html><html><body>")
-                sent = 0
-                while sent < HUGE_BYTES:
-                    self.wfile.write(chunk)
-                    sent += len(chunk)
-                    pages.huge_bytes_sent = sent
-                self.wfile.write(b"</body></html>")
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-    def __enter__(self) -> SourcePages:
-        self.thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    )

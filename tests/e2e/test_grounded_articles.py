@@ -43,10 +43,11 @@ from tests.e2e.source_pages import (
     TIDAL_TITLE,
     WIND_PAGES,
     WIND_TITLE,
-    SourcePages,
+    source_pages,
 )
 from tests.e2e.stack import Stack
 from tests.e2e.stack import stack as whole_stack
+from tests.page_site import Site
 from tests.processes import until
 from tests.publish.wordpress_site import WordPressSite, missing
 
@@ -142,8 +143,8 @@ def citing_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_text_path: Pat
 
 
 @pytest.fixture(scope="module")
-def pages() -> Iterator[SourcePages]:
-    with SourcePages() as site:
+def pages() -> Iterator[Site]:
+    with source_pages() as site:
         yield site
 
 
@@ -332,7 +333,7 @@ class Grounded:
 
 
 @pytest.fixture(scope="module")
-def grounded(stack: GroundedStack, pages: SourcePages) -> Grounded:
+def grounded(stack: GroundedStack, pages: Site) -> Grounded:
     body: dict[str, Any] = {
         "topic": "Tidal power",
         "sections": 2,
@@ -370,9 +371,7 @@ def grounded(stack: GroundedStack, pages: SourcePages) -> Grounded:
     )
 
 
-def test_every_source_is_listed_and_each_bad_one_says_why(
-    grounded: Grounded, pages: SourcePages
-) -> None:
+def test_every_source_is_listed_and_each_bad_one_says_why(grounded: Grounded, pages: Site) -> None:
     listed = grounded.sources
     assert list(listed) == [f"src_{k}" for k in range(1, 7)]
     errors = {i: (s["error"] or {}).get("type") for i, s in listed.items()}
@@ -393,7 +392,7 @@ def test_every_source_is_listed_and_each_bad_one_says_why(
     assert METADATA_URL in listed["src_2"]["error"]["message"]
     assert "10 MiB" in listed["src_3"]["error"]["message"]
     # The download stopped at the limit: the page server could not send all of it.
-    assert SOURCE_MAX_BYTES < pages.huge_bytes_sent < HUGE_BYTES
+    assert SOURCE_MAX_BYTES < pages.streamed["/huge.html"] < HUGE_BYTES
     assert pages.hits["/members/briefing.html"] == 0 and pages.hits["/robots.txt"] >= 1
 
     page, pdf = listed["src_1"], listed["src_4"]
@@ -547,7 +546,7 @@ def test_the_wordpress_post_keeps_the_links_and_the_references(
 
 
 def test_an_article_whose_sources_are_all_unusable_fails_at_the_sources(
-    stack: GroundedStack, pages: SourcePages
+    stack: GroundedStack, pages: Site
 ) -> None:
     topic = "Instance metadata services"
     body = {

@@ -1,6 +1,6 @@
 """Real documents built by real libraries, and a real HTTP site on 127.0.0.1 that serves them.
 
-`site` is a `ThreadingHTTPServer` with a robots.txt that disallows /private/; `bare_site` has no
+`site` is a `tests.page_site.Site` with a robots.txt that disallows /private/; `bare_site` has no
 robots.txt at all (it answers 404). Each counts the requests it got per path.
 """
 
@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import io
 import struct
-import threading
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import docx
 import pytest
 from fpdf import FPDF
+
+from tests.page_site import Reply, Route, Site
 
 ARTICLE_TEXT = (
     "The Rance tidal power station, opened in 1966, was the first of its kind in the world. "
@@ -87,66 +85,6 @@ def make_png() -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
         + chunk(b"IEND", b"")
     )
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    stream_mib: int = 0  # after the headers, this many MiB of filler (no Content-Length)
-    delay_s: float = 0.0
-
-
-Route = Reply | Callable[[], Reply]
-
-
-class Site:
-    def __init__(self, routes: dict[str, Route]) -> None:
-        self.routes = routes
-        self.hits: Counter[str] = Counter()
-        self.stop = threading.Event()
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                site.hits[self.path] += 1
-                route = site.routes.get(self.path, Reply(404, b"not found"))
-                reply = route() if callable(route) else route
-                if reply.delay_s and site.stop.wait(reply.delay_s):
-                    return
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    if not reply.stream_mib and "Content-Length" not in reply.headers:
-                        self.send_header("Content-Length", str(len(reply.body)))
-                    self.end_headers()
-                    self.wfile.write(reply.body)
-                    filler = b"<p>" + b"x" * (1024 * 1024 - 7) + b"</p>\n"
-                    for _ in range(reply.stream_mib):
-                        self.wfile.write(filler)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading, as it should
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-    def __enter__(self) -> Site:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _html(body: str) -> Reply:
