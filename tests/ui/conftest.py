@@ -136,3 +136,26 @@ def studio_url(ui_stack: UIStack, tmp_path_factory: pytest.TempPathFactory) -> I
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+def finished_article(stack: UIStack, topic: str, seed: int) -> str:
+    """A small illustrated article (one section, one 64x64 image), made through the API and
+    waited for, for the studio to open."""
+    body = {
+        "topic": topic,
+        "sections": 1,
+        "target_words": 100,
+        "images": {"count": 1, "size": "64x64", "steps": 2, "seed": seed},
+    }
+    with stack.client() as client:
+        accepted = client.post("/v1/articles", json=body)
+        assert accepted.status_code == 202, accepted.text
+        article_id = str(accepted.json()["id"])
+
+        def succeeded() -> bool:
+            status = client.get(f"/v1/articles/{article_id}").json()
+            assert status["status"] != "failed", status.get("error")
+            return bool(status["status"] == "succeeded")
+
+        until("the article to succeed", succeeded, timeout=120)
+    return article_id

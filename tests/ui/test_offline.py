@@ -5,13 +5,11 @@ page of the studio and a finished article load with no request leaving the studi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.processes import until
-from tests.ui.conftest import UIStack
+from tests.ui.conftest import UIStack, finished_article
 from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.e2e
@@ -24,28 +22,6 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def finished_article(stack: UIStack) -> str:
-    """A small illustrated article, made through the API, for the studio to open."""
-    body = {
-        "topic": "Offline gardening notes",
-        "sections": 1,
-        "target_words": 100,
-        "images": {"count": 1, "size": "64x64", "steps": 2, "seed": 3},
-    }
-    with stack.client() as client:
-        accepted = client.post("/v1/articles", json=body)
-        assert accepted.status_code == 202, accepted.text
-        article_id = str(accepted.json()["id"])
-
-        def succeeded() -> dict[str, Any] | None:
-            status = client.get(f"/v1/articles/{article_id}").json()
-            assert status["status"] != "failed", status.get("error")
-            return status if status["status"] == "succeeded" else None
-
-        until("the article to succeed", succeeded, timeout=120)
-    return article_id
-
-
 def test_no_page_of_the_studio_asks_the_internet_for_anything(
     studio_url: str, ui_stack: UIStack, tmp_path: Path
 ) -> None:
@@ -53,7 +29,7 @@ def test_no_page_of_the_studio_asks_the_internet_for_anything(
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install)")
     from playwright.sync_api import expect, sync_playwright
 
-    article_id = finished_article(ui_stack)
+    article_id = finished_article(ui_stack, "Offline gardening notes", seed=3)
     allowed = {origin(studio_url), origin(ui_stack.gateway)}
     requested: list[str] = []
     with sync_playwright() as driver:

@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from tests.processes import free_port, running, until
 from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_server import OwnRedis
-from tests.ui.conftest import API_KEY, UIStack
+from tests.ui.conftest import API_KEY, UIStack, finished_article
 from tests.ui.test_app import APP, assert_no_traceback
 
 pytestmark = pytest.mark.e2e
@@ -78,27 +78,6 @@ def publishing_stack(
         redis_server.stop()
 
 
-def finished_article(stack: UIStack) -> str:
-    body = {
-        "topic": "Composting in small gardens",
-        "sections": 1,
-        "target_words": 100,
-        "images": {"count": 1, "size": "64x64", "steps": 2, "seed": 5},
-    }
-    with stack.client() as client:
-        accepted = client.post("/v1/articles", json=body)
-        assert accepted.status_code == 202, accepted.text
-        article_id = str(accepted.json()["id"])
-
-        def succeeded() -> bool:
-            status = client.get(f"/v1/articles/{article_id}").json()
-            assert status["status"] != "failed", status.get("error")
-            return bool(status["status"] == "succeeded")
-
-        until("the article to succeed", succeeded, timeout=120)
-    return article_id
-
-
 def opened(article_id: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30)
     at.query_params["article"] = article_id
@@ -134,7 +113,7 @@ def test_publish_to_wordpress_as_a_draft_then_publicly_from_the_article_page(
 ) -> None:
     for name, value in publishing_stack.env().items():
         monkeypatch.setenv(name, value)
-    article_id = finished_article(publishing_stack)
+    article_id = finished_article(publishing_stack, "Composting in small gardens", seed=5)
     at = opened(article_id)
     assert_no_traceback(at)
     assert at.button(key="publish").label == "Publish to WordPress"
