@@ -240,14 +240,8 @@ def get_sources(
     article_id: ArticleId, request: Request, scope: KeyDep, store: StoreDep
 ) -> SourceTexts:
     load(store, article_id, scope, redis_down(request))  # it exists and is this key's
-    try:
-        kept = store.load_sources(article_id)
-    except RedisError:
-        kept = None
-        path = store.sources_path(article_id)
-        if path.exists():
-            kept = json.loads(path.read_text())
-    return SourceTexts(data=[Source.model_validate(s) for s in kept or []])
+    kept = store.load_sources(article_id) or []
+    return SourceTexts(data=[Source.model_validate(s) for s in kept])
 
 
 def redis_down(request: Request) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 
 from services.gateway.schemas import TERMINAL, ArticleStatus
 from services.gateway.views import status_view
@@ -217,8 +217,12 @@ class ArticleStore:
         atomic_write(self.sources_path(article_id), json.dumps(sources).encode())
 
     def load_sources(self, article_id: str) -> list[dict[str, Any]] | None:
-        """The sources from Redis, else from disk; None when the article has none kept."""
-        kept = self.get(article_id, "sources")
+        """The sources from Redis, else (gone from Redis, or Redis down) from disk; None when
+        the article has none kept."""
+        try:
+            kept = self.get(article_id, "sources")
+        except RedisError:
+            kept = None
         if kept is not None:
             return list(kept)
         path = self.sources_path(article_id)
