@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,24 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._files: list[Any] = []
 
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
         self._files.append(log)
         self.procs[name] = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
         )
+
+    def stop_some(self, names: list[str]) -> None:
+        """SIGTERM, then SIGKILL after 30 s: the gateway and workers between two phases."""
+        for name in names:
+            self.procs[name].terminate()
+        for name in names:
+            proc = self.procs.pop(name)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def wait_ready(self, urls: dict[str, str], timeout: float) -> dict[str, float]:
         import httpx
@@ -346,6 +359,105 @@ def seed_flow_baseline(
     }
 
 
+@dataclass
+class Phase:
+    """One gateway and its workers, and the article counts sent through them in turn.
+
+    ``source`` is the tree the gateway and workers run from: the checkout, or a copy of an
+    earlier commit's ``services/`` (``--before-src``), so that one call measures before and
+    after against the same text and image services on the same card. ``pool`` is the size of
+    the one worker pool (this code), else ``workers`` separate single workers (a tree from
+    before the pools)."""
+
+    label: str
+    source: Path
+    counts: list[int]
+    pool: int | None = None
+    workers: int = 1
+
+
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
+def phases(args: argparse.Namespace) -> list[Phase]:
+    curve = _counts(args.curve) if args.curve else [1, args.articles]
+    out = [Phase(f"pool {args.workers}", ROOT, curve, pool=args.workers)]
+    if args.before_src is not None:
+        before = _counts(args.before_curve) if args.before_curve else curve
+        out.append(
+            Phase(
+                f"before: {args.before_workers} workers",
+                args.before_src.resolve(),
+                before,
+                workers=args.before_workers,
+            )
+        )
+    if args.extra_pool:
+        out.append(
+            Phase(f"pool {args.extra_pool}", ROOT, _counts(args.extra_curve), pool=args.extra_pool)
+        )
+    return out
+
+
+def run_phase(
+    stack: Stack, phase: Phase, common: dict[str, str], urls: dict[str, str], cli: list[str]
+) -> dict[str, Any]:
+    """Starts the phase's gateway and workers, sends each count of articles at once (one after
+    another), and stops them again."""
+    env = {**common, "PYTHONPATH": f"{phase.source}:{os.environ.get('PYTHONPATH', '')}"}
+    port = urls["gateway"].rsplit(":", 1)[1]
+    names = ["gateway"]
+    stack.start("gateway", [*cli, "serve", "gateway", "--port", port], env, cwd=phase.source)
+    if phase.pool is not None:
+        stack.start(
+            "pool",
+            [*cli, "worker", "--name", "bench", "--pool-size", str(phase.pool)],
+            env,
+            cwd=phase.source,
+        )
+        names.append("pool")
+    else:
+        for k in range(phase.workers):
+            name = f"worker{k}"
+            stack.start(name, [*cli, "worker", "--name", f"bench-w{k}"], env, cwd=phase.source)
+            names.append(name)
+    result: dict[str, Any] = {"source": str(phase.source), "pool": phase.pool}
+    try:
+        stack.wait_ready({"gateway": f"{urls['gateway']}/readyz"}, 120)
+        for n in phase.counts:
+            if time.perf_counter() - STARTED > ARGS.time_budget:
+                result[str(n)] = {"skipped": "time budget spent"}
+                continue
+            bodies = [article_body(TOPICS[k % len(TOPICS)], ARGS) for k in range(n)]
+            counters = text_counters(urls["text"])
+            sampler = GpuSampler()
+            with sampler.sampling():
+                t0 = time.perf_counter()
+                records = asyncio.run(run_articles(urls["gateway"], bodies))
+                wall = time.perf_counter() - t0
+            summary = {**summarize(records, wall), "gpu": sampler.summary()}
+            summary["prompt_tokens"] = prompt_tokens(counters, text_counters(urls["text"]))
+            summary["record" if n == 1 else "records"] = records[0] if n == 1 else records
+            result[str(n)] = summary
+            shown = {k: v for k, v in summary.items() if k not in ("records", "record")}
+            print(phase.label, n, json.dumps(shown), flush=True)
+    except Exception as exc:
+        result["error"] = repr(exc)[:2000]
+        result["logs"] = {n: stack.tail(n, 1500) for n in names}
+    finally:
+        stack.stop_some(names)
+    return result
+
+
+class SkipStack(Exception):
+    """``--skip-stack``: straight to the baseline."""
+
+
+ARGS = argparse.Namespace()
+STARTED = time.perf_counter()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda")
@@ -353,7 +465,27 @@ def main() -> None:
     parser.add_argument("--image-shape", default="sd15")
     parser.add_argument("--models", type=Path, default=Path("/tmp/models"))
     parser.add_argument("--articles", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4, help="the worker pool's size")
+    parser.add_argument("--curve", default="", help="article counts, e.g. 1,16,32,64")
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="a copy of an earlier commit's tree (its services/) to measure before this one",
+    )
+    parser.add_argument("--before-workers", type=int, default=4)
+    parser.add_argument("--before-curve", default="")
+    parser.add_argument(
+        "--skip-stack", action="store_true", help="no stack, no articles: --baseline alone"
+    )
+    parser.add_argument("--extra-pool", type=int, default=0, help="a further pool size")
+    parser.add_argument("--extra-curve", default="64")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=1e9,
+        help="seconds from the start after which no further phase begins",
+    )
     parser.add_argument("--words", type=int, default=800)
     parser.add_argument("--sections", type=int, default=5)
     parser.add_argument("--images", type=int, default=3)
@@ -374,6 +506,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=Path("/tmp/article_bench_logs"))
     args = parser.parse_args()
+    vars(ARGS).update(vars(args))
     args.logs.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     report: dict[str, Any] = {
@@ -443,6 +576,8 @@ def main() -> None:
     cli = [sys.executable, "-m", "services.cli"]
     stack = Stack(args.logs)
     try:
+        if args.skip_stack:
+            raise SkipStack
         stack.start(
             "redis",
             ["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1"]
@@ -451,37 +586,24 @@ def main() -> None:
         )
         stack.start("text", [*cli, "serve", "text", "--port", str(ports["text"])], text_env)
         stack.start("image", [*cli, "serve", "image", "--port", str(ports["image"])], image_env)
-        stack.start("gateway", [*cli, "serve", "gateway", "--port", str(ports["gateway"])], common)
-        for k in range(args.workers):
-            stack.start(f"worker{k}", [*cli, "worker", "--name", f"bench-w{k}"], common)
         report["ready_s"] = stack.wait_ready(
-            {n: f"{u}/readyz" for n, u in urls.items()}, args.ready_timeout
+            {n: f"{u}/readyz" for n, u in urls.items() if n != "gateway"}, args.ready_timeout
         )
         save()
-        counters = text_counters(urls["text"])
-        t0 = time.perf_counter()
-        alone = asyncio.run(run_articles(urls["gateway"], [article_body(TOPICS[0], args)]))
-        report["one_article"] = {**summarize(alone, time.perf_counter() - t0), "record": alone[0]}
-        counters, before = text_counters(urls["text"]), counters
-        report["one_article"]["prompt_tokens"] = prompt_tokens(before, counters)
-        print(json.dumps(report["one_article"]), flush=True)
-        save()
-        bodies = [article_body(TOPICS[k % len(TOPICS)], args) for k in range(args.articles)]
-        sampler = GpuSampler()
-        with sampler.sampling():
-            t0 = time.perf_counter()
-            records = asyncio.run(run_articles(urls["gateway"], bodies))
-            wall = time.perf_counter() - t0
-        counters, before = text_counters(urls["text"]), counters
-        report["concurrent"] = {**summarize(records, wall), "gpu": sampler.summary()}
-        report["concurrent"]["prompt_tokens"] = prompt_tokens(before, counters)
-        report["concurrent"]["records"] = records
-        print(json.dumps({k: v for k, v in report["concurrent"].items() if k != "records"}))
-        phases = {
-            "one alone": report["one_article"]["prompt_tokens"],
-            f"{args.articles} at once": report["concurrent"]["prompt_tokens"],
-        }
-        print(prompt_table(phases), flush=True)
+        report["phases"] = {}
+        for phase in phases(args):
+            if time.perf_counter() - t_start > args.time_budget:
+                report["phases"][phase.label] = {"skipped": "time budget spent"}
+                save()
+                continue
+            report["phases"][phase.label] = run_phase(stack, phase, common, urls, cli)
+            save()
+        first = next(iter(report["phases"].values()))
+        if "1" in first:  # the names the earlier reports (and their readers) use
+            report["one_article"] = first["1"]
+        largest = max((int(n) for n in first if n.isdigit() and n != "1"), default=None)
+        if largest is not None:
+            report["concurrent"] = first[str(largest)]
         save()
         if args.image_scenarios:
             from bench.image_bench import scenarios
@@ -501,6 +623,8 @@ def main() -> None:
             except Exception as exc:
                 report["image_scenarios_error"] = repr(exc)[:2000]
             save()
+    except SkipStack:
+        pass
     except Exception as exc:
         report["error"] = repr(exc)[:3000]
         report["logs"] = {n: stack.tail(n, 1500) for n in ("text", "image", "gateway", "worker0")}

@@ -135,13 +135,28 @@ def worker(
         str, typer.Option(help="Comma-separated RQ queues, in priority order.")
     ] = "articles,images",
     burst: Annotated[bool, typer.Option(help="Exit when the queues are empty.")] = False,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: random).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The pool's name; its workers are NAME.1, NAME.2, ... (default: random)."
+        ),
+    ] = None,
+    pool_size: Annotated[
+        int | None,
+        typer.Option(
+            help="RQ workers in this process's pool (default: ARTICLEFORGE_WORKER_POOL_SIZE).",
+            min=1,
+            max=256,
+        ),
+    ] = None,
 ) -> None:
-    """Run an RQ worker for the article pipeline (it never loads a model)."""
+    """Run a pool of RQ workers for the article pipeline (they never load a model)."""
+    import secrets
+
     from services.common.logging import redact, redact_url, redact_values, setup_logging
     from services.gateway.config import GatewaySettings
     from services.gateway.job_base import redis_connection, settings
-    from services.gateway.worker import article_worker
+    from services.gateway.worker import ArticlePool
 
     load_settings(GatewaySettings)  # a bad setting exits with its variable, not a traceback
     config = settings()
@@ -156,9 +171,9 @@ def worker(
         raise typer.Exit(1) from exc
     config.resolved_webhook_secret()
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    article_worker(names, connection, config, name=name).work(
-        burst=burst, with_scheduler=True, logging_level=config.log_level
-    )
+    size = pool_size or config.worker_pool_size
+    pool = ArticlePool(names, connection, size, name or f"pool-{secrets.token_hex(4)}")
+    pool.start(burst=burst, logging_level=config.log_level)
 
 
 @app.command()
@@ -358,7 +373,14 @@ def ui(
 
 @app.command()
 def up(
-    workers: Annotated[int, typer.Option(help="RQ workers to start.", min=1, max=32)] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="RQ workers in the worker pool (default: ARTICLEFORGE_WORKER_POOL_SIZE).",
+            min=1,
+            max=256,
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Bind address for all the services.")] = "127.0.0.1",
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Do not start the studio.")] = False,
     ui_port: Annotated[int, typer.Option(help="Port of the studio.", min=1, max=65535)] = UI_PORT,
@@ -428,7 +450,15 @@ def up(
     # A URL the user set wins; only when none is set does `up` derive one.
     public_url = gateway.public_url if "public_url" in gateway.model_fields_set else None
     raise typer.Exit(
-        launch(host, ports, workers, redis_ok, say, public_url=public_url, studio=studio)
+        launch(
+            host,
+            ports,
+            workers or gateway.worker_pool_size,
+            redis_ok,
+            say,
+            public_url=public_url,
+            studio=studio,
+        )
     )
 
 

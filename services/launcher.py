@@ -207,7 +207,8 @@ def children(host: str, ports: dict[str, int], workers: int) -> list[Child]:
         )
         for name in ("text", "image", "gateway")
     ]
-    out += [Child(f"worker-{n}", ["worker"], None) for n in range(workers)]
+    # One pool of ``workers`` RQ workers (it replaces a worker that dies; `up` replaces it).
+    out.append(Child("worker", ["worker", "--pool-size", str(workers)], None))
     return out
 
 

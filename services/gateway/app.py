@@ -31,6 +31,7 @@ from services.gateway import (
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import ARTICLES_QUEUE, IMAGES_QUEUE
 from services.gateway.publish import routes as publish_routes
+from services.gateway.storage import StorageError
 from services.gateway.store import ArticleStore
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     logger.info("gateway: Redis at %s answers again", where)
             app.state.redis_problem = problem
 
+    async def watch_storage() -> None:
+        """Asks the store (HEAD bucket) off the event loop, as ``watch_redis`` pings Redis."""
+        while True:
+            await anyio.sleep(settings.storage_health_interval_seconds)
+            problem = await anyio.to_thread.run_sync(app.state.store.blobs.check)
+            if bool(problem) != bool(app.state.storage_problem):
+                if problem:
+                    logger.warning("gateway: %s", problem)
+                else:
+                    logger.info("gateway: the storage answers again")
+            app.state.storage_problem = problem
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.keys():
@@ -96,8 +109,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 "set keys before exposing this port"
             )
         # Created now, not in the middle of a delivery or an image request.
-        webhook_secret = settings.resolved_webhook_secret()
-        app.state.signing_key = signing.signing_key(settings)
+        try:
+            webhook_secret = settings.resolved_webhook_secret()
+            app.state.signing_key = signing.signing_key(settings)
+        except StorageError as exc:  # the one sentence, not botocore's chain of tracebacks
+            logger.error("gateway: cannot start: %s", exc.message)
+            raise RuntimeError(exc.message) from None
         redact_values(
             [
                 *settings.keys(),
@@ -109,8 +126,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.redis_problem = await anyio.to_thread.run_sync(check_redis)
         if app.state.redis_problem:
             logger.warning("gateway: %s", app.state.redis_problem)
+        app.state.storage_problem = await anyio.to_thread.run_sync(app.state.store.blobs.check)
+        if app.state.storage_problem:
+            logger.warning("gateway: %s", app.state.storage_problem)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(watch_redis)
+            tasks.start_soon(watch_storage)
             yield
             tasks.cancel_scope.cancel()
         app.state.store.redis.close()
@@ -120,13 +141,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = ArticleStore(
-        connect_redis(settings), settings.data_dir, settings.result_ttl_seconds
+        connect_redis(settings), settings.storage(), settings.result_ttl_seconds
     )
     app.state.redis_problem = None
+    app.state.storage_problem = None
 
     def is_ready(app: FastAPI) -> str | None:
-        problem: str | None = app.state.redis_problem  # kept fresh by watch_redis
-        return problem
+        # Kept fresh by watch_redis and watch_storage.
+        problems = [app.state.redis_problem, app.state.storage_problem]
+        return "; ".join(p for p in problems if p) or None
 
     def refresh_metrics(app: FastAPI) -> None:
         try:

@@ -252,9 +252,11 @@ class ServiceClient:
     async def stream_events(
         self, path: str, body: dict[str, Any], on_event: Callable[[str, dict[str, Any]], None]
     ) -> dict[str, Any]:
-        """POSTs with `stream: true`; feeds each SSE event to ``on_event``; returns `result`."""
+        """POSTs with `stream: true`; feeds each SSE event to ``on_event``; returns `result`.
+        Each try begins with an `attempt` event (no data)."""
 
         async def call(client: httpx.AsyncClient) -> dict[str, Any]:
+            on_event("attempt", {})  # a retried call starts over: what came before is void
             async with aconnect_sse(client, "POST", path, json={**body, "stream": True}) as source:
                 if source.response.status_code >= 400:
                     await source.response.aread()  # an error reply is JSON, not SSE
@@ -310,11 +312,24 @@ class HttpText:
         self.answered_by: str | None = None  # served model (or adapter) of the last reply
 
     async def generate(
-        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+        self,
+        body: dict[str, Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
+        so_far = ""
+
         def on_event(kind: str, data: dict[str, Any]) -> None:
-            if kind == "token" and on_delta is not None:
-                on_delta(data.get("text", ""))
+            nonlocal so_far
+            if kind == "attempt":
+                so_far = ""
+            elif kind == "token":
+                delta = data.get("text", "")
+                if on_delta is not None:
+                    on_delta(delta)
+                if on_text is not None:
+                    so_far += delta
+                    on_text(so_far)
 
         result = await self.client.stream_events("/v1/generate", body, on_event)
         self.answered_by = result.get("model")

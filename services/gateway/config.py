@@ -5,40 +5,22 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import os
 import secrets
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from services.common.config import CommonSettings
-
-
-def kept_secret(path: Path, make: Callable[[], str]) -> str:
-    """The secret in ``path``, made with ``make()`` and written there on first use.
-
-    The gateway and the workers may start together; O_EXCL makes one of them the creator and
-    the others read what it wrote.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):
-            text = path.read_text().strip()
-            if text:
-                return text
-            time.sleep(0.02)
-        raise RuntimeError(f"{path} is empty; delete it to generate a new secret") from None
-    secret = make()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-    return secret
+from services.gateway.storage import (
+    PRESIGNED_MAX_SECONDS,
+    Blobs,
+    kept_secret,
+    open_blobs,
+    parse_s3_url,
+)
 
 
 def split_urls(value: str) -> list[str]:
@@ -114,6 +96,12 @@ class GatewaySettings(CommonSettings):
     # Bind address and port of `articleforge serve gateway`.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
+    # RQ workers that one `articleforge worker` process runs (a pool: each forks its own work
+    # horse per job, and a pool worker that dies is started again; ~12 MB each). A job mostly
+    # waits on the text and image services, so one host runs many: 32 kept one H100 busy at 64
+    # articles at once (4,158 articles/hour; 4 workers gave 2,062), docs/deployment.md says
+    # more. `articleforge worker --pool-size` and `up --workers` override it.
+    worker_pool_size: int = Field(default=32, ge=1, le=256)
     # Crash recovery (docs/reliability.md): a stage whose worker dies is abandoned at most
     # monitoring interval + heartbeat grace (5 + 15 s) after the kill, and queued again by the
     # next maintenance pass of any worker (measured: running again 20-35 s after the kill).
@@ -201,6 +189,112 @@ class GatewaySettings(CommonSettings):
         if len(set(urls)) != len(urls):
             raise ValueError(f"it names the same replica twice: {value}")
         return value
+
+    # --- Object storage (docs/deployment.md, "Storage"; services/gateway/storage.py) ---
+    # Where finished articles, images, revisions, sources copies, publish records and the
+    # generated secrets are kept: empty = ARTICLEFORGE_DATA_DIR on this host; `s3://bucket` or
+    # `s3://bucket/prefix` = an S3-compatible store that every gateway and worker host shares.
+    storage_url: str = ""
+    # The S3 API's endpoint for a store other than AWS (MinIO, Ceph, R2, ...), e.g.
+    # http://minio:9000; unset: AWS's endpoint for the region.
+    storage_endpoint_url: str | None = None
+    # The endpoint that presigned image URLs name, when clients reach the store at another
+    # address than the gateway and workers do; unset: ARTICLEFORGE_STORAGE_ENDPOINT_URL.
+    storage_public_endpoint_url: str | None = None
+    # The region requests are signed for; unset: boto3's own (AWS_REGION, ~/.aws/config).
+    storage_region: str | None = None
+    # Access key of the store; unset (with the secret): boto3's own credentials (AWS_* variables,
+    # ~/.aws/credentials, an instance or pod role).
+    storage_access_key_id: str | None = None
+    # The secret of that access key (kept out of logs).
+    storage_secret_access_key: SecretStr | None = None
+    # `path` (http://host/bucket/key: MinIO and most self-hosted stores), `virtual`
+    # (http://bucket.host/key) or `auto` (boto3 picks; virtual on AWS).
+    storage_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # The image URLs in articles: `gateway` (GET /v1/images/{id} with the gateway's signature)
+    # or `presigned` (the store's own presigned GET URLs: clients fetch from the store directly;
+    # they expire after ARTICLEFORGE_IMAGE_URL_TTL_SECONDS, which must be 1-604800 then).
+    storage_image_urls: Literal["gateway", "presigned"] = "gateway"
+    # Seconds for one storage call to connect, and to answer.
+    storage_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Attempts per storage call (boto3's standard retries: throttling, 5xx, dropped connections).
+    storage_attempts: int = Field(default=3, ge=1, le=20)
+    # Seconds between the gateway's background checks of the store (HEAD bucket), which
+    # /readyz reports.
+    storage_health_interval_seconds: float = Field(default=5.0, gt=0, le=600)
+    _blobs: Blobs | None = PrivateAttr(default=None)
+
+    @field_validator(
+        "storage_endpoint_url",
+        "storage_public_endpoint_url",
+        "storage_region",
+        "storage_access_key_id",
+        "storage_secret_access_key",
+        mode="before",
+    )
+    @classmethod
+    def _blank_storage_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value.strip():
+            parse_s3_url(value)
+        return value.strip()
+
+    @field_validator("storage_endpoint_url", "storage_public_endpoint_url")
+    @classmethod
+    def _check_storage_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"{value!r} is not an http(s) URL with a host (for example http://minio:9000)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> GatewaySettings:
+        if not self.storage_url:
+            named = [
+                f"ARTICLEFORGE_{name.upper()}"
+                for name in (
+                    "storage_endpoint_url",
+                    "storage_public_endpoint_url",
+                    "storage_access_key_id",
+                    "storage_secret_access_key",
+                )
+                if getattr(self, name) is not None
+            ]
+            if self.storage_image_urls == "presigned":
+                named.append("ARTICLEFORGE_STORAGE_IMAGE_URLS=presigned")
+            if named:
+                raise ValueError(
+                    f"{', '.join(named)} set, but ARTICLEFORGE_STORAGE_URL is empty (the files "
+                    "stay in ARTICLEFORGE_DATA_DIR): set "
+                    "ARTICLEFORGE_STORAGE_URL=s3://bucket/prefix or unset them"
+                )
+        if (self.storage_access_key_id is None) != (self.storage_secret_access_key is None):
+            raise ValueError(
+                "ARTICLEFORGE_STORAGE_ACCESS_KEY_ID and ARTICLEFORGE_STORAGE_SECRET_ACCESS_KEY go "
+                "together: set both, or neither to use boto3's own credentials"
+            )
+        ttl = self.image_url_ttl_seconds
+        if self.storage_image_urls == "presigned" and not 1 <= ttl <= PRESIGNED_MAX_SECONDS:
+            raise ValueError(
+                "ARTICLEFORGE_STORAGE_IMAGE_URLS=presigned needs "
+                f"ARTICLEFORGE_IMAGE_URL_TTL_SECONDS between 1 and {PRESIGNED_MAX_SECONDS} "
+                "(a presigned URL lasts at most 7 days), "
+                f"got {ttl}; set it, or keep the gateway's URLs (which may never expire)"
+            )
+        return self
+
+    def storage(self) -> Blobs:
+        """The store of the kept files, chosen by ARTICLEFORGE_STORAGE_URL (made once)."""
+        if self._blobs is None:
+            self._blobs = open_blobs(self)
+        return self._blobs
 
     # --- Publishing (services/gateway/publish): WordPress and Ghost targets ---
     # A target is configured when its URL and credentials are all set; an article request's
@@ -326,8 +420,10 @@ class GatewaySettings(CommonSettings):
         return targets
 
     def publish_secrets(self) -> list[str]:
-        """The CMS credentials, for log redaction."""
+        """The CMS credentials (and the object store's secret key), for log redaction."""
         values = [self.publish_wordpress_app_password, self.publish_ghost_admin_key]
+        if self.storage_secret_access_key is not None:
+            values.append(self.storage_secret_access_key.get_secret_value())
         if self.publish_ghost_admin_key:
             values.append(self.publish_ghost_admin_key.partition(":")[2])
         return [v for v in values if v]
@@ -336,11 +432,12 @@ class GatewaySettings(CommonSettings):
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     def resolved_webhook_secret(self) -> str:
-        """The configured secret, or the one kept in DATA_DIR (created on first use)."""
+        """The configured secret, or the one kept in the storage (created on first use)."""
         if self.webhook_secret:
             return self.webhook_secret
         return kept_secret(
-            self.data_dir / "webhook_secret",
+            self.storage(),
+            "webhook_secret",
             lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
         )
 

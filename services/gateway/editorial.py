@@ -12,8 +12,9 @@ the status (``ArticleStore.swap``), so an approval and an expiry racing each oth
 makes revision N+1: it rebuilds the whole article (Markdown, HTML, SEO fields) from the stored
 outline, raw section bodies and image records with its one part replaced, and commits it once
 (a Lua check on the revision number, so a re-run after a crash commits nothing twice). Every
-revision is kept: in the Redis hash (``revision:{n}``) and on disk
-(``DATA_DIR/revisions/{id}/{n}.json``), written before Redis, as finished articles are. A redrawn
+revision is kept: in the Redis hash (``revision:{n}``) and in the storage
+(``revisions/{id}/{n}.json`` in DATA_DIR or the bucket), written before Redis, as finished
+articles are. A redrawn
 image gets a new id; the old PNG stays, so earlier revisions keep working. One regeneration runs
 at a time per article (``edit_busy``); another one meanwhile is a 409. A regeneration fails
 alone (``on_edit_failure``): the article keeps its latest revision.
@@ -60,7 +61,7 @@ from services.gateway.jobs import (
     keep_image,
 )
 from services.gateway.publish.job import republish_after_revision
-from services.gateway.revisions import revision_path, save_revision
+from services.gateway.revisions import has_revision, save_revision
 from services.gateway.schemas import Article, ArticleRequest, EditInfo, ErrorInfo, ImageRef
 from services.gateway.sources import Passage, SourceSpec
 from services.gateway.store import ArticleStore
@@ -512,8 +513,8 @@ def _commit(
     }
     mapping = {k: json.dumps(v) for k, v in values.items()}
 
-    # Disk first, as for a finished article: what Redis will show already survives it.
-    if not revision_path(store.data_dir, article_id, previous.revision).exists():
+    # Storage first, as for a finished article: what Redis will show already survives it.
+    if not has_revision(store, article_id, previous.revision):
         save_revision(store, previous)
     save_revision(store, article)
     store.save_article(status_view(article_id, {**fields, **mapping}))

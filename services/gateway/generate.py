@@ -81,40 +81,49 @@ async def run_pipeline(
         tokens += 1
         progress("sections", min(tokens, expected), expected)
 
-    mark = time.monotonic()
-    bodies, more = await pipeline.write_sections(
-        text, request, outline, text_seed, on_delta, grounded=grounded
-    )
-    progress("sections", tokens, tokens)
-    fallbacks += more
-    timings["sections"] = round(time.monotonic() - mark, 3)
-
     images: list[ImageRef] = []
     image_model = None
-    if request.images.count and image is not None:
-        mark = time.monotonic()
-        prompts, more = await pipeline.write_image_prompts(
-            text, request, outline, bodies, text_seed
-        )
-        fallbacks += more
+    drawing: dict[int, asyncio.Future[dict[str, object]]] = {}
+    wants_images = bool(request.images.count) and image is not None
+    steps_done = [0] * request.images.count
+    total_steps = request.images.steps * request.images.count
+
+    async def draw(k: int, prompt: str) -> dict[str, object]:
+        assert image is not None
+
+        def on_step(step: int, steps: int, preview: str | None) -> None:
+            steps_done[k] = step
+            progress("images", sum(steps_done), total_steps)
+
+        return await image.generate(pipeline.image_body(request, prompt, image_seed + k), on_step)
+
+    def on_image_prompt(k: int, prompt: str, fell_back: bool) -> None:
+        # Drawn at once, beside the text still being written; the image engine batches
+        # the images that are waiting together into one pipeline call.
         timings["image_prompts"] = round(time.monotonic() - mark, 3)
-        subjects = pipeline.image_subjects(outline, request.images.count)
-        steps_done = [0] * len(prompts)
-        total_steps = request.images.steps * len(prompts)
+        drawing[k] = asyncio.ensure_future(draw(k, prompt))
 
-        async def draw(k: int, prompt: str) -> dict[str, object]:
-            def on_step(step: int, steps: int, preview: str | None) -> None:
-                steps_done[k] = step
-                progress("images", sum(steps_done), total_steps)
-
-            return await image.generate(
-                pipeline.image_body(request, prompt, image_seed + k), on_step
+    mark = time.monotonic()
+    try:
+        if wants_images:
+            bodies, prompts, more = await pipeline.write_text(
+                text, request, outline, text_seed, on_delta, None, grounded, on_image_prompt
             )
+        else:
+            bodies, more = await pipeline.write_sections(
+                text, request, outline, text_seed, on_delta, grounded=grounded
+            )
+        progress("sections", tokens, tokens)
+        fallbacks += more
+        timings["sections"] = round(time.monotonic() - mark, 3)
+        replies = [await drawing[k] for k in sorted(drawing)]
+    finally:
+        for future in drawing.values():
+            future.cancel()
 
-        mark = time.monotonic()
-        # All at once: the image engine batches compatible requests into one pipeline call.
-        replies = await asyncio.gather(*(draw(k, p) for k, p in enumerate(prompts)))
-        timings["images"] = round(time.monotonic() - mark, 3)
+    if wants_images:
+        subjects = pipeline.image_subjects(outline, request.images.count)
+        timings["images"] = round(time.monotonic() - mark, 3)  # text and images, overlapped
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         for k, reply in enumerate(replies):
             drawn = reply["images"][0]  # type: ignore[index]

@@ -1,17 +1,16 @@
-"""GET /v1/images/{id}: the PNGs, for a key or a signed URL (see ``signing``)."""
+"""GET /v1/images/{id}: the PNGs, for a key or a signed URL (see ``signing``), read from the
+storage (DATA_DIR or the S3 bucket) whichever ARTICLEFORGE_STORAGE_IMAGE_URLS is."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import FileResponse
 
 from services.common.errors import NotFound
 from services.gateway.auth import BEARER, authorize_image
 from services.gateway.deps import SettingsDep, StoreDep
 from services.gateway.routes import RESPONSES
-from services.gateway.store import IMAGE_ID
 
 router = APIRouter(prefix="/v1", tags=["articles"], responses=RESPONSES)
 
@@ -43,15 +42,11 @@ def get_image(
             examples=["m1Xc0yP3kQ2r6vS8tU9wV0xY1zA2bC3dE4fG5hI6jK7"],
         ),
     ] = None,
-) -> FileResponse:
+) -> Response:
     cache_control = authorize_image(request, settings, image_id, expires, signature)
-    if not IMAGE_ID.match(image_id):
+    png = store.load_image(image_id)  # a sync route: the storage call runs in the thread pool
+    if png is None:
         raise NotFound(f"no image {image_id!r}", param="image_id")
-    path = store.image_path(image_id)
-    if not path.exists():
-        raise NotFound(f"no image {image_id!r}", param="image_id")
-    return FileResponse(
-        path,
-        media_type="image/png",
-        headers={"Cache-Control": cache_control},
-    )
+    # An image id never names other pixels (a redraw gets a new id), so it is the ETag.
+    headers = {"Cache-Control": cache_control, "ETag": f'"{image_id}"'}
+    return Response(png, media_type="image/png", headers=headers)

@@ -53,7 +53,7 @@ def redis_connection(config: GatewaySettings) -> Redis:
 def store_for(config: GatewaySettings, connection: Redis | None = None) -> ArticleStore:
     """The article store on ``connection`` (a failure callback's), or on a new one."""
     redis = connection if connection is not None else redis_connection(config)
-    return ArticleStore(redis, config.data_dir, config.result_ttl_seconds)
+    return ArticleStore(redis, config.storage(), config.result_ttl_seconds)
 
 
 def adopt_request_id(store: ArticleStore, article_id: str) -> None:

@@ -1,10 +1,17 @@
 """RQ jobs: one per pipeline stage, one per image, then assemble and the webhook.
 
-``enqueue_article`` builds the whole graph at submission with ``depends_on``, so no worker ever
-blocks waiting for another: outline -> sections -> image prompts -> image 0..n-1 (on the
-``images`` queue, in parallel) -> assemble. A failing stage fails the article (``on_failure``),
-cancels what is left, and sends the `article.failed` webhook. Jobs re-read the article's status
-before working, so a cancelled article stops at the next stage or image step.
+``enqueue_article`` queues the text stages at submission with ``depends_on``: outline ->
+sections -> image prompts. The stages overlap where the graph allows, and no worker ever blocks
+waiting for another: the sections job writes the image prompts beside the sections
+(``pipeline.write_text``: the featured image's at once, image k's once section k-1's lead is
+known) and queues each image's job (on the ``images`` queue) the moment its prompt exists, so
+images are drawn while the text is still being written. The image prompts job, after the
+sections, writes any prompt still missing, queues any image not yet queued and then assemble,
+which depends on the image jobs. Every job id is fixed (``{article}-image-{k}``), so a stage
+that runs again finds the jobs it queued before and queues none twice. A failing stage fails
+the article (``on_failure``), cancels what is left, and sends the `article.failed` webhook. Jobs
+re-read the article's status before working, so a cancelled article stops at the next stage or
+image step.
 
 Crash recovery (docs/reliability.md): every stage carries an RQ ``Retry``. When its worker dies,
 RQ finds the job abandoned (``services.gateway.worker`` makes that take seconds) and runs it
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import secrets
@@ -113,28 +121,72 @@ def enqueue_after_outline(
     request_id: str,
     outline: Job | None = None,
 ) -> list[str]:
-    """Sections -> image prompts -> images -> assemble, after ``outline`` (or at once)."""
-    connection = store.redis
-    articles = Queue(ARTICLES_QUEUE, connection=connection)
-    images = Queue(IMAGES_QUEUE, connection=connection)
+    """Sections -> image prompts after ``outline`` (or at once); the image jobs and assemble
+    are queued by those two as their inputs come to exist. Returns every job id the article
+    will have (the later ones are fixed in advance, so a cancel finds them)."""
+    articles = Queue(ARTICLES_QUEUE, connection=store.redis)
 
-    def options(stage: str, index: int | None = None) -> dict[str, Any]:
-        return stage_options(config, article_id, request_id, stage, index)
+    def options(stage: str) -> dict[str, Any]:
+        return stage_options(config, article_id, request_id, stage)
 
     sections = articles.enqueue(sections_job, article_id, depends_on=outline, **options("sections"))
     prompts = articles.enqueue(
         image_prompts_job, article_id, depends_on=sections, **options("image_prompts")
     )
-    image_jobs = [
-        images.enqueue(image_job, article_id, k, depends_on=prompts, **options("images", k))
-        for k in range(request.images.count)
-    ]
-    final = articles.enqueue(
-        assemble_job, article_id, depends_on=image_jobs or prompts, **options("assemble")
-    )
-    ids = [f"{article_id}-outline", sections.id, prompts.id, *(j.id for j in image_jobs), final.id]
+    images = [image_job_id(article_id, k) for k in range(request.images.count)]
+    ids = [f"{article_id}-outline", sections.id, prompts.id, *images, f"{article_id}-assemble"]
     store.put(article_id, jobs=ids)
     return ids
+
+
+def image_job_id(article_id: str, index: int) -> str:
+    return f"{article_id}-image-{index}"
+
+
+def _request_id(store: ArticleStore, article_id: str) -> str:
+    return str(store.get(article_id, "request_id") or "")
+
+
+def enqueue_image(store: ArticleStore, config: GatewaySettings, article_id: str, k: int) -> None:
+    """Queues image k's job once its prompt is stored, unless it is queued already (a stage
+    that runs again) or the article is over."""
+    if store.is_over(article_id) or Job.exists(image_job_id(article_id, k), store.redis):
+        return
+    job = Queue(IMAGES_QUEUE, connection=store.redis).enqueue(
+        image_job,
+        article_id,
+        k,
+        **stage_options(config, article_id, _request_id(store, article_id), "images", k),
+    )
+    _cancel_if_over(store, article_id, job)
+
+
+def _cancel_if_over(store: ArticleStore, article_id: str, job: Job) -> None:
+    """A cancel that landed while ``job`` was being queued missed it: cancel it now."""
+    if store.is_over(article_id):
+        with contextlib.suppress(InvalidJobOperation):
+            job.cancel()
+
+
+def enqueue_assemble(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
+    """Queues assemble after every image job not yet finished (at once when none is left)."""
+    job_id = f"{article_id}-assemble"
+    if store.is_over(article_id) or Job.exists(job_id, store.redis):
+        return
+    count = int(store.redis.hget(store.key(article_id), "images_total") or 0)
+    ids = [image_job_id(article_id, k) for k in range(count)]
+    waiting = [
+        job
+        for job in Job.fetch_many(ids, connection=store.redis)
+        if job is not None and job.get_status(refresh=False) != JobStatus.FINISHED
+    ]
+    job = Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
+        assemble_job,
+        article_id,
+        depends_on=waiting or None,
+        **stage_options(config, article_id, _request_id(store, article_id), "assemble"),
+    )
+    _cancel_if_over(store, article_id, job)
 
 
 def stop_jobs(connection: Redis, job_ids: list[str]) -> None:
@@ -201,11 +253,16 @@ def _fail_article(job: Job, connection: Redis, exc_type: type, value: BaseExcept
 # --- the stages ---
 
 
-def _begin(store: ArticleStore, article_id: str, stage: str, status: str) -> ArticleRequest:
+def _begin(
+    store: ArticleStore, article_id: str, stage: str, status: str, show: bool = True
+) -> ArticleRequest:
+    """Checks that the article goes on and, with ``show``, shows ``stage`` (forward only: an
+    image drawn beside the sections never moves the stage shown back)."""
     adopt_request_id(store, article_id)
     if store.is_over(article_id):
         raise Stopped(article_id)
-    store.stage(article_id, stage, status)
+    if show:
+        store.advance_stage(article_id, stage, status)
     return ArticleRequest.model_validate(store.get(article_id, "request"))
 
 
@@ -343,12 +400,19 @@ def sections_job(article_id: str) -> None:
             store.put(article_id, tokens=streamed)
             publish()
 
+    def on_image_prompt(k: int, prompt: str, fell_back: bool) -> None:
+        # Stored, then its image queued at once: drawn while the sections are still written.
+        store.put(article_id, **{f"image_prompt:{k}": prompt})
+        _add_fallbacks(store, article_id, [f"image_prompt:{k}"] if fell_back else [])
+        _timed(store, article_id, "image_prompts", started)  # the last prompt's time stays
+        enqueue_image(store, config, article_id, k)
+
     backend = text_backend(config)
     # Loaded by the outline job; again here when an editor replaced them at the review.
     article_sources(store, config, article_id, request, stage="sections")
     grounded = article_grounding(store, article_id, request)
-    bodies, fallbacks = asyncio.run(
-        pipeline.write_sections(
+    bodies, prompts, fallbacks = asyncio.run(
+        pipeline.write_text(
             backend,
             request,
             outline,
@@ -356,6 +420,7 @@ def sections_job(article_id: str) -> None:
             on_delta,
             usage.__setitem__,
             grounded,
+            on_image_prompt,
         )
     )
     if grounded is not None:
@@ -365,11 +430,22 @@ def sections_job(article_id: str) -> None:
     card: dict[str, Any] = next(
         (m for m in models.get("data", []) if m.get("id") == backend.answered_by), {}
     )
-    store.put(article_id, sections=bodies, text_model=card, tokens=sum(usage.values()))
+    store.put(
+        article_id,
+        sections=bodies,
+        image_prompts=prompts,
+        text_model=card,
+        tokens=sum(usage.values()),
+    )
     _add_fallbacks(store, article_id, fallbacks)
     _timed(store, article_id, "sections", started)
     store.publish(article_id)
-    logger.info("article %s: %d sections written", article_id, len(bodies))
+    logger.info(
+        "article %s: %d sections and %d image prompts written",
+        article_id,
+        len(bodies),
+        len(prompts),
+    )
 
 
 def article_grounding(
@@ -393,35 +469,56 @@ def article_grounding(
 
 
 def image_prompts_job(article_id: str) -> None:
+    """After the sections: the prompts still missing (none, unless the sections were written
+    by a job that wrote no prompts, as before the stages overlapped), every image job not yet
+    queued, then assemble."""
     config, store = settings(), store_for(settings())
     try:
         request = _begin(store, article_id, "image_prompts", "writing")
     except Stopped:
         return
     started = time.monotonic()
-    outline = pipeline.Outline(**store.get(article_id, "outline"))
-    prompts, fallbacks = asyncio.run(
-        pipeline.write_image_prompts(
-            text_backend(config),
-            request,
-            outline,
-            store.get(article_id, "sections"),
-            store.get(article_id, "text_seed"),
+    fields = store.fields(article_id)
+    count = request.images.count
+    prompts: dict[int, str] = {
+        k: json.loads(fields[f"image_prompt:{k}"])
+        for k in range(count)
+        if f"image_prompt:{k}" in fields
+    }
+    missing = [k for k in range(count) if k not in prompts]
+    if missing:
+        outline = pipeline.Outline(**json.loads(fields["outline"]))
+        sections = json.loads(fields["sections"])
+        written, fallbacks = asyncio.run(
+            pipeline.write_image_prompts(
+                text_backend(config), request, outline, sections, int(fields["text_seed"])
+            )
         )
-    )
-    store.put(article_id, image_prompts=prompts)
-    _add_fallbacks(store, article_id, fallbacks)
-    _timed(store, article_id, "image_prompts", started)
+        for k in missing:
+            prompts[k] = written[k]
+            store.put(article_id, **{f"image_prompt:{k}": written[k]})
+        _add_fallbacks(store, article_id, [f for f in fallbacks if int(f.split(":")[1]) in missing])
+        _timed(store, article_id, "image_prompts", started)
+    store.put(article_id, image_prompts=[prompts[k] for k in range(count)], prompts_done=True)
+    for k in range(count):
+        enqueue_image(store, config, article_id, k)
+    enqueue_assemble(store, config, article_id)
+    if count and int(store.redis.hget(store.key(article_id), "images_done") or 0) < count:
+        store.advance_stage(article_id, "images", "illustrating")
 
 
 def image_job(article_id: str, index: int) -> None:
     config, store = settings(), store_for(settings())
     try:
-        request = _begin(store, article_id, "images", "illustrating")
+        # Drawn beside the sections, the stage shown stays theirs until the prompts stage ends.
+        text_done = bool(store.get(article_id, "prompts_done"))
+        request = _begin(store, article_id, "images", "illustrating", show=text_done)
     except Stopped:
         return
     started = time.monotonic()
-    prompt = store.get(article_id, "image_prompts")[index]
+    prompt = store.get(article_id, f"image_prompt:{index}")
+    if prompt is None:  # queued by a job that kept only the list
+        prompt = store.get(article_id, "image_prompts")[index]
     seed = int(store.get(article_id, "image_seed")) + index
     publish = _throttled(lambda: store.publish(article_id))
     previews = PreviewThrottle(config.preview_interval_ms / 1000)

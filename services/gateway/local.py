@@ -21,16 +21,23 @@ class LocalText:
         self.engine = engine
 
     async def generate(
-        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+        self,
+        body: dict[str, Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         request = GenerateRequest.model_validate(body)
         prepared = self.engine.prepare(
             request.to_prompt(), request.to_sampling_params(), request.model, "local"
         )
         handle = self.engine.submit(prepared)
+        so_far = ""
         async for delta in handle.stream():
             if on_delta is not None:
                 on_delta(delta)
+            if on_text is not None:
+                so_far += delta
+                on_text(so_far)
         result = handle.result
         assert result is not None
         return {

@@ -56,8 +56,13 @@ def chat_body(body: dict[str, Any], model: str, include_usage: bool) -> dict[str
 class _Reply:
     """Collects one streamed chat completion: text, finish reason, model and usage."""
 
-    def __init__(self, on_delta: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        on_delta: Callable[[str], None] | None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
         self.on_delta = on_delta
+        self.on_text = on_text
         self.parts: list[str] = []
         self.chunks = 0  # content chunks, the token count when the server sends no usage
         self.finish_reason: str | None = None
@@ -77,6 +82,8 @@ class _Reply:
                 self.chunks += 1
                 if self.on_delta is not None:
                     self.on_delta(delta)
+                if self.on_text is not None:
+                    self.on_text("".join(self.parts))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
@@ -119,14 +126,17 @@ class OpenAIText:
         return self.model
 
     async def generate(
-        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+        self,
+        body: dict[str, Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         model = await self._model()
         chat = chat_body(body, model, self.include_usage)
         replies: list[_Reply] = []
 
-        def start() -> _Reply:
-            replies.append(_Reply(on_delta))
+        def start() -> _Reply:  # once per try: a retried call's text starts over
+            replies.append(_Reply(on_delta, on_text))
             return replies[-1]
 
         await self.client.stream_data("/chat/completions", chat, start)

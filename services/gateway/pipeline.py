@@ -42,9 +42,16 @@ TOKENS_PER_WORD = 1.4  # Llama-2's tokenizer on English prose, with some margin
 
 class TextBackend(Protocol):
     async def generate(
-        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+        self,
+        body: dict[str, Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """POST /v1/generate semantics: returns {text, finish_reason, model, seed, usage}."""
+        """POST /v1/generate semantics: returns {text, finish_reason, model, seed, usage}.
+
+        ``on_delta`` sees every streamed piece, also those of an attempt that is retried;
+        ``on_text`` sees the text of the current attempt so far (a retried attempt starts it
+        again from nothing)."""
         ...
 
 
@@ -247,6 +254,25 @@ def section_prompt(preamble: str, k: int, heading: str, passages: str = "") -> s
 RECITE_SEED_OFFSET = 1000
 
 
+# An image prompt for a section reads this much of it: its lead.
+LEAD_CHARS = 400
+
+
+def section_lead(raw: str, heading: str, done: bool) -> str | None:
+    """The first ``LEAD_CHARS`` characters of a section as ``clean_section`` makes it, from
+    ``raw``, the text streamed so far; None while they can still change.
+
+    Once the cleaned text runs past ``LEAD_CHARS``, what streams next can only add to its end:
+    lines already complete keep their fate, and the line still streaming stays dropped if it
+    began with ``#``, else kept (it cannot become the heading any more, being longer than any
+    heading, or it follows kept text). So a lead taken mid-stream is the one the finished
+    section has."""
+    body = clean_section(raw, heading)
+    if done or len(body) > LEAD_CHARS:
+        return body[:LEAD_CHARS]
+    return None
+
+
 async def write_sections(
     text: TextBackend,
     request: ArticleRequest,
@@ -255,17 +281,28 @@ async def write_sections(
     on_delta: Callable[[str], None] | None = None,
     on_usage: Callable[[int, int], None] | None = None,
     grounded: Grounding | None = None,
+    on_lead: Callable[[int, str], None] | None = None,
 ) -> tuple[list[str], list[str]]:
     """All sections at once, so the text engine decodes them in one batch.
 
     ``on_delta`` sees every streamed token, also those of an attempt that the service client
     retries; ``on_usage(k, completion_tokens)`` reports what section k finally cost. With
     ``grounded`` each section is given its passages, its markers are settled there (citations,
-    removals) and, with ``require_citations``, a section citing nothing is written again."""
+    removals) and, with ``require_citations``, a section citing nothing is written again.
+    ``on_lead(k, lead)`` hears section k's lead (``section_lead``) once, as soon as it is
+    known: mid-stream, or at the end for a short section, a fallback, or (with
+    ``require_citations``, which may rewrite a section) once the rewrites are done."""
     _, max_new = section_budget(request, outline)
     preamble = section_preamble(request, outline)  # shared by all sections: the cache's prefix
     given: dict[int, list[Passage]] = {}
     spent: dict[int, int] = {}
+    led: set[int] = set()
+    early = on_lead is not None and not (grounded is not None and grounded.require)
+
+    def lead(k: int, lead_text: str | None) -> None:
+        if on_lead is not None and lead_text is not None and k not in led:
+            led.add(k)
+            on_lead(k, lead_text)
 
     async def one(k: int, heading: str, offset: int = 0) -> str:
         block = ""
@@ -273,11 +310,21 @@ async def write_sections(
             block, given[k] = grounded.prompt_for(outline.title, heading)
         prompt = section_prompt(preamble, k, heading, block)
         body = text_body(prompt, request, seed + 1 + k + offset, max_new)
-        reply = await text.generate(body, on_delta)
+
+        def on_text(so_far: str) -> None:
+            if k not in led:
+                lead(k, section_lead(so_far, heading, done=False))
+
+        reply = await (
+            text.generate(body, on_delta, on_text) if early else text.generate(body, on_delta)
+        )
         spent[k] = spent.get(k, 0) + int((reply.get("usage") or {}).get("completion_tokens", 0))
         if on_usage is not None:
             on_usage(k, spent[k])
-        return clean_section(reply["text"], heading)
+        written = clean_section(reply["text"], heading)
+        if early:
+            lead(k, (written or fallback_section(heading, request))[:LEAD_CHARS])
+        return written
 
     bodies = list(await asyncio.gather(*(one(k, h) for k, h in enumerate(outline.headings))))
     if grounded is not None and grounded.require:
@@ -294,6 +341,7 @@ async def write_sections(
             bodies[k] = fallback_section(outline.headings[k], request)
             fallbacks.append(f"section:{k}")
             given[k] = []
+        lead(k, bodies[k][:LEAD_CHARS])  # the leads not yet given (all, with rewrites)
         if grounded is not None:  # in section order: the article's numbering
             bodies[k] = grounded.settle(k, bodies[k], given[k])
     return bodies, fallbacks
@@ -355,33 +403,101 @@ def clean_image_prompt(raw: str) -> str | None:
     return line[:MAX_IMAGE_PROMPT_CHARS]
 
 
+async def image_prompt(
+    text: TextBackend, request: ArticleRequest, k: int, subject: str, context: str, seed: int
+) -> tuple[str, bool]:
+    """Image ``k``'s prompt (with the style) and whether it fell back: given by hand, as in
+    the seed paper, or written by the model from its subject and ``context`` (the lead of the
+    section it illustrates, or the topic)."""
+    if request.image_prompts is not None:
+        return with_style(request.image_prompts[k], request.images.style), False
+    # The fixed rules, the language and the topic first (shared by every image of the
+    # article, the rules by every article); the subject and its context last.
+    prompt = (
+        "Describe one illustration for an article as a Stable Diffusion prompt: a single "
+        "line of comma-separated visual details, under 40 words, no text in the image, "
+        f"written in {languages.name(request.language)} (it is also the image's alt text). "
+        f'The article is about {request.topic}. Illustrate "{subject}". Context: {context}'
+    )
+    reply = await text.generate(text_body(prompt, request, seed + 100 + k, 64))
+    cleaned = clean_image_prompt(reply["text"])
+    if cleaned is None:
+        return with_style(fallback_image_prompt(subject, request.topic), request.images.style), True
+    return with_style(cleaned, request.images.style), False
+
+
+def needs_section(request: ArticleRequest, outline: Outline, k: int) -> bool:
+    """Whether image k's prompt reads a section (else the topic: the featured image, images
+    past the last section, and prompts given by hand need none)."""
+    return request.image_prompts is None and 0 < k <= len(outline.headings)
+
+
 async def write_image_prompts(
     text: TextBackend, request: ArticleRequest, outline: Outline, sections: list[str], seed: int
 ) -> tuple[list[str], list[str]]:
-    count = request.images.count
-    if request.image_prompts is not None:  # given by hand, as in the seed paper
-        return [with_style(p, request.images.style) for p in request.image_prompts], []
-    subjects = image_subjects(outline, count)
+    """Every image's prompt, once the sections are written (``write_text`` starts each one
+    as soon as its section's lead is known instead)."""
+    subjects = image_subjects(outline, request.images.count)
 
-    async def one(k: int, subject: str) -> tuple[str, bool]:
-        context = sections[k - 1][:400] if 0 < k <= len(sections) else request.topic
-        # The fixed rules, the language and the topic first (shared by every image of the
-        # article, the rules by every article); the subject and its context last.
-        prompt = (
-            "Describe one illustration for an article as a Stable Diffusion prompt: a single "
-            "line of comma-separated visual details, under 40 words, no text in the image, "
-            f"written in {languages.name(request.language)} (it is also the image's alt text). "
-            f'The article is about {request.topic}. Illustrate "{subject}". Context: {context}'
-        )
-        reply = await text.generate(text_body(prompt, request, seed + 100 + k, 64))
-        cleaned = clean_image_prompt(reply["text"])
-        if cleaned is None:
-            return fallback_image_prompt(subject, request.topic), True
-        return cleaned, False
+    async def one(k: int) -> tuple[str, bool]:
+        context = sections[k - 1][:LEAD_CHARS] if needs_section(request, outline, k) else ""
+        return await image_prompt(text, request, k, subjects[k], context or request.topic, seed)
 
-    results = await asyncio.gather(*(one(k, s) for k, s in enumerate(subjects)))
+    results = await asyncio.gather(*(one(k) for k in range(len(subjects))))
     fallbacks = [f"image_prompt:{k}" for k, (_, fell) in enumerate(results) if fell]
-    return [with_style(p, request.images.style) for p, _ in results], fallbacks
+    return [p for p, _ in results], fallbacks
+
+
+# Called as each image prompt is written: (index, prompt with style, fell back).
+OnImagePrompt = Callable[[int, str, bool], None]
+
+
+async def write_text(
+    text: TextBackend,
+    request: ArticleRequest,
+    outline: Outline,
+    seed: int,
+    on_delta: Callable[[str], None] | None = None,
+    on_usage: Callable[[int, int], None] | None = None,
+    grounded: Grounding | None = None,
+    on_image_prompt: OnImagePrompt | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """The sections and the image prompts side by side: returns (sections, prompts, fallbacks).
+
+    A prompt that needs no section (the featured image's) starts with the sections; image k's
+    starts once section k-1's lead is known, mid-stream (``write_sections``' ``on_lead``). The
+    text engine batches them all. ``on_image_prompt`` hears each prompt as it is written, so a
+    caller can start drawing that image while the rest of the text is still being written."""
+    subjects = image_subjects(outline, request.images.count)
+    prompts: dict[int, tuple[str, bool]] = {}
+    started: dict[int, asyncio.Future[None]] = {}
+
+    async def prompt_for(k: int, context: str) -> None:
+        prompts[k] = await image_prompt(text, request, k, subjects[k], context, seed)
+        if on_image_prompt is not None:
+            on_image_prompt(k, *prompts[k])
+
+    def start(k: int, context: str) -> None:
+        if k < len(subjects) and k not in started:
+            started[k] = asyncio.ensure_future(prompt_for(k, context or request.topic))
+
+    def on_lead(section: int, lead: str) -> None:
+        if needs_section(request, outline, section + 1):
+            start(section + 1, lead)
+
+    for k in range(len(subjects)):
+        if not needs_section(request, outline, k):
+            start(k, request.topic)
+    try:
+        bodies, fallbacks = await write_sections(
+            text, request, outline, seed, on_delta, on_usage, grounded, on_lead
+        )
+        await asyncio.gather(*started.values())
+    finally:
+        for future in started.values():
+            future.cancel()
+    fallbacks += [f"image_prompt:{k}" for k in sorted(prompts) if prompts[k][1]]
+    return bodies, [prompts[k][0] for k in range(len(subjects))], fallbacks
 
 
 def image_body(request: ArticleRequest, prompt: str, seed: int) -> dict[str, Any]:

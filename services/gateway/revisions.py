@@ -1,35 +1,38 @@
-"""Every revision of an article, kept: in the Redis hash (``revision:{n}``) and on disk
-(``DATA_DIR/revisions/{id}/{n}.json``). ``editorial`` writes them; reads, webhooks and exports
-read them back."""
+"""Every revision of an article, kept: in the Redis hash (``revision:{n}``) and in the storage
+(``revisions/{id}/{n}.json`` in DATA_DIR or the bucket). ``editorial`` writes them; reads,
+webhooks and exports read them back."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from services.common.errors import NotFound
 from services.gateway.schemas import Article, ArticleStatus
-from services.gateway.store import ArticleStore, atomic_write
+from services.gateway.store import ArticleStore, article_key
 
 
-def revision_path(data_dir: Path, article_id: str, revision: int) -> Path:
-    return data_dir / "revisions" / article_id / f"{revision}.json"
+def revision_key(article_id: str, revision: int) -> str:
+    article_key(article_id)  # checks the id
+    return f"revisions/{article_id}/{revision}.json"
+
+
+def has_revision(store: ArticleStore, article_id: str, revision: int) -> bool:
+    """True when the storage holds that revision's copy."""
+    return store.blobs.exists(revision_key(article_id, revision))
 
 
 def read_revision(store: ArticleStore, article_id: str, revision: int) -> Article | None:
-    """Redis first, then the disk copy (Redis down, or the record expired)."""
+    """Redis first, then the stored copy (Redis down, or the record expired)."""
     try:
         raw = store.redis.hget(store.key(article_id), f"revision:{revision}")
     except RedisError:
         raw = None
     if raw is not None:
         return Article.model_validate(json.loads(raw))
-    path = revision_path(store.data_dir, article_id, revision)
-    if path.exists():
-        return Article.model_validate_json(path.read_text())
-    return None
+    kept = store.blobs.get(revision_key(article_id, revision))
+    return None if kept is None else Article.model_validate_json(kept)
 
 
 def at_revision(store: ArticleStore, status: ArticleStatus, revision: int) -> ArticleStatus:
@@ -45,5 +48,5 @@ def at_revision(store: ArticleStore, status: ArticleStatus, revision: int) -> Ar
 
 
 def save_revision(store: ArticleStore, article: Article) -> None:
-    path = revision_path(store.data_dir, article.id, article.revision)
-    atomic_write(path, article.model_dump_json(indent=2).encode())
+    key = revision_key(article.id, article.revision)
+    store.blobs.put(key, article.model_dump_json(indent=2).encode())

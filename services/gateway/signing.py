@@ -1,10 +1,15 @@
-"""Signed image URLs, in the manner of S3 presigned URLs.
+"""Signed image URLs, in the manner of S3 presigned URLs (or the store's own presigned URLs).
 
 An article's images are embedded by CMS pages, which send no API key, so each image URL carries
 ``signature = HMAC-SHA256(key, "{image_id}.{expires}")`` (base64url, unpadded) and, when
 ``ARTICLEFORGE_IMAGE_URL_TTL_SECONDS`` is set, ``expires`` (Unix seconds; absent = 0 = never).
 The key is the server-only URL signing secret, not the webhook secret: webhook receivers hold
 that one, and could then sign URLs for images of other keys.
+
+With ``ARTICLEFORGE_STORAGE_IMAGE_URLS=presigned`` (images in an S3 bucket), ``signed_image_url``
+gives the store's presigned GET URL instead, valid for ARTICLEFORGE_IMAGE_URL_TTL_SECONDS: the
+client fetches the PNG from the store, not through the gateway. The gateway's own route still
+serves every image, for a key or for one of its signed URLs.
 """
 
 from __future__ import annotations
@@ -15,17 +20,19 @@ import hmac
 import secrets
 import time
 
-from services.gateway.config import GatewaySettings, kept_secret
+from services.gateway.config import GatewaySettings
+from services.gateway.storage import kept_secret
+from services.gateway.store import image_key
 
 SECRET_FILE = "url_signing_secret"
 
 
 def signing_key(config: GatewaySettings) -> bytes:
-    """The configured secret, or the one kept in DATA_DIR (created on first use; the workers
-    sign too, when they save an image)."""
+    """The configured secret, or the one kept in the storage (created on first use; the
+    workers sign too, when they save an image)."""
     if config.url_signing_secret:
         return config.url_signing_secret.encode()
-    return kept_secret(config.data_dir / SECRET_FILE, lambda: secrets.token_urlsafe(32)).encode()
+    return kept_secret(config.storage(), SECRET_FILE, lambda: secrets.token_urlsafe(32)).encode()
 
 
 def signature(key: bytes, image_id: str, expires: int) -> str:
@@ -34,7 +41,10 @@ def signature(key: bytes, image_id: str, expires: int) -> str:
 
 
 def signed_image_url(config: GatewaySettings, image_id: str, now: float | None = None) -> str:
-    """The public URL of an image, valid without a key (until it expires, if a TTL is set)."""
+    """The public URL of an image, valid without a key (until it expires, if a TTL is set):
+    the gateway's, or the store's presigned one (ARTICLEFORGE_STORAGE_IMAGE_URLS)."""
+    if config.storage_image_urls == "presigned":
+        return config.storage().presigned_url(image_key(image_id), config.image_url_ttl_seconds)
     base = f"{config.public_url.rstrip('/')}/v1/images/{image_id}"
     expires = 0
     if config.image_url_ttl_seconds:

@@ -1,20 +1,19 @@
-"""Article records in Redis, finished articles and PNGs on disk, progress as a Redis stream.
+"""Article records in Redis, finished articles and PNGs in the storage, progress as a Redis
+stream.
 
 Each article is one Redis hash (``af:article:{id}``): fields are written by whichever job owns
 them, so concurrent image jobs never overwrite each other. Status changes into a terminal state
 go through a Lua check-and-set, so a late job can never turn `cancelled` back into `failed`.
-The assembled article is also written to ``DATA_DIR/articles/{id}.json``, with its owner (the
-key scope that created it): it survives a Redis restart or outage, and GET falls back to it after
-checking the owner.
+The assembled article is also written to the storage (``articles/{id}.json`` in DATA_DIR or
+the S3 bucket: services/gateway/storage.py), with its owner (the key scope that created it): it
+survives a Redis restart or outage, and GET falls back to it after checking the owner.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from redis import Redis
 from redis.exceptions import LockError, RedisError
 
 from services.gateway.schemas import TERMINAL, ArticleStatus
-from services.gateway.views import status_view
+from services.gateway.storage import Blobs, LocalBlobs
+from services.gateway.views import STAGE_ORDER, status_view
 
 PREFIX = "af"
 ARTICLE_ID = re.compile(r"^art_[0-9a-f]{24}$")
@@ -66,24 +66,53 @@ return done
 """
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``path`` whole or not at all (a temporary file beside it, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+# Sets stage ARGV[2] (and status ARGV[1]) unless the record is terminal or already at a later
+# stage: stages listed in order from ARGV[3]. Returns 1 when it changed.
+_ADVANCE_STAGE = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+if current == 'succeeded' or current == 'failed' or current == 'cancelled' then return 0 end
+local stage = redis.call('HGET', KEYS[1], 'stage')
+local at, to = 0, 0
+for i = 3, #ARGV do
+  if ARGV[i] == stage then at = i end
+  if ARGV[i] == ARGV[2] then to = i end
+end
+if at > to then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'stage', ARGV[2])
+return 1
+"""
+
+
+def image_key(image_id: str) -> str:
+    if not IMAGE_ID.match(image_id):  # nothing but our own ids reaches the storage
+        raise ValueError(f"not an image id: {image_id!r}")
+    return f"images/{image_id}.png"
+
+
+def article_key(article_id: str) -> str:
+    if not ARTICLE_ID.match(article_id):
+        raise ValueError(f"not an article id: {article_id!r}")
+    return f"articles/{article_id}.json"
+
+
+def sources_key(article_id: str) -> str:
+    if not ARTICLE_ID.match(article_id):
+        raise ValueError(f"not an article id: {article_id!r}")
+    return f"sources/{article_id}.json"
 
 
 class ArticleStore:
-    def __init__(self, redis: Redis, data_dir: Path, ttl_seconds: int = 7 * 24 * 3600) -> None:
+    def __init__(self, redis: Redis, blobs: Blobs | Path, ttl_seconds: int = 7 * 24 * 3600) -> None:
         # redis-py's annotations mix sync/async and bytes/str replies; replies here are bytes.
         self.redis: Any = redis
-        self.data_dir = data_dir
+        # The settings' storage (GatewaySettings.storage()); a folder is DATA_DIR's.
+        self.blobs: Blobs = LocalBlobs(blobs) if isinstance(blobs, Path) else blobs
         self.ttl = ttl_seconds
         self._set_status = redis.register_script(_SET_STATUS)
         self._image_done = redis.register_script(_IMAGE_DONE)
         self._swap_status = redis.register_script(_SWAP_STATUS)
+        self._advance_stage = redis.register_script(_ADVANCE_STAGE)
 
     # --- keys ---
 
@@ -173,6 +202,17 @@ class ArticleStore:
         self.redis.hsetnx(self.key(article_id), "started", str(time.time()))
         return self.transition(article_id, status, stage=stage)
 
+    def advance_stage(self, article_id: str, stage: str, status: str) -> bool:
+        """``stage`` unless the article is already past it (stages overlap: an image may start
+        while the sections are written), so the stage shown only ever moves forward."""
+        self.redis.hsetnx(self.key(article_id), "started", str(time.time()))
+        changed = bool(
+            self._advance_stage(keys=[self.key(article_id)], args=[status, stage, *STAGE_ORDER])
+        )
+        if changed:
+            self.publish(article_id)
+        return changed
+
     def image_step(self, article_id: str, index: int, step: int, steps: int) -> None:
         self.redis.hset(self.key(article_id), f"image_step:{index}", f"{step}/{steps}")
 
@@ -197,57 +237,52 @@ class ArticleStore:
     def active_count(self) -> int:
         return int(self.redis.scard(self.ACTIVE))
 
-    # --- finished articles and images on disk ---
-
-    def article_path(self, article_id: str) -> Path:
-        return self.data_dir / "articles" / f"{article_id}.json"
-
-    def image_path(self, image_id: str) -> Path:
-        if not IMAGE_ID.match(image_id):  # nothing but our own ids reaches the filesystem
-            raise ValueError(f"not an image id: {image_id!r}")
-        return self.data_dir / "images" / f"{image_id}.png"
-
-    def sources_path(self, article_id: str) -> Path:
-        if not ARTICLE_ID.match(article_id):
-            raise ValueError(f"not an article id: {article_id!r}")
-        return self.data_dir / "sources" / f"{article_id}.json"
+    # --- finished articles, images and sources in the storage ---
 
     def save_sources(self, article_id: str, sources: list[dict[str, Any]]) -> None:
-        """The article's loaded sources (their text included) beside its disk copy."""
-        atomic_write(self.sources_path(article_id), json.dumps(sources).encode())
+        """The article's loaded sources (their text included) beside its stored copy."""
+        self.blobs.put(sources_key(article_id), json.dumps(sources).encode())
 
     def load_sources(self, article_id: str) -> list[dict[str, Any]] | None:
-        """The sources from Redis, else (gone from Redis, or Redis down) from disk; None when
-        the article has none kept."""
+        """The sources from Redis, else (gone from Redis, or Redis down) from the storage; None
+        when the article has none kept."""
         try:
             kept = self.get(article_id, "sources")
         except RedisError:
             kept = None
         if kept is not None:
             return list(kept)
-        path = self.sources_path(article_id)
-        return list(json.loads(path.read_text())) if path.exists() else None
+        raw = self.blobs.get(sources_key(article_id))
+        return list(json.loads(raw)) if raw is not None else None
 
     def save_image(self, image_id: str, png: bytes) -> None:
-        atomic_write(self.image_path(image_id), png)
+        self.blobs.put(image_key(image_id), png)
+
+    def load_image(self, image_id: str) -> bytes | None:
+        """The PNG, or None when there is none (or ``image_id`` is not one of ours)."""
+        if not IMAGE_ID.match(image_id):
+            return None
+        return self.blobs.get(image_key(image_id))
 
     def save_article(self, status: ArticleStatus, owner: str | None = None) -> None:
         """Writes the status with its owner (by default the record's key scope) beside it."""
         if owner is None:
             owner = self.get(status.id, "key")
         document = {"owner": owner, **status.model_dump(mode="json")}
-        atomic_write(self.article_path(status.id), json.dumps(document, indent=2).encode())
+        self.blobs.put(article_key(status.id), json.dumps(document, indent=2).encode())
 
     def load_article(self, article_id: str) -> ArticleStatus | None:
         found = self.load_article_with_owner(article_id)
         return None if found is None else found[0]
 
     def load_article_with_owner(self, article_id: str) -> tuple[ArticleStatus, str | None] | None:
-        """The disk copy and its owner (None for copies written before owners were kept)."""
-        path = self.article_path(article_id)
-        if not ARTICLE_ID.match(article_id) or not path.exists():
+        """The stored copy and its owner (None for copies written before owners were kept)."""
+        if not ARTICLE_ID.match(article_id):
             return None
-        document = json.loads(path.read_text())
+        raw = self.blobs.get(article_key(article_id))
+        if raw is None:
+            return None
+        document = json.loads(raw)
         owner = document.pop("owner", None)
         return ArticleStatus.model_validate(document), owner
 

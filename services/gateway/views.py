@@ -36,6 +36,7 @@ STAGE_SPAN = {  # stage -> (start percent, end percent)
     "webhook": (100, 100),
     "done": (100, 100),
 }
+STAGE_ORDER = tuple(STAGE_SPAN)  # the pipeline's stages, first to last
 
 
 def percent(fields: dict[str, str]) -> float:

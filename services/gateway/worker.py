@@ -21,9 +21,16 @@ last retry gets its job's own failure callback, which RQ would not call.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import os
+import signal
+import sys
 import time
+from multiprocessing import get_context
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from redis import Redis
@@ -31,9 +38,11 @@ from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import AbandonedJobError, InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.registry import ReadyJobRegistry
+from rq.worker_pool import WorkerPool
 
 from services.gateway.config import GatewaySettings
 from services.gateway.editorial import EDITING, expire_reviews
+from services.gateway.job_base import redis_connection, settings
 from services.gateway.publish.job import PUBLISHING, job_id, lock_key
 from services.gateway.store import ArticleStore
 
@@ -291,9 +300,13 @@ def requeue_lost_jobs(connection: Redis, lost_after: float = LOST_AFTER_SECONDS)
 
 
 def article_worker(
-    queues: list[str], connection: Redis, config: GatewaySettings, name: str | None = None
+    queues: list[str],
+    connection: Redis,
+    config: GatewaySettings,
+    name: str | None = None,
+    worker_class: type[ArticleWorker] = ArticleWorker,
 ) -> ArticleWorker:
-    return ArticleWorker(
+    return worker_class(
         [ArticleQueue(q, connection=connection) for q in queues],
         connection=connection,
         name=name,
@@ -302,3 +315,73 @@ def article_worker(
         heartbeat_grace=config.worker_heartbeat_grace_seconds,
         work_horse_killed_handler=on_horse_killed,
     )
+
+
+# Linux's prctl(PR_SET_PDEATHSIG): the kernel signals a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A pool worker goes when its pool goes, SIGKILL included: else a killed pool would leave
+    its workers running beside the pool that replaces it. (Elsewhere than Linux the worker
+    checks its parent at each maintenance pass instead: ``PoolWorker``.)"""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class PoolWorker(ArticleWorker):
+    """One worker of an ``ArticlePool``: stops (after its job) once its pool is gone."""
+
+    pool_pid: int = 0
+
+    def run_maintenance_tasks(self) -> None:
+        if self.pool_pid and os.getppid() != self.pool_pid:
+            logger.warning("worker %s: its pool %d is gone; stopping", self.name, self.pool_pid)
+            self.request_stop(signal.SIGTERM, None)
+            return
+        super().run_maintenance_tasks()
+
+
+def _run_pool_worker(
+    name: str, queues: list[str], pool_pid: int, burst: bool, logging_level: str
+) -> None:
+    _die_with_parent()
+    if os.getppid() != pool_pid:  # the pool died before the line above took effect
+        return
+    config = settings()
+    # A connection of its own: sockets inherited across a fork are not shared safely.
+    connection = redis_connection(config)
+    worker = article_worker(queues, connection, config, name=name, worker_class=PoolWorker)
+    assert isinstance(worker, PoolWorker)
+    worker.pool_pid = pool_pid
+    worker.work(burst=burst, with_scheduler=True, logging_level=logging_level)
+
+
+class ArticlePool(WorkerPool):
+    """RQ's ``WorkerPool`` of ``PoolWorker``s, built as ``article_worker`` builds one, named
+    ``{pool}.{n}`` so that logs and RQ's worker registry say which pool each belongs to.
+
+    RQ's pool forks each worker from this process (so the workers share its imports), starts
+    a new one when one dies, and on SIGTERM or SIGINT asks each to finish its job and stop."""
+
+    def __init__(self, queues: list[str], connection: Redis, size: int, name: str) -> None:
+        super().__init__(queues, connection=connection, num_workers=size)
+        self.name = name
+        self._started = 0
+
+    def get_worker_process(
+        self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"
+    ) -> BaseProcess:
+        self._started += 1
+        return get_context("fork").Process(
+            target=_run_pool_worker,
+            args=(
+                f"{self.name}.{self._started}",
+                self._queue_names,
+                os.getpid(),
+                burst,
+                logging_level,
+            ),
+            name=f"{self.name}.{self._started}",
+        )

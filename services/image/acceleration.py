@@ -3,6 +3,8 @@
 * fused QKV projections (diffusers' ``fuse_qkv_projections``): one matmul per attention block
   instead of three;
 * channels_last memory for the denoiser and the VAE (what cuDNN's fp16 convolutions want);
+* with ``ARTICLEFORGE_IMAGE_QUANTIZATION=fp8``, the UNet's linear layers and 1x1 convolutions
+  as FP8 matmuls (services/image/fp8.py), converted here, before compile;
 * ``torch.compile`` of the denoiser and of the VAE decoder, with static shapes: each (size, batch)
   compiles once, and ``reduce-overhead`` records a CUDA graph for it, so a denoising step is one
   graph replay instead of a thousand kernel launches;
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 
 from services.image.config import ImageSettings
+from services.image.fp8 import Fp8Conversion, convert_unet
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +55,26 @@ class Acceleration:
     compiled: bool = False
     mode: str = ""
     fused_qkv: bool = False
+    quantization: str = "none"
+    fp8: Fp8Conversion | None = None  # what the fp8 conversion replaced
     buckets: list[int] = field(default_factory=lambda: [1])
     seen: set[ShapeKey] = field(default_factory=set)
     # Seconds of one call of each compiled shape, by step count, as measured (moving averages):
     # a call costs a fixed part (text encoder, VAE decode) plus a part per denoising step.
     call_seconds: dict[ShapeKey, dict[int, float]] = field(default_factory=dict)
     provisional: set[tuple[ShapeKey, int]] = field(default_factory=set)  # warm-up figures
+
+    def status(self) -> dict[str, Any]:
+        """What was applied, for the service's info and logs."""
+        return {
+            "compiled": self.compiled,
+            "compile_mode": self.mode or None,
+            "fused_qkv": self.fused_qkv,
+            "quantization": self.quantization,
+            "fp8_layers": None if self.fp8 is None else self.fp8.total,
+            "fp8_layers_by_role": None if self.fp8 is None else dict(self.fp8.layers),
+            "batch_buckets": list(self.buckets) if self.compiled else None,
+        }
 
     def bucket(self, images: int) -> int:
         """The batch size a call of ``images`` images runs at (itself without compile)."""
@@ -137,6 +154,8 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
         denoiser.to(memory_format=torch.channels_last)
         if vae is not None:
             vae.to(memory_format=torch.channels_last)
+    if settings.image_quantization == "fp8":
+        quantize(pipe, settings, result)
     if not enabled(settings.image_compile, device):
         return result
     import torch._inductor.config as inductor
@@ -178,6 +197,27 @@ def accelerate(pipe: Any, settings: ImageSettings, device: torch.device) -> Acce
         cache,
     )
     return result
+
+
+def quantize(pipe: Any, settings: ImageSettings, result: Acceleration) -> None:
+    """The UNet's matmuls in FP8 (the loader has checked the card). A transformer denoiser
+    (SD3, Flux) is not converted: its layers were not measured."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        raise ValueError(
+            f"ARTICLEFORGE_IMAGE_QUANTIZATION=fp8 converts a UNet, and {settings.image_model} "
+            "has a transformer denoiser; use ARTICLEFORGE_IMAGE_QUANTIZATION=none"
+        )
+    result.fp8 = convert_unet(unet)
+    result.quantization = "fp8"
+    logger.info(
+        "image model %s: fp8 (E4M3) matmuls in %s of the UNet, GEMM out %s; the 3x3 "
+        "convolutions, attention, the VAE and the text encoder stay %s",
+        settings.image_model,
+        result.fp8.describe(),
+        result.fp8.gemm_dtype,
+        str(next(unet.parameters()).dtype)[6:],
+    )
 
 
 def compile_cache_counts() -> tuple[int, int]:

@@ -92,6 +92,13 @@ class ImageSettings(CommonSettings):
     # Threads that encode PNGs while the pipeline draws the next batch.
     image_encode_threads: int = Field(default=4, ge=1, le=64)
     # --- Options that change the images: off by default. ---
+    # `fp8`: the UNet's matmuls in FP8 E4M3 (its linear layers and 1x1 convolutions, ~25 % of a
+    # compiled SD-1.5 step; per-channel weight scales, per-pixel/token activation scales;
+    # services/image/fp8.py), as ARTICLEFORGE_TEXT_QUANTIZATION=fp8 does for the text model.
+    # The 3x3 convolutions, attention, the VAE and the text encoder stay in the model's dtype.
+    # Needs FP8 tensor cores (Hopper or Ada); refused elsewhere at start-up. It changes the
+    # pixels slightly (docs/deployment.md has the measured difference).
+    image_quantization: Literal["none", "fp8"] = "none"
     # Step caching: in the middle of the schedule (the first and last 20% of the steps always
     # run the denoiser), only every Nth step calls it; the others reuse the last noise
     # prediction. Fewer UNet calls, slightly different images. 0 or 1: off.

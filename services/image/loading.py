@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from services.common import fp8
 from services.common.devices import resolve_device, resolve_dtype
+from services.common.model_source import ModelLoadError
 from services.common.tiny import resolve_model
 from services.image.acceleration import Acceleration, accelerate
 from services.image.config import ImageSettings
@@ -121,9 +123,26 @@ def _denoiser(pipe: Any) -> Any:
     return getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
 
 
-def load_image_pipeline(settings: ImageSettings) -> LoadedPipeline:
+def check_quantization(settings: ImageSettings) -> None:
+    """Refuses ``ARTICLEFORGE_IMAGE_QUANTIZATION=fp8`` where FP8 matmuls cannot run, with one
+    sentence, before anything is loaded."""
+    if settings.image_quantization != "fp8":
+        return
+    problem = fp8.unsupported_reason(
+        resolve_device(settings.image_device), "ARTICLEFORGE_IMAGE_QUANTIZATION", "none"
+    )
+    if problem is not None:
+        raise ModelLoadError(problem)
+
+
+def load_image_pipeline(settings: ImageSettings, allow_cpu_fp8: bool = False) -> LoadedPipeline:
+    """The pipeline, accelerated as the settings say. ``allow_cpu_fp8``: skip the fp8 device
+    check (tests and bench/image_fp8.py run torch's reference FP8 matmul on the CPU; the service
+    never does)."""
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
+    if not allow_cpu_fp8:
+        check_quantization(settings)
     path = resolve_model(settings.image_model, "image", settings.resolved_cache_dir())
     device = resolve_device(settings.image_device)
     dtype = resolve_dtype(settings.image_dtype, device, torch.float16)

@@ -22,114 +22,57 @@ scaled per token, which is at least as fine.
 On the CPU ``torch._scaled_mm`` exists as a reference implementation; the tests use it for the
 arithmetic, but the service refuses fp8 there (``unsupported_reason``): it would be slower than
 float32 and gain nothing.
+
+The arithmetic (quantizing weights and rows, the scaled product, ``Fp8Weight``) lives in
+services/common/fp8.py, which the image service's FP8 UNet uses too; this module re-exports it
+and keeps what only the text service needs: FP8 checkpoints.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from services.common.fp8 import (
+    FP8,
+    FP8_MAX,
+    MIN_SCALE,
+    Fp8Weight,
+    dequantize,
+    quantize_rows_torch,
+    quantize_weight,
+)
+from services.common.fp8 import unsupported_reason as _unsupported_reason
+
+__all__ = [
+    "CHECKPOINT_METHODS",
+    "FP8",
+    "FP8_MAX",
+    "MIN_SCALE",
+    "Fp8Weight",
+    "attach_checkpoint_scales",
+    "checkpoint_method",
+    "dequantize",
+    "from_linear",
+    "quantize_rows_torch",
+    "quantize_weight",
+    "read_weight_scales",
+    "unsupported_reason",
+]
+
 logger = logging.getLogger(__name__)
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
-# A row of zeros (a padded graph row) gets this scale instead of 0, so nothing divides by 0.
-MIN_SCALE = 1e-12
 # The quantization methods whose checkpoints hold E4M3 weights with `weight_scale` beside them.
 CHECKPOINT_METHODS = ("compressed-tensors", "fp8", "fbgemm_fp8")
 
 
 def unsupported_reason(device: torch.device) -> str | None:
     """None where FP8 matmuls run on tensor cores; else the one sentence that refuses fp8."""
-    if device.type != "cuda":
-        return (
-            "ARTICLEFORGE_TEXT_QUANTIZATION=fp8 needs an NVIDIA GPU with FP8 tensor cores "
-            f"(Hopper or Ada, compute capability 8.9 or newer), and this service runs on "
-            f"{device.type}; use ARTICLEFORGE_TEXT_QUANTIZATION=none or nf4"
-        )
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (8, 9):
-        name = torch.cuda.get_device_name(device)
-        return (
-            f"ARTICLEFORGE_TEXT_QUANTIZATION=fp8 needs FP8 tensor cores (Hopper or Ada, compute "
-            f"capability 8.9 or newer), and the {name} has compute capability {major}.{minor}; "
-            "use ARTICLEFORGE_TEXT_QUANTIZATION=none or nf4"
-        )
-    try:  # the smallest row-wise product, so that a torch built without it is refused here
-        a = torch.zeros((16, 16), dtype=FP8, device=device)
-        one = torch.ones((16, 1), dtype=torch.float32, device=device)
-        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one.t(), out_dtype=torch.bfloat16)
-    except (RuntimeError, NotImplementedError) as exc:
-        return (
-            "ARTICLEFORGE_TEXT_QUANTIZATION=fp8 is refused: this torch build cannot run a "
-            f"row-wise scaled FP8 matmul on {torch.cuda.get_device_name(device)} ({exc}); "
-            "use ARTICLEFORGE_TEXT_QUANTIZATION=none or nf4"
-        )
-    return None
-
-
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[out, in]`` -> (E4M3 ``[out, in]``, float32 scale ``[out]``); ``q * scale ~ weight``."""
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=MIN_SCALE)
-    q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
-
-
-def quantize_rows_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[T, K]`` -> (E4M3 ``[T, K]``, float32 ``[T, 1]``): one dynamic scale per token."""
-    f = x.float()
-    scale = (f.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
-    return (f / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
-
-
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """float32 values of E4M3 ``q`` with per-row ``scale`` (``[rows]`` or ``[rows, 1]``)."""
-    return q.float() * scale.reshape(-1, 1).float()
-
-
-@dataclass
-class Fp8Weight:
-    """A linear layer's weight in E4M3: ``q`` ``[out, in]`` row-major, ``scale`` ``[1, out]``."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-
-    @classmethod
-    def quantize(cls, weight: torch.Tensor) -> Fp8Weight:
-        q, scale = quantize_weight(weight)
-        return cls(q, scale.reshape(1, -1).contiguous())
-
-    @classmethod
-    def cat(cls, parts: list[Fp8Weight]) -> Fp8Weight:
-        """Several layers fused along the output dimension (q, k, v; gate, up)."""
-        if len(parts) == 1:
-            return parts[0]
-        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts], dim=1))
-
-    @property
-    def out_features(self) -> int:
-        return int(self.q.shape[0])
-
-    def matmul(
-        self,
-        x: torch.Tensor,
-        quantize_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    ) -> torch.Tensor:
-        """``x`` ``[T, in]`` (bf16) -> ``x @ W.T`` ``[T, out]`` in x's dtype."""
-        xq, xs = quantize_rows(x)
-        return torch._scaled_mm(xq, self.q.t(), scale_a=xs, scale_b=self.scale, out_dtype=x.dtype)
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same product in float32 from dequantized operands (for checks)."""
-        xq, xs = quantize_rows_torch(x)
-        return dequantize(xq, xs) @ dequantize(self.q, self.scale).t()
+    return _unsupported_reason(device, "ARTICLEFORGE_TEXT_QUANTIZATION", "none or nf4")
 
 
 # --- FP8 checkpoints --------------------------------------------------------------------------

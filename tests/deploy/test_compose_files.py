@@ -18,12 +18,8 @@ import tomllib
 from typing import Any
 
 import pytest
-import typer.main
 import yaml
-from fastapi import FastAPI
-from starlette.routing import Match
 
-from services.cli import app as cli_app
 from services.ui.launch import DEFAULT_PORT as UI_PORT
 from services.ui.launch import HEALTH_PATH as UI_HEALTH_PATH
 from tests.deploy.compose import (
@@ -37,13 +33,19 @@ from tests.deploy.compose import (
     REPO,
     SETTINGS,
     all_setting_names,
+    app_for,
     container_port,
+    default_port,
     environment,
     extras_installed,
+    health_path,
     healthcheck_argv,
     load_yaml,
+    parse_cli,
     parse_dockerfile,
     project,
+    seconds,
+    serves,
     setting_names,
     urls_in,
     variables_in,
@@ -51,65 +53,6 @@ from tests.deploy.compose import (
 
 HTTP_SERVICES = ("text", "image", "gateway")
 BOTH = pytest.mark.parametrize("cpu", [False, True], ids=["gpu", "cpu"])
-
-
-def default_port(service: str) -> int:
-    if service == "ui":  # `articleforge ui --port`, Streamlit's usual port
-        return UI_PORT
-    return int(SETTINGS[service].model_fields[f"{service}_port"].default)
-
-
-def health_path(service: str) -> str:
-    """What a container's healthcheck asks: /readyz, or Streamlit's own check for the studio."""
-    return UI_HEALTH_PATH if service == "ui" else "/readyz"
-
-
-def seconds(duration: str) -> float:
-    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
-    assert parts and "".join(n + u for n, u in parts) == duration, duration
-    return sum(float(n) * units[u] for n, u in parts)
-
-
-def app_for(service: str) -> FastAPI:
-    """The service's app from create_app(settings), its lifespan not run (nothing loads)."""
-    if service == "text":
-        from services.text.app import create_app as create_text
-        from services.text.config import TextSettings
-
-        return create_text(TextSettings(_env_file=None))
-    if service == "image":
-        from services.image.app import create_app as create_image
-        from services.image.config import ImageSettings
-
-        return create_image(ImageSettings(_env_file=None))
-    from services.gateway.app import create_app as create_gateway
-    from services.gateway.config import GatewaySettings
-
-    return create_gateway(GatewaySettings(_env_file=None))
-
-
-def serves(app: FastAPI, path: str) -> bool:
-    """Whether a GET of `path` reaches a route (matched the way Starlette routes a request)."""
-    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
-    return any(route.matches(scope)[0] is Match.FULL for route in app.router.routes)
-
-
-def parse_cli(argv: list[str]) -> list[str]:
-    """Parses `articleforge ...` as the CLI would, without running it; returns the command path
-    (e.g. ["serve"], ["models", "tiny"])."""
-    assert argv[0] == "articleforge", argv
-    command = typer.main.get_command(cli_app)
-    args, path = list(argv[1:]), []
-    # Typer ships its own copy of click, so groups are told by their subcommands, not by class.
-    while hasattr(command, "commands"):
-        assert args, f"{argv}: {' '.join(['articleforge', *path])} needs a subcommand"
-        assert args[0] in command.commands, f"{argv}: `{args[0]}` is not an articleforge command"
-        command = command.commands[args[0]]
-        path.append(args[0])
-        args = args[1:]
-    command.make_context(path[-1], args)  # raises a usage error on unknown options or bad values
-    return path
 
 
 # -- compose: services, settings, commands, ports, health ---------------------------------------

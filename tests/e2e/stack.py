@@ -64,32 +64,51 @@ class Stack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.gateway, timeout=60)
 
-    def add_worker(self) -> str:
+    def add_worker(self, pool_size: int = 1) -> str:
+        """Starts an `articleforge worker` pool (of one worker unless told) named ``w{n}``; its
+        workers are ``w{n}.1``, ``w{n}.2``, ... (the names RQ's job hashes carry)."""
         name = f"w{self._started}"
         self._started += 1
         self.workers[name] = self._exit.enter_context(
-            running(["worker", "--name", name], env=self.env, log_path=self.logs / f"{name}.log")
+            running(
+                ["worker", "--name", name, "--pool-size", str(pool_size)],
+                env=self.env,
+                log_path=self.logs / f"{name}.log",
+            )
         )
         return name
 
+    def _pid(self, name: str) -> int | None:
+        """The process of a pool (``w0``) or of one of its workers (``w0.2``, as RQ knows it)."""
+        if name in self.workers:
+            return int(self.workers[name].pid)
+        raw = self.redis.hget(f"rq:worker:{name}", "pid")
+        return None if raw is None else int(raw)
+
     def kill_worker(self, name: str) -> list[int]:
-        """SIGKILL the worker and everything under it (work horse, scheduler), as a crashed host
-        or an OOM-killed container would lose them; returns the pids killed."""
-        proc = self.workers.pop(name)
-        pids = [proc.pid, *descendants(proc.pid)]
-        for pid in pids:
+        """SIGKILL a pool, or one worker of a pool, and everything under it (work horse,
+        scheduler), as a crashed host or an OOM-killed container would lose them; returns the
+        pids killed. A pool starts a new worker in place of a killed one."""
+        pid = self._pid(name)
+        if pid is None:
+            return []
+        pids = [pid, *descendants(pid)]
+        for victim in pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        proc.wait()
+        if name in self.workers:
+            self.workers.pop(name).wait()
         return pids
 
     def kill_horse(self, name: str) -> int | None:
         """SIGKILL only the work horse of a live worker (RQ forks it into its own process group);
         None when the worker runs none (its job just ended)."""
-        proc = self.workers[name]
-        horses = [pid for pid in descendants(proc.pid) if _leads_its_group(pid)]
+        pid = self._pid(name)
+        if pid is None:
+            return None
+        horses = [p for p in descendants(pid) if _leads_its_group(p)]
         if len(horses) != 1:
             return None
         try:
@@ -211,8 +230,7 @@ def stack(
         )
         for name in ("text", "image", "gateway"):
             result._serve(name)
-        for _ in range(workers):
-            result.add_worker()
+        result.add_worker(pool_size=workers)  # one pool of ``workers``, as a host runs them
         yield result
     receiver.shutdown()
     connection.flushdb()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import redis
@@ -49,11 +50,16 @@ def test_create_answers_202_and_queues_the_job_graph(
     outline = Job.fetch(f"{article_id}-outline", connection=redis_db)
     assert outline.meta["request_id"] == "cms-7"
     assert outline.get_status() == JobStatus.QUEUED
-    # Everything after the outline waits on its dependencies: no worker blocks.
-    for stage in ("sections", "image_prompts", "image-0", "image-1", "assemble"):
+    # The text stages wait on their dependencies (no worker blocks); the image jobs and
+    # assemble are queued once their inputs exist, under ids fixed now, which the record lists.
+    for stage in ("sections", "image_prompts"):
         assert Job.fetch(f"{article_id}-{stage}", connection=redis_db).get_status() == (
             JobStatus.DEFERRED
         )
+    later = [f"{article_id}-{stage}" for stage in ("image-0", "image-1", "assemble")]
+    assert not any(Job.exists(job_id, redis_db) for job_id in later)
+    jobs = json.loads(redis_db.hget(f"af:article:{article_id}", "jobs"))
+    assert jobs[-3:] == later
     assert len(Queue("articles", connection=redis_db)) == 1
 
 
@@ -184,9 +190,11 @@ def test_cancel_drops_queued_jobs(client: TestClient, redis_db: redis.Redis) -> 
     article_id = client.post("/v1/articles", json=BODY).json()["id"]
     cancelled = client.delete(f"/v1/articles/{article_id}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    for stage in ("outline", "sections", "image-0", "assemble"):
+    for stage in ("outline", "sections", "image_prompts"):
         job = Job.fetch(f"{article_id}-{stage}", connection=redis_db)
         assert job.get_status() == JobStatus.CANCELED
+    # Never queued, and never will be: the stages that would queue them were cancelled.
+    assert not any(Job.exists(f"{article_id}-{s}", redis_db) for s in ("image-0", "assemble"))
     assert len(Queue("articles", connection=redis_db)) == 0
     again = client.delete(f"/v1/articles/{article_id}")
     assert again.status_code == 409
@@ -206,8 +214,9 @@ def test_a_service_that_stays_down_fails_the_article(
         "text service at http://127.0.0.1:9 did not answer after 2 attempts"
         in (status["error"]["message"])
     )
-    later = Job.fetch(f"{article_id}-assemble", connection=redis_db)
+    later = Job.fetch(f"{article_id}-image_prompts", connection=redis_db)
     assert later.get_status() == JobStatus.CANCELED
+    assert not Job.exists(f"{article_id}-assemble", redis_db)
 
 
 def test_unknown_article_is_404(client: TestClient) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from services.gateway import assemble, pipeline
@@ -148,12 +151,18 @@ class RecordingText:
 
         self.inner = LocalText(engine)
         self.bodies: list[dict[str, Any]] = []
+        self.spans: list[tuple[float, float]] = []  # each call's start and end
 
     async def generate(
-        self, body: dict[str, Any], on_delta: Callable[[str], None] | None = None
+        self,
+        body: dict[str, Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         self.bodies.append(body)
-        reply: dict[str, Any] = await self.inner.generate(body, on_delta)
+        started = time.monotonic()
+        reply: dict[str, Any] = await self.inner.generate(body, on_delta, on_text)
+        self.spans.append((started, time.monotonic()))
         return reply
 
 
@@ -318,3 +327,62 @@ def test_ssrf_guard() -> None:
     ):
         with pytest.raises(WebhookRefused):
             check_url(url, allow_private=False)
+
+
+# --- sections and image prompts side by side ----------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["# Costs", "Costs", "", "   ", "Panels cost less now. ", "#", "x" * 90]),
+        max_size=12,
+    ),
+    st.integers(min_value=1, max_value=40),
+)
+def test_a_lead_taken_mid_stream_is_the_finished_sections_lead(lines: list[str], step: int) -> None:
+    raw = "\n".join(lines) + " and the rest of it" * 30
+    final = pipeline.section_lead(raw, "Costs", done=True)
+    assert final == pipeline.clean_section(raw, "Costs")[: pipeline.LEAD_CHARS]
+    for cut in range(0, len(raw), step):
+        early = pipeline.section_lead(raw[:cut], "Costs", done=False)
+        assert early is None or early == final, (raw[:cut], early, final)
+
+
+def test_image_prompts_start_beside_the_sections_and_read_each_sections_lead(
+    tiny_engine: Any,
+) -> None:
+    request = ArticleRequest(
+        topic="The future of solar power",
+        sections=3,
+        target_words=300,
+        images={"count": 3},  # type: ignore[arg-type]
+        text={"seed": 5},  # type: ignore[arg-type]
+    )
+    backend = RecordingText(tiny_engine)
+    outline = pipeline.fallback_outline(request)
+    heard: list[tuple[int, float]] = []
+    bodies, prompts, fallbacks = asyncio.run(
+        pipeline.write_text(
+            backend,
+            request,
+            outline,
+            5,
+            on_image_prompt=lambda k, prompt, fell: heard.append((k, time.monotonic())),
+        )
+    )
+    assert len(bodies) == 3 and len(prompts) == 3 and sorted(k for k, _ in heard) == [0, 1, 2]
+    sent = [b["prompt"] for b in backend.bodies]
+    sections = [k for k, p in enumerate(sent) if "Now write only section" in p]
+    images = {k: p for k, p in enumerate(sent) if "Stable Diffusion prompt" in p}
+    assert len(sections) == 3 and len(images) == 3
+    sections_end = max(backend.spans[k][1] for k in sections)
+    # The featured image's prompt was written before the last section was done...
+    first_prompt = min(images)
+    assert backend.spans[first_prompt][0] < sections_end
+    assert heard[0][0] == 0 and heard[0][1] < sections_end
+    # ... and image k's read the lead of section k-1 as the finished article has it.
+    for k in (1, 2):
+        context = f"Context: {bodies[k - 1][: pipeline.LEAD_CHARS]}"
+        assert any(p.endswith(context) and outline.headings[k - 1] in p for p in images.values())
+    assert all(f.startswith(("image_prompt:", "section:")) for f in fallbacks)

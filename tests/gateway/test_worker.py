@@ -41,7 +41,12 @@ def _article(connection: redis.Redis, redis_url: str, tmp_path: Path) -> tuple[s
     request = ArticleRequest(topic="Solar power", sections=1, images={"count": 1})
     article_id = "art_" + "ab" * 12
     store.create(article_id, {"request": request.model_dump(mode="json"), "images_total": 1})
-    return article_id, jobs.enqueue_article(store, config, article_id, request, "req-1")
+    ids = jobs.enqueue_article(store, config, article_id, request, "req-1")
+    # What the sections and image prompts stages queue once the image's prompt exists.
+    store.put(article_id, **{"image_prompt:0": "a solar panel"})
+    jobs.enqueue_image(store, config, article_id, 0)
+    jobs.enqueue_assemble(store, config, article_id)
+    return article_id, ids
 
 
 def test_stage_jobs_carry_a_retry_and_the_documented_stage(

@@ -31,8 +31,9 @@ def _worker_log(redis_url: str, tmp_path: Path, level: str) -> str:
         "ARTICLEFORGE_WORKER_MAINTENANCE_INTERVAL_SECONDS": "1",
     }
     job = Queue("articles", connection=connection).enqueue("os.getpid")
-    name = f"logging-{level.lower()}"
-    with running(["worker", "--name", name], env=env, log_path=log):
+    pool = f"logging-{level.lower()}"
+    name = f"{pool}.1"  # the pool's one worker
+    with running(["worker", "--name", pool, "--pool-size", "1"], env=env, log_path=log):
         until("the job to finish", lambda: "Job OK" in log.read_text(), timeout=60)
         time.sleep(3.5)  # three more passes
     text = log.read_text()
@@ -51,4 +52,4 @@ def test_routine_maintenance_stays_off_the_info_console(redis_url: str, tmp_path
 def test_routine_maintenance_is_there_at_debug(redis_url: str, tmp_path: Path) -> None:
     text = _worker_log(redis_url, tmp_path, "DEBUG")
     for line in ROUTINE:
-        assert f"DEBUG rq.worker [-] Worker logging-debug: {line}" in text, text
+        assert f"DEBUG rq.worker [-] Worker logging-debug.1: {line}" in text, text

@@ -4,8 +4,8 @@
 lifetime: one publish at a time per article and target; a request meanwhile gets the current
 state back), writes the record as `queued` and queues ``publish_job``. The job uploads what is
 missing, writes the post, and notes every remote change in the record as it goes (Redis field
-``publish:{target}`` and ``DATA_DIR/publish/{id}/{target}.json``), so a retry resumes where the
-last attempt stopped and a republish updates the same post with the same media.
+``publish:{target}`` and ``publish/{id}/{target}.json`` in the storage), so a retry resumes
+where the last attempt stopped and a republish updates the same post with the same media.
 
 Failures (``on_publish_failure``): a 429, a 5xx or a transport error is retried after each of
 ARTICLEFORGE_PUBLISH_RETRY_INTERVALS; a CMS 4xx fails at once. Either way the article itself is
@@ -16,7 +16,6 @@ free for another POST /v1/articles/{id}/publish.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -45,7 +44,7 @@ from services.gateway.publish.ghost import Ghost
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.gateway.publish.wordpress import WordPress
 from services.gateway.schemas import Article
-from services.gateway.store import ArticleStore, atomic_write
+from services.gateway.store import ArticleStore, article_key
 from services.gateway.views import status_view
 from services.gateway.webhook_jobs import enqueue_event
 
@@ -96,24 +95,27 @@ def make_target(config: GatewaySettings, target: str) -> Target:
 # --- the record ---
 
 
-def record_path(data_dir: Path, article_id: str, target: str) -> Path:
-    return data_dir / "publish" / article_id / f"{target}.json"
+def records_prefix(article_id: str) -> str:
+    article_key(article_id)  # checks the id
+    return f"publish/{article_id}/"
+
+
+def record_key(article_id: str, target: str) -> str:
+    return f"{records_prefix(article_id)}{target}.json"
 
 
 def load_record(store: ArticleStore, article_id: str, target: str) -> PublishRecord | None:
-    """Redis first, then the disk copy (which outlives the Redis record)."""
+    """Redis first, then the stored copy (which outlives the Redis record)."""
     raw = store.redis.hget(store.key(article_id), f"publish:{target}")
     if raw is not None:
         return PublishRecord.model_validate_json(raw)
-    path = record_path(store.data_dir, article_id, target)
-    if path.exists():
-        return PublishRecord.model_validate_json(path.read_text())
-    return None
+    kept = store.blobs.get(record_key(article_id, target))
+    return None if kept is None else PublishRecord.model_validate_json(kept)
 
 
 def save_record(store: ArticleStore, article_id: str, record: PublishRecord) -> None:
     text = record.model_dump_json()
-    atomic_write(record_path(store.data_dir, article_id, record.target), text.encode())
+    store.blobs.put(record_key(article_id, record.target), text.encode())
     key = store.key(article_id)
     if store.redis.exists(key):  # an expired record is not brought back half-made
         store.redis.hset(key, f"publish:{record.target}", text)
@@ -136,8 +138,8 @@ def _release(store: ArticleStore, article_id: str, target: str) -> None:
 
 
 def _refresh_disk_copy(store: ArticleStore, article_id: str) -> None:
-    """The finished article on disk shows the publish state too (it is what GET serves once
-    the Redis record has expired)."""
+    """The finished article in the storage shows the publish state too (it is what GET serves
+    once the Redis record has expired)."""
     fields = store.fields(article_id)
     if fields.get("status") == "succeeded":
         store.save_article(status_view(article_id, fields))
@@ -145,11 +147,20 @@ def _refresh_disk_copy(store: ArticleStore, article_id: str) -> None:
     found = store.load_article_with_owner(article_id)
     if found is not None:
         status, owner = found
-        records = {
-            p.stem: PublishRecord.model_validate_json(p.read_text()).info()
-            for p in sorted((store.data_dir / "publish" / article_id).glob("*.json"))
-        }
+        records = {}
+        for key in store.blobs.list(records_prefix(article_id)):
+            kept = store.blobs.get(key)
+            if key.endswith(".json") and kept is not None:
+                name = key.rsplit("/", 1)[1].removesuffix(".json")
+                records[name] = PublishRecord.model_validate_json(kept).info()
         store.save_article(status.model_copy(update={"publish": records}), owner)
+
+
+def _png(store: ArticleStore, article_id: str, image_id: str) -> bytes:
+    png = store.load_image(image_id)
+    if png is None:
+        raise InvalidRequest(f"article {article_id}: its image {image_id} is not in the storage")
+    return png
 
 
 def current_article(store: ArticleStore, article_id: str) -> Article | None:
@@ -251,7 +262,7 @@ def publish_job(article_id: str, target: str) -> None:
             article = current_article(store, article_id)
             if article is None:
                 raise InvalidRequest(f"article {article_id} has no finished article to publish")
-            pngs = {image.id: store.image_path(image.id).read_bytes() for image in article.images}
+            pngs = {image.id: _png(store, article_id, image.id) for image in article.images}
             record = client.publish(
                 article, pngs, record, lambda r: save_record(store, article_id, r)
             )
