@@ -169,7 +169,13 @@ def worker(
         # Redacted: the URL may hold Redis's password, and the console bypasses logging.
         console.print(f"[red]no Redis at {redact_url(config.redis_url)}: {redact(str(exc))}[/red]")
         raise typer.Exit(1) from exc
-    config.resolved_webhook_secret()
+    from services.gateway.storage import StorageError
+
+    try:
+        config.resolved_webhook_secret()
+    except StorageError as exc:  # the secrets live in the object store, and it does not answer
+        console.print(f"error: {exc}", markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(1) from exc
     names = [q.strip() for q in queues.split(",") if q.strip()]
     size = pool_size or config.worker_pool_size
     pool = ArticlePool(names, connection, size, name or f"pool-{secrets.token_hex(4)}")

@@ -29,13 +29,15 @@ from services.common.logging import request_id_var
 from services.gateway.clients import HttpImage, HttpText, ServiceClient
 from services.gateway.config import GatewaySettings
 from services.gateway.openai_backends import OpenAIImage, OpenAIText
+from services.gateway.storage import StorageError
 from services.gateway.store import ArticleStore
 
 ARTICLES_QUEUE = "articles"
 IMAGES_QUEUE = "images"
-# Failures that are no fault of the job itself: its worker died, or Redis went down (or froze
-# past the socket timeout). Only these are run again.
-LOST = (AbandonedJobError, RedisError)
+# Failures that are no fault of the job itself: its worker died, Redis went down (or froze
+# past the socket timeout), or the object store failed past its own retries. Only these are
+# run again.
+LOST = (AbandonedJobError, RedisError, StorageError)
 
 # What RQ calls when a job fails: (job, connection, exc_type, exc_value, traceback).
 FailureCallback = Callable[[Job, Redis, type, BaseException, Any], None]
