@@ -597,6 +597,15 @@ def main() -> None:
                 save()
                 continue
             report["phases"][phase.label] = run_phase(stack, phase, common, urls, cli)
+            done = report["phases"][phase.label]
+            tokens = {
+                ("one alone" if n == "1" else f"{n} at once"): done[n]["prompt_tokens"]
+                for n in done
+                if n.isdigit() and "prompt_tokens" in done[n]
+            }
+            if tokens:
+                print(phase.label, flush=True)
+                print(prompt_table(tokens), flush=True)
             save()
         first = next(iter(report["phases"].values()))
         if "1" in first:  # the names the earlier reports (and their readers) use
