@@ -55,13 +55,14 @@ def running(
     ready_url: str | None = None,
     timeout: float = 120.0,
     log_path: Path | None = None,
+    program: list[str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs `articleforge <args>`; waits for `ready_url` to answer 200; stops it on exit."""
+    """Runs `articleforge <args>` (or ``program`` + args); waits for `ready_url` to answer 200;
+    stops it on exit."""
     full_env = {**os.environ, **(env or {})}
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        articleforge_command() + args, env=full_env, stdout=log, stderr=subprocess.STDOUT
-    )
+    command = (articleforge_command() if program is None else program) + args
+    proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         if ready_url:
             deadline = time.monotonic() + timeout

@@ -14,21 +14,16 @@ and, being moto, cannot verify presigned URLs. Tests that need a refusal start s
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.processes import free_port
+from tests.processes import free_port, running
 
 ACCESS_KEY = "AKIATESTARTICLEFORGE"
 SECRET_KEY = "articleforge-test-secret-key"
@@ -89,34 +84,13 @@ def s3_server(log_dir: Path, auth: bool = False) -> Iterator[S3Server]:
     (a bucket's creation) goes unauthenticated and every later one must carry a known key."""
     port = free_port()
     log = log_dir / f"moto-{port}.log"
-    env = dict(os.environ)
-    if auth:
-        env["INITIAL_NO_AUTH_ACTION_COUNT"] = "1"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = S3Server(f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto.server exited with {proc.returncode}: {log.read_text()}")
-            try:
-                httpx.get(f"{server.endpoint}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"moto.server not answering on port {port}") from None
-                time.sleep(0.05)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "1"} if auth else {}
+    with running(
+        ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        program=[sys.executable],
+        env=env,
+        ready_url=f"http://127.0.0.1:{port}/moto-api/",
+        timeout=30,
+        log_path=log,
+    ):
+        yield S3Server(f"http://127.0.0.1:{port}", log)
