@@ -401,7 +401,13 @@ def phases(args: argparse.Namespace) -> list[Phase]:
 
 
 def run_phase(
-    stack: Stack, phase: Phase, common: dict[str, str], urls: dict[str, str], cli: list[str]
+    stack: Stack,
+    phase: Phase,
+    common: dict[str, str],
+    urls: dict[str, str],
+    cli: list[str],
+    args: argparse.Namespace,
+    deadline: float,
 ) -> dict[str, Any]:
     """Starts the phase's gateway and workers, sends each count of articles at once (one after
     another), and stops them again."""
@@ -426,10 +432,10 @@ def run_phase(
     try:
         stack.wait_ready({"gateway": f"{urls['gateway']}/readyz"}, 120)
         for n in phase.counts:
-            if time.perf_counter() - STARTED > ARGS.time_budget:
+            if time.perf_counter() > deadline:
                 result[str(n)] = {"skipped": "time budget spent"}
                 continue
-            bodies = [article_body(TOPICS[k % len(TOPICS)], ARGS) for k in range(n)]
+            bodies = [article_body(TOPICS[k % len(TOPICS)], args) for k in range(n)]
             counters = text_counters(urls["text"])
             sampler = GpuSampler()
             with sampler.sampling():
@@ -452,10 +458,6 @@ def run_phase(
 
 class SkipStack(Exception):
     """``--skip-stack``: straight to the baseline."""
-
-
-ARGS = argparse.Namespace()
-STARTED = time.perf_counter()
 
 
 def main() -> None:
@@ -506,7 +508,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=Path("/tmp/article_bench_logs"))
     args = parser.parse_args()
-    vars(ARGS).update(vars(args))
     args.logs.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     report: dict[str, Any] = {
@@ -591,12 +592,15 @@ def main() -> None:
         )
         save()
         report["phases"] = {}
+        deadline = t_start + args.time_budget  # no phase or article count starts after it
         for phase in phases(args):
-            if time.perf_counter() - t_start > args.time_budget:
+            if time.perf_counter() > deadline:
                 report["phases"][phase.label] = {"skipped": "time budget spent"}
                 save()
                 continue
-            report["phases"][phase.label] = run_phase(stack, phase, common, urls, cli)
+            report["phases"][phase.label] = run_phase(
+                stack, phase, common, urls, cli, args, deadline
+            )
             done = report["phases"][phase.label]
             tokens = {
                 ("one alone" if n == "1" else f"{n} at once"): done[n]["prompt_tokens"]
