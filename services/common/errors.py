@@ -29,6 +29,12 @@ class InvalidRequest(ArticleforgeError):
     type = "invalid_request_error"
 
 
+class Unprocessable(InvalidRequest):
+    """Well-formed but not acceptable (a schedule in the past): a 422, as pydantic's are."""
+
+    status_code = 422
+
+
 class Unauthorized(ArticleforgeError):
     status_code = 401
     type = "authentication_error"

@@ -28,6 +28,8 @@ from services.gateway import (
     routes,
     signing,
 )
+from services.gateway.batches import routes as batch_routes
+from services.gateway.batches.schemas import BatchOptions, BatchRequest
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import ARTICLES_QUEUE, IMAGES_QUEUE
 from services.gateway.publish import routes as publish_routes
@@ -177,7 +179,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         editorial_routes.router,
         export_routes.router,
         publish_routes.router,
+        batch_routes.router,
     ):
         openapi.document_errors(router, routes.RESPONSES)
         app.include_router(router)
+    openapi.add_schemas(app, [BatchRequest, BatchOptions])
     return app

@@ -67,6 +67,17 @@ class GatewaySettings(CommonSettings):
     rate_limit_per_minute: int = Field(default=60, ge=0)
     # Most articles queued or in progress at once; beyond it POST /v1/articles answers 429.
     max_active_articles: int = Field(default=100, ge=1)
+    # Most items in one POST /v1/batches (JSON items or CSV rows); more is a 422 on `items`.
+    # (The body itself, JSON or CSV, is bounded by ARTICLEFORGE_MAX_BODY_BYTES, as any is.)
+    batch_max_items: int = Field(default=500, ge=1, le=10_000)
+    # Fairness (docs/api.md, "Batches"): a key's batch items in progress at once. The rest wait,
+    # `queued`, outside the active set and the job queues, and start as slots free, so a key's
+    # 500-item batch holds at most this many slots, and another key's articles and batches
+    # start beside it. Single articles (POST /v1/articles) never wait for a batch slot.
+    batch_slots_per_key: int = Field(default=8, ge=1)
+    # Batch items one key may have waiting for a slot, across its batches; beyond it POST
+    # /v1/batches answers 429.
+    batch_max_waiting_per_key: int = Field(default=5000, ge=1)
     # Per-call timeout for the text and image services, in seconds.
     service_timeout_seconds: float = Field(default=300.0, gt=0)
     # Attempts per service call (connection errors and 5xx/429), with exponential backoff.

@@ -47,6 +47,7 @@ from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from services.common.errors import ArticleforgeError
+from services.common.limits import seed_or_random
 from services.gateway import assemble, grounding, pipeline, signing
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import (
@@ -94,6 +95,19 @@ def stage_options(
         meta["index"] = index
     job_id = f"{article_id}-{stage}" if index is None else f"{article_id}-image-{index}"
     return job_options(config, job_id, meta, on_stage_failure)
+
+
+def record_fields(request: ArticleRequest, request_id: str, scope: str) -> dict[str, Any]:
+    """The fields a new article record starts with (``ArticleStore.create``)."""
+    return {
+        "request": request.model_dump(mode="json"),
+        "request_id": request_id,
+        "key": scope,
+        "text_seed": seed_or_random(request.text.seed),
+        "image_seed": seed_or_random(request.images.seed),
+        "images_total": request.images.count,
+        "expected_tokens": pipeline.estimate_tokens(request),
+    }
 
 
 def enqueue_article(

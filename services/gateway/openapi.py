@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from services.gateway.auth import authenticate, rate_limited
 
@@ -64,3 +65,24 @@ def document_errors(router: APIRouter, shared: dict[int | str, dict[str, Any]]) 
             inherited = route.responses.get(code) == shared.get(code)  # not its own
             if inherited and not possible:
                 del route.responses[code]
+
+
+def add_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Puts ``models`` into `components.schemas`: bodies that a route reads itself (the batch
+    route takes JSON or CSV) are documented through ``openapi_extra`` `$ref`s to them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, definition)
+            schemas[model.__name__] = schema
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -16,12 +16,10 @@ from redis.exceptions import RedisError
 
 from services.common.errors import Conflict, NotFound, Overloaded
 from services.common.http import ERROR_RESPONSES, refuse_unknown_query, request_id_of
-from services.common.limits import seed_or_random
 from services.gateway import jobs, metrics
 from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.deps import SettingsDep, StoreDep
-from services.gateway.pipeline import estimate_tokens
-from services.gateway.publish.job import check_target
+from services.gateway.publish.job import check_publish
 from services.gateway.revisions import at_revision
 from services.gateway.schemas import (
     TERMINAL,
@@ -90,7 +88,7 @@ def create_article(
     if body.webhook is not None:
         check_url(str(body.webhook.url), settings.webhook_allow_private)
     if body.publish is not None:
-        check_target(settings, body.publish.target, "publish.target")
+        check_publish(settings, body.publish, "publish.")
     article_id = "art_" + secrets.token_hex(12)
     if idempotency_key is not None:
         fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
@@ -116,18 +114,7 @@ def create_article(
                 retry_after=10,
             )
         written = True  # from here on, a failure may leave a record behind
-        store.create(
-            article_id,
-            {
-                "request": body.model_dump(mode="json"),
-                "request_id": request_id_of(request),
-                "key": scope,
-                "text_seed": seed_or_random(body.text.seed),
-                "image_seed": seed_or_random(body.images.seed),
-                "images_total": body.images.count,
-                "expected_tokens": estimate_tokens(body),
-            },
-        )
+        store.create(article_id, jobs.record_fields(body, request_id_of(request), scope))
         jobs.enqueue_article(store, settings, article_id, body, request_id_of(request))
     except (Overloaded, RedisError) as exc:
         _undo(store, article_id, scope, idempotency_key, written and isinstance(exc, RedisError))

@@ -129,7 +129,9 @@ class ArticleStore:
 
     # --- records ---
 
-    def create(self, article_id: str, fields: dict[str, Any]) -> None:
+    def create(self, article_id: str, fields: dict[str, Any], active: bool = True) -> None:
+        """A new `queued` record. ``active=False`` keeps it out of the active set (a batch item
+        waiting for a slot: services.gateway.batches.dispatch adds it when it starts)."""
         created = time.time()
         mapping = {k: json.dumps(v) for k, v in fields.items()}
         mapping.update(
@@ -138,7 +140,8 @@ class ArticleStore:
         pipe = self.redis.pipeline()
         pipe.hset(self.key(article_id), mapping=mapping)
         pipe.zadd(self.INDEX, {article_id: created})
-        pipe.sadd(self.ACTIVE, article_id)
+        if active:
+            pipe.sadd(self.ACTIVE, article_id)
         pipe.execute()
         self.publish(article_id)
 

@@ -54,9 +54,23 @@ def _hook_url(store: ArticleStore, config: GatewaySettings, article_id: str) -> 
     return str(webhook["url"]) if webhook else config.webhook_default_url
 
 
+def note_batch_item(store: ArticleStore, article_id: str) -> None:
+    """A batch item ended, or its publish did: its batch frees the slot and checks its own end
+    (``batches.dispatch.item_event_job``, named by path: that module sits above this one)."""
+    if store.redis.hexists(store.key(article_id), "batch"):
+        Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
+            ITEM_EVENT_JOB, article_id, result_ttl=60, meta={"article_id": article_id}
+        )
+
+
+ITEM_EVENT_JOB = "services.gateway.batches.dispatch.item_event_job"
+
+
 def enqueue_webhook(
     store: ArticleStore, config: GatewaySettings, article_id: str, event: str
 ) -> None:
+    """The article's end (`article.succeeded`, `.failed`, `.cancelled`)."""
+    note_batch_item(store, article_id)
     url = _hook_url(store, config, article_id)
     job_id = f"{article_id}-webhook"
     if url is None or Job.exists(job_id, connection=store.redis):

@@ -40,6 +40,7 @@ from rq.job import Job, JobStatus
 from rq.registry import ReadyJobRegistry
 from rq.worker_pool import WorkerPool
 
+from services.gateway.batches import dispatch as batches
 from services.gateway.config import GatewaySettings
 from services.gateway.editorial import EDITING, expire_reviews
 from services.gateway.job_base import redis_connection, settings
@@ -208,6 +209,7 @@ class ArticleWorker(PromptStop, Worker):
         if self.connection.set(SUPERVISOR_LOCK, self.name, nx=True, ex=lock):
             requeue_lost_jobs(self.connection)
             expire_reviews(self.connection)
+            batches.sweep(self.connection)
 
 
 def on_horse_killed(job: Job, retpid: int, ret_val: int, rusage: Any) -> None:

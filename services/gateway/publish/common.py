@@ -6,14 +6,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
 from pydantic import BaseModel, Field
 
 from services.gateway.assemble import figure, references, sections_html, xhtml
-from services.gateway.publish.schemas import PublishError, PublishInfo
+from services.gateway.publish.schemas import PublishError, PublishInfo, parse_utc
 from services.gateway.schemas import Article, ImageRef
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,13 @@ class PublishRecord(PublishInfo):
     # the CMS unrecorded (its answer lost), so only such an image is looked for before upload.
     uploading: dict[str, str] = Field(default_factory=dict)
     seq: int = 0  # counts publish requests; webhook ids are stable per request
+    # `link_related` (services.gateway.batches.links): the batch articles this post mentions,
+    # id -> the URL its link was drawn with (None: that article had no post yet).
+    links: dict[str, str | None] = Field(default_factory=dict)
 
     def info(self) -> PublishInfo:
-        return PublishInfo.model_validate(self.model_dump(exclude={"media", "uploading", "seq"}))
+        private = {"media", "uploading", "seq", "links"}
+        return PublishInfo.model_validate(self.model_dump(exclude=private))
 
 
 Save = Callable[[PublishRecord], None]
@@ -81,6 +85,20 @@ class Target(Protocol):
         """Creates or updates the post for ``article``; calls ``save`` after every remote
         change, so that an attempt that dies half-way is resumed, never repeated."""
         ...
+
+
+# A schedule this close to now is published at once: a CMS refuses a `future`/`scheduled`
+# time already past by the time the request reaches it.
+SCHEDULE_MARGIN = timedelta(seconds=60)
+
+
+def scheduled_for(record: PublishInfo) -> datetime | None:
+    """When the post goes public, if it is still ahead: `at` asked with status `publish` and
+    more than SCHEDULE_MARGIN away. None means now (or never, for a draft)."""
+    if record.at is None or record.status != "publish":
+        return None
+    moment = parse_utc(record.at)
+    return moment if moment > datetime.now(UTC) + SCHEDULE_MARGIN else None
 
 
 def now_iso() -> str:

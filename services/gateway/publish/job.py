@@ -16,6 +16,8 @@ free for another POST /v1/articles/{id}/publish.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -23,7 +25,8 @@ from redis.exceptions import RedisError
 from rq import Callback, Queue, Retry
 from rq.job import Job
 
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, Unprocessable
+from services.gateway.batches import links
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import (
     ARTICLES_QUEUE,
@@ -33,6 +36,7 @@ from services.gateway.job_base import (
     settings,
     store_for,
 )
+from services.gateway.publish import metrics
 from services.gateway.publish.common import (
     PublishRecord,
     PublishTransient,
@@ -46,7 +50,7 @@ from services.gateway.publish.wordpress import WordPress
 from services.gateway.schemas import Article
 from services.gateway.store import ArticleStore, article_key
 from services.gateway.views import status_view
-from services.gateway.webhook_jobs import enqueue_event
+from services.gateway.webhook_jobs import enqueue_event, note_batch_item
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,19 @@ def check_target(config: GatewaySettings, target: str, param: str) -> None:
         raise InvalidRequest(
             f"{param} must be a publishing target configured on this gateway "
             f"({', '.join(configured) or 'none is'}); got {target!r}. Targets: {known}",
+            param=param,
+        )
+
+
+def check_publish(config: GatewaySettings, options: PublishOptions, prefix: str = "") -> None:
+    """The target is configured, and a schedule lies ahead when asked for (the article may
+    finish after it; the job then publishes at once). The time is checked here, at the request,
+    not in the model, which stored requests re-read long after their time."""
+    check_target(config, options.target, f"{prefix}target")
+    param = f"{prefix}at"
+    if options.at is not None and options.at <= datetime.now(UTC):
+        raise Unprocessable(
+            f"{param} must be in the future (now is {now_iso()}); got {options.at_utc()}",
             param=param,
         )
 
@@ -196,6 +213,7 @@ def enqueue_publish(
         update={
             "state": "queued",
             "status": options.status,
+            "at": options.at_utc(),
             "attempts": 0,
             "error": None,
             "requested_at": now_iso(),
@@ -256,6 +274,7 @@ def publish_job(article_id: str, target: str) -> None:
         raise InvalidRequest(f"this worker has no settings for the publishing target {target!r}")
     record.state, record.attempts = "publishing", record.attempts + 1
     save_record(store, article_id, record)
+    begun = time.monotonic()
     client = make_target(config, target)
     try:
         for _ in range(MAX_ROUNDS):
@@ -263,8 +282,9 @@ def publish_job(article_id: str, target: str) -> None:
             if article is None:
                 raise InvalidRequest(f"article {article_id} has no finished article to publish")
             pngs = {image.id: _png(store, article_id, image.id) for image in article.images}
+            shown, record.links = links.plan(store, article, target)
             record = client.publish(
-                article, pngs, record, lambda r: save_record(store, article_id, r)
+                shown, pngs, record, lambda r: save_record(store, article_id, r)
             )
             record.revision = article.revision
             save_record(store, article_id, record)
@@ -281,7 +301,10 @@ def publish_job(article_id: str, target: str) -> None:
     record.state, record.error, record.published_at = "published", None, now_iso()
     save_record(store, article_id, record)
     _release(store, article_id, target)
+    metrics.attempt(store.redis, target, "ok", time.monotonic() - begun)
+    metrics.finished(store.redis, target, "published", record.attempts)
     _refresh_disk_copy(store, article_id)
+    _relink(store, config, article_id, record)
     logger.info(
         "article %s: published to %s as post %s (%s)",
         article_id,
@@ -292,9 +315,27 @@ def publish_job(article_id: str, target: str) -> None:
     _announce(store, config, article_id, record, "article.published")
 
 
+def _relink(
+    store: ArticleStore, config: GatewaySettings, article_id: str, record: PublishRecord
+) -> None:
+    """`link_related`: the batch's posts that mention this one get its URL (published again),
+    and this post again if a post it mentions got a URL while it was written. After the slot is
+    released, so that one of the two always sees the other (docs: batches.links)."""
+    again = links.to_relink(store, article_id, record.target, record.url)
+    if links.stale(store, record, record.target):
+        again.append(article_id)
+    for other in again:
+        kept = load_record(store, other, record.target)
+        if kept is not None:
+            options = PublishOptions(target=kept.target, status=kept.status, at=kept.at)
+            enqueue_publish(store, config, other, options)
+            logger.info("article %s: published again for its links to %s", other, article_id)
+
+
 def _announce(
     store: ArticleStore, config: GatewaySettings, article_id: str, record: PublishRecord, event: str
 ) -> None:
+    note_batch_item(store, article_id)
     kind = event.rsplit(".", 1)[-1]
     enqueue_event(store, config, article_id, event, f"{record.target}-{record.seq}-{kind}")
 
@@ -308,7 +349,12 @@ def on_publish_failure(
     store = store_for(config, connection)
     article_id, target = job.meta["article_id"], job.meta["target"]
     record = load_record(store, article_id, target)
+    seconds = 0.0
+    if job.started_at is not None:  # the attempt's time, for the duration histogram
+        started = job.started_at.replace(tzinfo=job.started_at.tzinfo or UTC)
+        seconds = (datetime.now(UTC) - started).total_seconds()
     if runs_again(job, exc_type, (PublishTransient, *LOST)):
+        metrics.attempt(store.redis, target, "retried", seconds)
         logger.warning(
             "article %s: publish to %s failed (%s); retrying (%d left)",
             article_id,
@@ -322,6 +368,8 @@ def on_publish_failure(
         return
     logger.error("article %s: publish to %s failed: %s", article_id, target, value)
     _release(store, article_id, target)
+    metrics.attempt(store.redis, target, "failed", seconds)
+    metrics.finished(store.redis, target, "failed", record.attempts if record else 1)
     if record is None:
         return
     record.state, record.error = "failed", error_info(value)

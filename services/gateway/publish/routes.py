@@ -10,7 +10,7 @@ from services.common.errors import Conflict
 from services.common.http import refuse_unknown_query, request_id_of
 from services.gateway.auth import KeyDep
 from services.gateway.deps import SettingsDep, StoreDep
-from services.gateway.publish.job import check_target, enqueue_publish
+from services.gateway.publish.job import check_publish, enqueue_publish
 from services.gateway.publish.schemas import PublishInfo, PublishOptions
 from services.gateway.routes import RESPONSES, ArticleId, load
 
@@ -50,7 +50,7 @@ def publish_article(
     store: StoreDep,
 ) -> PublishInfo:
     current = load(store, article_id, scope)  # 404 for unknown ids and other keys' articles
-    check_target(settings, body.target, "target")
+    check_publish(settings, body)
     if current.status != "succeeded" or current.article is None:
         raise Conflict(
             f"article {article_id} is {current.status}; only a succeeded article can be published",

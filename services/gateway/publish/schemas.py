@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 TARGETS = ("wordpress", "ghost")
 PublishState = Literal["queued", "publishing", "published", "failed"]
@@ -23,9 +24,42 @@ class PublishOptions(BaseModel):
     status: Literal["draft", "publish"] = Field(
         default="draft",
         description="`draft` creates (or keeps) the post as a draft for an editor to review; "
-        "`publish` makes it public (Ghost calls that `published`).",
+        "`publish` makes it public (Ghost calls that `published`), at `at` when given. "
+        "Defaults to `publish` when `at` is given, else `draft`.",
         examples=["draft"],
     )
+    at: AwareDatetime | None = Field(
+        default=None,
+        description="Schedule the post: an RFC 3339 time with its offset (`2026-12-24T09:00:00Z`, "
+        "`2026-12-24T09:00:00+01:00`), in the future when asked (a past time is a 422 naming "
+        "`publish.at`). WordPress gets status `future` with `date_gmt`, Ghost `scheduled` with "
+        "`published_at`; the CMS makes the post public at that time. If the article finishes "
+        "after `at`, it is published at once. Publishing again with another `at` reschedules "
+        "the same post; with `status: draft` and no `at` it is unscheduled (a draft again).",
+        examples=["2026-12-24T09:00:00Z"],
+    )
+
+    @model_validator(mode="after")
+    def _scheduled_means_publish(self) -> PublishOptions:
+        if self.at is None:
+            return self
+        if "status" not in self.model_fields_set:
+            self.status = "publish"
+        elif self.status != "publish":
+            raise ValueError("`at` schedules a publish: give status `publish` (or leave it out)")
+        return self
+
+    def at_utc(self) -> str | None:
+        """`at` as ISO 8601 UTC (`...Z`), the form the record keeps."""
+        return None if self.at is None else utc_iso(self.at)
+
+
+def utc_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 class PublishError(BaseModel):
@@ -58,6 +92,18 @@ class PublishInfo(BaseModel):
     )
     status: Literal["draft", "publish"] = Field(
         description="The post status asked for.", examples=["draft"]
+    )
+    at: str | None = Field(
+        default=None,
+        description="The time the post is scheduled for (ISO 8601 UTC), as asked; null when "
+        "published at once.",
+        examples=["2026-12-24T09:00:00Z"],
+    )
+    post_status: str | None = Field(
+        default=None,
+        description="The post's status as the CMS last answered: WordPress `draft`, `future` "
+        "(scheduled) or `publish`; Ghost `draft`, `scheduled` or `published`.",
+        examples=["future"],
     )
     post_id: str | None = Field(
         default=None,

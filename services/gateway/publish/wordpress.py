@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from services.gateway.publish.common import (
     marker,
     media_marker,
     post_body,
+    scheduled_for,
     sha256,
 )
 from services.gateway.schemas import Article, ImageRef
@@ -39,6 +41,7 @@ SEO_META = {
     "rank_math_description": "meta_description",
     "rank_math_title": "seo_title",
 }
+WP_TIME = "%Y-%m-%dT%H:%M:%S"  # `date_gmt`: UTC, without an offset
 # Every status a post of ours may have been left in by an editor.
 ANY_STATUS = "publish,future,draft,pending,private"
 
@@ -222,6 +225,18 @@ class WordPress:
 
     # --- the post ---
 
+    @staticmethod
+    def _when(record: PublishRecord) -> dict[str, str]:
+        """Status and time: `future` at `date_gmt` for a schedule still ahead; `publish` now
+        (with the time now, since WordPress turns a `publish` whose date is ahead back into
+        `future`); `draft` as it is."""
+        moment = scheduled_for(record)
+        if moment is not None:
+            return {"status": "future", "date_gmt": moment.strftime(WP_TIME)}
+        if record.status == "publish":
+            return {"status": "publish", "date_gmt": datetime.now(UTC).strftime(WP_TIME)}
+        return {"status": "draft"}
+
     def publish(
         self, article: Article, pngs: Mapping[str, bytes], record: PublishRecord, save: Save
     ) -> PublishRecord:
@@ -239,9 +254,9 @@ class WordPress:
             "content": marker(article.id) + "\n" + post_body(article, images),
             "excerpt": article.excerpt,
             "slug": article.slug,
-            "status": record.status,
             "featured_media": int(featured.id) if featured else 0,
             "tags": [int(t) for t in tags],
+            **self._when(record),
         }
         if meta:
             payload["meta"] = meta
@@ -282,6 +297,7 @@ class WordPress:
                 self._call("POST", f"/wp/v2/media/{media.id}", json={"post": post["id"]})
                 record.media[image_id] = media.model_copy(update={"attached": True})
         record.url = post.get("link")
+        record.post_status = post.get("status")
         record.edit_url = f"{self.site}/wp-admin/post.php?post={post['id']}&action=edit"
         record.media_ids = {image.id: record.media[image.id].id for image in article.images}
         record.featured_media = featured.id if featured else None

@@ -1,0 +1,434 @@
+"""Batches at work: creating one, starting its items as slots free, ending, cancelling, retrying.
+
+Fairness. A batch's items are article records from the start (each has its id and shows
+`queued`), but they wait outside the active set and the job queues, in their key's FIFO list
+(``record.waiting_key``). ``dispatch`` starts them while the key holds fewer than
+ARTICLEFORGE_BATCH_SLOTS_PER_KEY started items and the active set has room below
+ARTICLEFORGE_MAX_ACTIVE_ARTICLES less one key's share (so single articles always find room).
+So a key's 500 items never hold more than their share of the workers: another key's single
+articles queue behind at most one share per key with a batch running, and another key's batch
+starts its own share at once. A key's batches share its slots in the order they came.
+
+``dispatch`` runs for the key at submission, whenever one of its items ends (``item_event_job``,
+queued by the article's end and by its publish's end: ``webhook_jobs.note_batch_item``), and in
+every worker maintenance pass (``sweep``), which also catches an end whose event was lost. One
+dispatcher per key at a time (a Redis lock), so slots are never handed out twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import LockError, RedisError
+from rq import Queue, Retry
+
+from services.common.errors import Conflict, Overloaded, Unprocessable
+from services.gateway import jobs
+from services.gateway.batches import calendar, record
+from services.gateway.batches.schemas import BatchOptions, BatchRequest
+from services.gateway.config import GatewaySettings
+from services.gateway.job_base import ARTICLES_QUEUE, settings, store_for
+from services.gateway.publish.job import check_publish, enqueue_publish, load_record
+from services.gateway.publish.schemas import PublishOptions, parse_utc, utc_iso
+from services.gateway.schemas import TERMINAL, ArticleRequest
+from services.gateway.store import ArticleStore
+from services.gateway.webhook_jobs import enqueue_webhook
+from services.gateway.webhooks import check_url, deliver
+
+logger = logging.getLogger(__name__)
+
+# Moves a batch from `running` to its outcome once (two items ending at once both find the
+# batch ended; one of them announces it).
+_END = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', ARGV[2])
+return 1
+"""
+
+
+# --- creating ---
+
+
+def new_batch_id() -> str:
+    return "bat_" + secrets.token_hex(12)
+
+
+def fingerprint(body: BatchRequest) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def check(
+    config: GatewaySettings, body: BatchRequest, lines: list[int] | None = None
+) -> BatchRequest:
+    """Checks what the schema cannot (settings, the clock, webhook addresses) and gives each
+    item its calendar slot; returns the request with the slots in its items."""
+
+    def where(k: int) -> str:
+        return f" (CSV line {lines[k]})" if lines else ""
+
+    if len(body.items) > config.batch_max_items:
+        raise Unprocessable(
+            f"a batch holds at most {config.batch_max_items} items "
+            f"(ARTICLEFORGE_BATCH_MAX_ITEMS); got {len(body.items)}",
+            param="items",
+        )
+    if body.webhook is not None:
+        check_url(str(body.webhook.url), config.webhook_allow_private)
+    items = list(body.items)
+    if body.schedule is not None:
+        items = _scheduled(body, where)
+    for k, item in enumerate(items):
+        if item.webhook is not None:
+            check_url(str(item.webhook.url), config.webhook_allow_private)
+        if item.publish is not None:
+            try:
+                check_publish(config, item.publish, f"items.{k}.publish.")
+            except Unprocessable as exc:
+                raise Unprocessable(exc.message + where(k), param=exc.param) from None
+    return body.model_copy(update={"items": items})
+
+
+def _scheduled(body: BatchRequest, where: Any) -> list[ArticleRequest]:
+    assert body.schedule is not None
+    try:
+        calendar.zone(body.schedule.timezone)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), param="schedule.timezone") from None
+    unslotted = [k for k, item in enumerate(body.items) if not (item.publish and item.publish.at)]
+    for k in unslotted:
+        publish = body.items[k].publish
+        if publish is None:
+            raise Unprocessable(
+                f"items.{k} has no publish target{where(k)}: a schedule publishes every item; "
+                "give `defaults.publish.target` or the item's own",
+                param=f"items.{k}.publish",
+            )
+        if "status" in publish.model_fields_set and publish.status != "publish":
+            raise Unprocessable(
+                f"items.{k}.publish.status is {publish.status!r}{where(k)}, but the schedule "
+                "publishes it; leave it out or give `publish`",
+                param=f"items.{k}.publish.status",
+            )
+    slots = calendar.take(body.schedule, len(unslotted))
+    if slots and slots[0] <= datetime.now(UTC):
+        raise Unprocessable(
+            f"schedule.start must give a first slot in the future; it gives {utc_iso(slots[0])}",
+            param="schedule.start",
+        )
+    items = list(body.items)
+    for k, moment in zip(unslotted, slots, strict=True):
+        publish = items[k].publish
+        assert publish is not None
+        timed = PublishOptions(target=publish.target, status="publish", at=moment)
+        items[k] = items[k].model_copy(update={"publish": timed})
+    return items
+
+
+def create(
+    store: ArticleStore,
+    config: GatewaySettings,
+    scope: str,
+    body: BatchRequest,
+    request_id: str,
+    batch_id: str,
+) -> None:
+    """Writes the batch and its item records (all `queued`, waiting), then starts what the
+    key's share allows."""
+    waiting = int(store.redis.llen(record.waiting_key(scope)))
+    if waiting + len(body.items) > config.batch_max_waiting_per_key:
+        raise Overloaded(
+            f"this key has {waiting} batch items waiting; with {len(body.items)} more it would "
+            f"pass {config.batch_max_waiting_per_key} (ARTICLEFORGE_BATCH_MAX_WAITING_PER_KEY); "
+            "retry when some have started",
+            retry_after=60,
+        )
+    ids = ["art_" + secrets.token_hex(12) for _ in body.items]
+    for k, (article_id, item) in enumerate(zip(ids, body.items, strict=True)):
+        target = item.publish.target if item.publish is not None else None
+        fields = jobs.record_fields(item, request_id, scope)
+        fields["batch"] = {"id": batch_id, "index": k, "target": target}
+        fields["waiting"] = True
+        store.create(article_id, fields, active=False)
+    options = BatchOptions.model_validate(body.model_dump(exclude={"items"}))
+    now = time.time()
+    pipe = store.redis.pipeline()
+    pipe.hset(
+        record.key(batch_id),
+        mapping={
+            "owner": json.dumps(scope),
+            "options": options.model_dump_json(),
+            "topics": json.dumps([item.topic for item in body.items]),
+            "status": "running",
+            "created": str(now),
+            "retries": "0",
+            "request_id": request_id,
+        },
+    )
+    pipe.rpush(record.items_key(batch_id), *ids)
+    pipe.zadd(record.INDEX, {batch_id: now})
+    pipe.sadd(record.RUNNING, batch_id)
+    pipe.rpush(record.waiting_key(scope), *ids)
+    pipe.sadd(record.WAITING_KEYS, scope)
+    pipe.execute()
+    logger.info("batch %s: %d items queued for key %s", batch_id, len(ids), scope)
+    dispatch(store, config, scope)
+
+
+# --- starting items as slots free ---
+
+
+def dispatch(store: ArticleStore, config: GatewaySettings, scope: str) -> int:
+    """Starts the key's waiting items while it has free slots; returns how many started."""
+    lock = store.redis.lock(
+        f"{record.PREFIX}:batches:lock:{scope}", timeout=60, blocking_timeout=10
+    )
+    if not lock.acquire():
+        return 0  # another dispatcher holds the key; it hands out what is free
+    try:
+        return _dispatch(store, config, scope)
+    finally:
+        with contextlib.suppress(LockError):
+            lock.release()
+
+
+def _dispatch(store: ArticleStore, config: GatewaySettings, scope: str) -> int:
+    started_key = record.started_key(scope)
+    holding = [a.decode() for a in store.redis.smembers(started_key)]
+    pipe = store.redis.pipeline(transaction=False)
+    for article_id in holding:
+        pipe.hget(store.key(article_id), "status")
+    statuses = pipe.execute()
+    done = [a for a, s in zip(holding, statuses, strict=True) if not s or s.decode() in TERMINAL]
+    if done:
+        store.redis.srem(started_key, *done)
+    free = config.batch_slots_per_key - (len(holding) - len(done))
+    room = max(1, config.max_active_articles - config.batch_slots_per_key)
+    started = 0
+    while free > 0 and store.active_count() < room:
+        raw = store.redis.lpop(record.waiting_key(scope))
+        if raw is None:
+            store.redis.srem(record.WAITING_KEYS, scope)
+            break
+        article_id = raw.decode()
+        if store.status(article_id) != "queued":  # cancelled while waiting, or gone
+            continue
+        store.redis.sadd(started_key, article_id)
+        _start(store, config, article_id)
+        free, started = free - 1, started + 1
+    return started
+
+
+def _start(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
+    fields = store.fields(article_id)
+    request = ArticleRequest.model_validate(json.loads(fields["request"]))
+    request_id = json.loads(fields.get("request_id", '""'))
+    store.redis.sadd(store.ACTIVE, article_id)
+    store.redis.hdel(store.key(article_id), "waiting")
+    ids = jobs.enqueue_article(store, config, article_id, request, request_id)
+    if store.is_over(article_id):  # cancelled meanwhile: its cancel saw no jobs to stop
+        store.redis.srem(store.ACTIVE, article_id)
+        jobs.stop_jobs(store.redis, ids)
+        return
+    store.publish(article_id)
+    logger.info("article %s: started (batch slot)", article_id)
+
+
+def sweep(connection: Redis) -> None:
+    """The maintenance pass: every key with waiting items gets its free slots, and every
+    running batch is checked for its end."""
+    config = settings()
+    store = store_for(config, connection)
+    for raw in store.redis.smembers(record.WAITING_KEYS):
+        dispatch(store, config, raw.decode())
+    for raw in store.redis.smembers(record.RUNNING):
+        refresh(store, config, raw.decode())
+
+
+def item_event_job(article_id: str) -> None:
+    """One of a batch's items ended, or its publish did: free its slot, start the next, and
+    see whether the batch has ended."""
+    config = settings()
+    store = store_for(config)
+    batch = record.of_article(store, article_id)
+    if batch is None:
+        return
+    scope = record.owner(store, batch["id"])
+    if scope is not None:
+        dispatch(store, config, scope)
+    refresh(store, config, batch["id"])
+
+
+# --- the end ---
+
+
+def refresh(store: ArticleStore, config: GatewaySettings, batch_id: str) -> str | None:
+    """Ends the batch once every item has ended; returns the outcome when this call ended it."""
+    found = record.fields(store, batch_id)
+    if not found:
+        store.redis.srem(record.RUNNING, batch_id)
+        return None
+    if found["status"] != "running":
+        store.redis.srem(record.RUNNING, batch_id)
+        return None
+    states = record.item_states(store, record.item_ids(store, batch_id))
+    if not all(state.ended for state in states):
+        return None
+    outcome = "succeeded" if all(state.good for state in states) else "failed"
+    if not end(store, batch_id, outcome):
+        return None
+    announce(store, config, batch_id, f"batch.{outcome}")
+    logger.info("batch %s: %s (%d items)", batch_id, outcome, len(states))
+    return outcome
+
+
+def end(store: ArticleStore, batch_id: str, outcome: str) -> bool:
+    name = record.key(batch_id)
+    changed = bool(store.redis.eval(_END, 1, name, outcome, str(time.time())))
+    if changed:
+        pipe = store.redis.pipeline()
+        pipe.srem(record.RUNNING, batch_id)
+        pipe.expire(name, store.ttl)
+        pipe.expire(record.items_key(batch_id), store.ttl)
+        pipe.execute()
+    return changed
+
+
+def announce(store: ArticleStore, config: GatewaySettings, batch_id: str, event: str) -> None:
+    """Queues the batch's webhook for ``event``, once per round (a retry starts another)."""
+    found = record.fields(store, batch_id)
+    options = BatchOptions.model_validate_json(found["options"])
+    url = str(options.webhook.url) if options.webhook else config.webhook_default_url
+    if url is None:
+        return
+    rounds = found.get("retries", "0")
+    message_id = f"msg_{batch_id}_{rounds}_{event.rsplit('.', 1)[-1]}"
+    intervals = config.webhook_retry_intervals
+    Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
+        batch_webhook_job,
+        batch_id,
+        event,
+        url,
+        message_id,
+        job_id=f"{batch_id}-webhook-{rounds}-{event.rsplit('.', 1)[-1]}",
+        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+        job_timeout=int(config.webhook_timeout_seconds) + 30,
+        result_ttl=3600,
+        meta={"batch_id": batch_id, "stage": "webhook"},
+    )
+
+
+def batch_webhook_job(batch_id: str, event: str, url: str, message_id: str) -> None:
+    config = settings()
+    store = store_for(config)
+    status = record.status_of(store, batch_id, limit=config.batch_max_items)
+    if status is None:
+        logger.warning("batch %s: gone before its %s webhook", batch_id, event)
+        return
+    deliver(config, url, event, batch_id, status.model_dump(mode="json"), message_id)
+
+
+# --- cancel and retry ---
+
+
+def cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
+    """Cancels every item not yet ended (a waiting one never starts); finished items, their
+    posts and scheduled publishes stay as they are. Returns how many were cancelled."""
+    if not end(store, batch_id, "cancelled"):
+        status = record.fields(store, batch_id).get("status")
+        raise Conflict(f"batch {batch_id} already {status}; nothing to cancel", param="id")
+    cancelled = 0
+    for article_id in record.item_ids(store, batch_id):
+        if store.transition(article_id, "cancelled"):
+            jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
+            enqueue_webhook(store, config, article_id, "article.cancelled")
+            cancelled += 1
+    announce(store, config, batch_id, "batch.cancelled")
+    logger.info("batch %s: cancelled (%d items stopped)", batch_id, cancelled)
+    return cancelled
+
+
+def retry(
+    store: ArticleStore, config: GatewaySettings, scope: str, batch_id: str, request_id: str
+) -> int:
+    """Runs the failed items again: a failed article as a new article (same request), a failed
+    publish as a new publish of the same article. Returns how many."""
+    found = record.fields(store, batch_id)
+    if found.get("status") == "cancelled":
+        raise Conflict(f"batch {batch_id} was cancelled; there is nothing to retry", param="id")
+    ids = record.item_ids(store, batch_id)
+    states = record.item_states(store, ids)
+    failed_articles = [k for k, s in enumerate(states) if s.status == "failed"]
+    failed_publishes = [
+        k
+        for k, s in enumerate(states)
+        if s.status == "succeeded" and s.publish is not None and s.publish.state == "failed"
+    ]
+    if not failed_articles and not failed_publishes:
+        raise Conflict(f"batch {batch_id} has no failed items to retry", param="id")
+    pipe = store.redis.pipeline()
+    pipe.hincrby(record.key(batch_id), "retries", 1)
+    pipe.hset(record.key(batch_id), "status", "running")
+    pipe.hdel(record.key(batch_id), "finished")
+    pipe.persist(record.key(batch_id))
+    pipe.persist(record.items_key(batch_id))
+    pipe.sadd(record.RUNNING, batch_id)
+    pipe.execute()
+    for k in failed_articles:
+        _renew(store, scope, batch_id, k, ids[k], request_id)
+    for k in failed_publishes:
+        target = states[k].target
+        kept = load_record(store, ids[k], target) if target else None
+        if kept is not None:
+            at = parse_utc(kept.at) if kept.at else None
+            options = PublishOptions(target=kept.target, status=kept.status, at=at)
+            enqueue_publish(store, config, ids[k], options, request_id)
+    if failed_articles:
+        store.redis.sadd(record.WAITING_KEYS, scope)
+        dispatch(store, config, scope)
+    logger.info(
+        "batch %s: retrying %d articles and %d publishes",
+        batch_id,
+        len(failed_articles),
+        len(failed_publishes),
+    )
+    return len(failed_articles) + len(failed_publishes)
+
+
+def _renew(
+    store: ArticleStore, scope: str, batch_id: str, index: int, old_id: str, request_id: str
+) -> None:
+    fields = store.fields(old_id)
+    request = ArticleRequest.model_validate(json.loads(fields["request"]))
+    new_id = "art_" + secrets.token_hex(12)
+    values = jobs.record_fields(request, request_id, scope)
+    values["batch"] = json.loads(fields["batch"])
+    values["waiting"] = True
+    store.create(new_id, values, active=False)
+    earlier = json.loads(store.redis.hget(record.key(batch_id), f"earlier:{index}") or "[]")
+    pipe = store.redis.pipeline()
+    pipe.hset(record.key(batch_id), f"earlier:{index}", json.dumps([*earlier, old_id]))
+    pipe.lset(record.items_key(batch_id), index, new_id)
+    pipe.rpush(record.waiting_key(scope), new_id)
+    pipe.execute()
+    logger.info("batch %s: item %d runs again as %s (was %s)", batch_id, index, new_id, old_id)
+
+
+def release_claim(store: ArticleStore, scope: str, key: str | None, batch_id: str) -> None:
+    """After a failed creation, a retry with the same Idempotency-Key must not replay it."""
+    if key is not None:
+        with contextlib.suppress(RedisError):
+            store.release_idempotency(idempotency_scope(scope), key, batch_id)
+
+
+def idempotency_scope(scope: str) -> str:
+    """Batch keys are their own namespace: an Idempotency-Key used for an article and for a
+    batch names two things."""
+    return f"{scope}:batches"
