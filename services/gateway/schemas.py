@@ -656,6 +656,15 @@ class EditInfo(BaseModel):
     requested_at: str = Field(description="ISO 8601 UTC.", examples=["2026-11-26T07:09:00Z"])
 
 
+class BatchRef(BaseModel):
+    id: str = Field(description="The batch.", examples=["bat_5c1e0f2a9b3d4c6e8f7a1b2c"])
+    index: int = Field(description="The item's place in the batch.", examples=[3])
+    waiting: bool = Field(
+        description="`queued` but not started: waiting for one of the key's batch slots.",
+        examples=[False],
+    )
+
+
 class ArticleStatus(BaseModel):
     id: str = Field(description="Article id.", examples=["art_3f2a9c1d"])
     status: Status = Field(description="Where it stands.", examples=["writing"])
@@ -681,6 +690,9 @@ class ArticleStatus(BaseModel):
         description="Each source as loaded, with its error if it could not be used (once the "
         "`sources` stage has run). Their text: GET /v1/articles/{id}/sources.",
         examples=[[{"id": "src_1", "type": "url", "title": "Solar 2026", "chars": 5120}]],
+    )
+    batch: BatchRef | None = Field(
+        default=None, description="The batch this article is an item of (POST /v1/batches)."
     )
     publish: dict[str, PublishInfo] = Field(
         default_factory=dict,

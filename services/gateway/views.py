@@ -10,6 +10,7 @@ from services.gateway.schemas import (
     TERMINAL,
     Article,
     ArticleStatus,
+    BatchRef,
     EditInfo,
     ErrorInfo,
     ImageProgress,
@@ -147,4 +148,12 @@ def status_view(
         sources=[SourceInfo.model_validate(s) for s in json.loads(fields.get("sources", "[]"))],
         timestamps=timestamps,
         metadata=request.get("metadata", {}),
+        batch=_batch_ref(fields),
     )
+
+
+def _batch_ref(fields: dict[str, str]) -> BatchRef | None:
+    if "batch" not in fields:
+        return None
+    found = json.loads(fields["batch"])
+    return BatchRef(id=found["id"], index=found["index"], waiting="waiting" in fields)

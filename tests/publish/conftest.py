@@ -34,6 +34,8 @@ from services.gateway.config import GatewaySettings
 from services.gateway.schemas import ArticleRequest
 from services.gateway.worker import InProcessWorker
 from tests.processes import free_port
+from tests.publish.ghost_site import GhostSite, required
+from tests.publish.ghost_site import missing as ghost_missing
 from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_server import OwnRedis
 from tests.webhook_receiver import Receiver as WebhookReceiver
@@ -220,3 +222,23 @@ def hooks(article_id: str) -> list[dict[str, Any]]:
 def stored(connection: redis.Redis, article_id: str, name: str) -> Any:
     raw = connection.hget(f"af:article:{article_id}", name)
     return None if raw is None else json.loads(raw)
+
+
+@pytest.fixture(scope="session")
+def ghost() -> Iterator[GhostSite]:
+    """One real Ghost 6 for the session (tests/publish/ghost_site.py), set up with an owner
+    and an integration; skipped, saying why, where it is not installed, unless
+    ARTICLEFORGE_GHOST_REQUIRED is set (CI): there a missing Ghost fails."""
+    reason = ghost_missing()
+    if reason:
+        if required():
+            pytest.fail(f"ARTICLEFORGE_GHOST_REQUIRED is set, but {reason}")
+        pytest.skip(f"no real Ghost here: {reason}")
+    site = GhostSite()
+    try:
+        site.start()
+    except BaseException:
+        site.stop()
+        raise
+    yield site
+    site.stop()

@@ -1,5 +1,5 @@
-"""Publishing into Ghost, checked against the Admin API's documented format (Ghost has no
-Debian package, so no live Ghost runs here; docs/api.md says so).
+"""Publishing into Ghost, checked against the Admin API's documented format (the live Ghost 6
+of test_ghost_live.py shows what Ghost does with it; this shows the exact requests).
 
 The token is decoded and its signature recomputed by hand from the hex secret. The requests
 are those the real publish job sends, received by a small local server that answers in the

@@ -36,8 +36,13 @@ from services.gateway.batches import calendar, record
 from services.gateway.batches.schemas import BatchOptions, BatchRequest
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import ARTICLES_QUEUE, settings, store_for
-from services.gateway.publish.job import check_publish, enqueue_publish, load_record
-from services.gateway.publish.schemas import PublishOptions, parse_utc, utc_iso
+from services.gateway.publish.job import (
+    check_publish,
+    enqueue_publish,
+    load_record,
+    same_options,
+)
+from services.gateway.publish.schemas import PublishOptions, utc_iso
 from services.gateway.schemas import TERMINAL, ArticleRequest
 from services.gateway.store import ArticleStore
 from services.gateway.webhook_jobs import enqueue_webhook
@@ -387,9 +392,7 @@ def retry(
         target = states[k].target
         kept = load_record(store, ids[k], target) if target else None
         if kept is not None:
-            at = parse_utc(kept.at) if kept.at else None
-            options = PublishOptions(target=kept.target, status=kept.status, at=at)
-            enqueue_publish(store, config, ids[k], options, request_id)
+            enqueue_publish(store, config, ids[k], same_options(kept), request_id)
     if failed_articles:
         store.redis.sadd(record.WAITING_KEYS, scope)
         dispatch(store, config, scope)

@@ -179,7 +179,7 @@ def status_of(
             index=k,
             article_id=ids[k],
             topic=names[k] if k < len(names) else "",
-            status=states[k].status,  # type: ignore[arg-type]
+            status=states[k].status,
             waiting=states[k].waiting and states[k].status == "queued",
             publish=states[k].publish,
             error=states[k].error,
@@ -191,7 +191,7 @@ def status_of(
     more = page.stop < len(ids) and limit > 0
     return BatchStatus(
         id=batch_id,
-        status=found["status"],  # type: ignore[arg-type]
+        status=found["status"],
         name=options.name,
         counts=counts,
         items=items,

@@ -119,7 +119,8 @@ def _from_csv(text: str, options: BatchOptions) -> tuple[BatchRequest, list[int]
         errors = []
         for error in exc.errors():
             loc = tuple(error["loc"])
-            line = lines[loc[1]] if loc[:1] == ("items",) and len(loc) > 1 else None
+            index = loc[1] if loc[:1] == ("items",) and len(loc) > 1 else None
+            line = lines[index] if isinstance(index, int) else None
             where = f" (CSV line {line}" if isinstance(line, int) else ""
             column = csv_items.column_of(loc[2:])
             if where:

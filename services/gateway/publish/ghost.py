@@ -5,10 +5,22 @@ header naming the key (`kid`), its payload `aud: "/admin/"` and five minutes fro
 `exp` (Ghost refuses longer). Images go to `/images/upload/` once each (reused while their
 bytes are the same); the post is created with `?source=html`, so that Ghost converts the HTML
 into its own editor format, and updated with the `updated_at` Ghost last gave it (Ghost's guard
-against overwriting an editor's change). Tags are sent by name; Ghost finds or creates them.
+against overwriting an editor's change; without it Ghost answers 422). Tags are sent by name;
+Ghost finds or creates them. `Accept-Version: v5.0` is the oldest Admin API this speaks; Ghost 6
+answers it as it is.
 
-Not run against a live Ghost (it has no Debian package): tests/publish/test_ghost.py checks the
-token and the requests against the Admin API's documented format.
+The status, as Ghost's post model has it (tests/publish/test_ghost_live.py shows each case):
+a schedule is `scheduled` with `published_at`, at least two minutes ahead (Ghost refuses a
+nearer one, so a nearer time is published at once). A post that goes public now gets
+`published_at: null`, which Ghost stamps with its own now: a scheduled or unscheduled post keeps
+its old `published_at` otherwise, and would go "public" dated in the future. An already public
+post keeps the date it went public. A draft drops its `published_at` (else a later publish would
+reuse a stale schedule). Ghost refuses `published` -> `scheduled` outright, so a public post that
+is given a schedule is first turned back into a draft.
+
+Run against a live Ghost 6 (npm, SQLite; scripts/install-ghost.sh) by
+tests/publish/test_ghost_live.py; tests/publish/test_ghost.py checks the token and the requests
+against the Admin API's documented format.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import html
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,14 +43,18 @@ from services.gateway.publish.common import (
     call,
     describe,
     post_body,
+    scheduled_for,
     sha256,
 )
+from services.gateway.publish.schemas import utc_iso
 from services.gateway.schemas import Article
 
 logger = logging.getLogger(__name__)
 
 ACCEPT_VERSION = "v5.0"
 TOKEN_SECONDS = 5 * 60
+# Ghost's `times.cannotScheduleAPostBeforeInMinutes` (2), and time for the request to arrive.
+SCHEDULE_AHEAD = timedelta(minutes=2, seconds=15)
 
 
 def admin_token(key: str, now: float | None = None) -> str:
@@ -108,7 +125,6 @@ class Ghost:
             "title": article.title,
             "html": post_body(article, images),
             "slug": article.slug,
-            "status": "published" if record.status == "publish" else "draft",
             "custom_excerpt": article.excerpt[:300],
             "tags": [{"name": tag} for tag in article.tags],
             "meta_title": article.seo_title or None,
@@ -122,6 +138,42 @@ class Ghost:
         }
         return payload
 
+    def status_fields(
+        self, article: Article, record: PublishRecord, current: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """`status` and, where it must change, `published_at`, given the post as Ghost has it
+        now (``current``; None for a new post)."""
+        moment = scheduled_for(record)
+        if moment is not None and moment < datetime.now(UTC) + SCHEDULE_AHEAD:
+            logger.info(
+                "article %s: %s is under %s ahead, nearer than Ghost schedules; publishing now",
+                article.id,
+                record.at,
+                SCHEDULE_AHEAD,
+            )
+            moment = None
+        if moment is not None:
+            return {"status": "scheduled", "published_at": utc_iso(moment)}
+        if record.status == "publish":
+            if current is not None and current.get("status") == "published":
+                return {"status": "published"}  # keeps the date it went public
+            return {"status": "published", "published_at": None}  # Ghost's now
+        return {"status": "draft", "published_at": None}
+
+    def _update(self, post_id: str, fields: dict[str, Any], updated_at: str) -> dict[str, Any]:
+        response = self._call(
+            "PUT",
+            f"/posts/{post_id}/",
+            params={"source": "html"},
+            json={"posts": [{**fields, "updated_at": updated_at}]},
+            ok=(200, 409),
+        )
+        if response.status_code == 409:  # an editor saved in between: read it again
+            raise PublishTransient(
+                f"ghost PUT /posts/{post_id}/ answered 409 {describe(response)}", 409
+            )
+        return dict(response.json()["posts"][0])
+
     def publish(
         self, article: Article, pngs: Mapping[str, bytes], record: PublishRecord, save: Save
     ) -> PublishRecord:
@@ -129,22 +181,20 @@ class Ghost:
         payload = self.post_payload(article, record)
         post = None
         if record.post_id is not None:
-            current = self._call("GET", f"/posts/{record.post_id}/", ok=(200, 404))
-            if current.status_code == 200:
-                payload["updated_at"] = current.json()["posts"][0]["updated_at"]
-                response = self._call(
-                    "PUT",
-                    f"/posts/{record.post_id}/",
-                    params={"source": "html"},
-                    json={"posts": [payload]},
-                    ok=(200, 409),
-                )
-                if response.status_code == 409:  # an editor saved in between: read it again
-                    raise PublishTransient(
-                        f"ghost PUT /posts/{record.post_id}/ answered 409 {describe(response)}",
-                        409,
+            found = self._call("GET", f"/posts/{record.post_id}/", ok=(200, 404))
+            if found.status_code == 200:
+                current = found.json()["posts"][0]
+                status = self.status_fields(article, record, current)
+                updated_at = current["updated_at"]
+                if status["status"] == "scheduled" and current.get("status") == "published":
+                    logger.info(
+                        "article %s: post %s is public; unpublishing it to schedule it",
+                        article.id,
+                        record.post_id,
                     )
-                post = response.json()["posts"][0]
+                    draft = {"status": "draft", "published_at": None}
+                    updated_at = self._update(record.post_id, draft, updated_at)["updated_at"]
+                post = self._update(record.post_id, {**payload, **status}, updated_at)
             else:
                 logger.warning(
                     "article %s: post %s is gone from Ghost; creating a new one",
@@ -152,12 +202,14 @@ class Ghost:
                     record.post_id,
                 )
         if post is None:
+            payload.update(self.status_fields(article, record, None))
             post = self._call(
                 "POST", "/posts/", params={"source": "html"}, json={"posts": [payload]}
             ).json()["posts"][0]
         record.post_id = str(post["id"])
         save(record)
         record.url = post.get("url")
+        record.post_status = post.get("status")
         record.edit_url = f"{self.site}/ghost/#/editor/post/{post['id']}"
         record.media_ids = {image.id: record.media[image.id].url for image in article.images}
         record.featured_media = payload["feature_image"]

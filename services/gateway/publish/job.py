@@ -246,14 +246,18 @@ def enqueue_publish(
     return record.info()
 
 
+def same_options(record: PublishInfo) -> PublishOptions:
+    """The options of the publish ``record`` shows, for publishing the same post again (a new
+    revision, a link, a retry): its status, and its schedule, if any."""
+    return PublishOptions(target=record.target, status=record.status, at=record.at)
+
+
 def republish_after_revision(store: ArticleStore, config: GatewaySettings, article_id: str) -> None:
     """A new revision goes to every target the article was published to (the same post)."""
     for target in config.publish_targets():
         record = load_record(store, article_id, target)
         if record is not None and record.post_id is not None:
-            enqueue_publish(
-                store, config, article_id, PublishOptions(target=target, status=record.status)
-            )
+            enqueue_publish(store, config, article_id, same_options(record))
 
 
 # --- the job ---
@@ -327,8 +331,7 @@ def _relink(
     for other in again:
         kept = load_record(store, other, record.target)
         if kept is not None:
-            options = PublishOptions(target=kept.target, status=kept.status, at=kept.at)
-            enqueue_publish(store, config, other, options)
+            enqueue_publish(store, config, other, same_options(kept))
             logger.info("article %s: published again for its links to %s", other, article_id)
 
 
