@@ -1,0 +1,442 @@
+"""POST /v1/batches and what follows, on the real Redis and the real jobs: the model services are
+unreachable here (the discard port), so every article fails at its outline, fast. That is
+enough to watch the per-key slots hand out work, the batch end, cancel and retry; the whole
+flow to published posts is tests/e2e/test_batch_flow.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue
+from rq.job import Job
+
+from services.gateway import jobs
+from services.gateway.auth import key_scope
+from services.gateway.batches import record
+from services.gateway.worker import InProcessWorker
+from tests.gateway.conftest import KEY, OTHER_KEY, make_client
+
+SLOTS = 3
+
+
+@pytest.fixture()
+def batch_env(gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    extra = {
+        "ARTICLEFORGE_BATCH_SLOTS_PER_KEY": str(SLOTS),
+        "ARTICLEFORGE_BATCH_MAX_ITEMS": "40",
+        "ARTICLEFORGE_BATCH_MAX_WAITING_PER_KEY": "60",
+        "ARTICLEFORGE_SERVICE_ATTEMPTS": "1",
+        # A target to schedule for; nothing here publishes (every article fails first).
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_URL": "http://127.0.0.1:9",
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_USER": "editor",
+        "ARTICLEFORGE_PUBLISH_WORDPRESS_APP_PASSWORD": "unused",
+    }
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    jobs.settings.cache_clear()
+    return {**gateway_env, **extra}
+
+
+@pytest.fixture()
+def api(batch_env: dict[str, str]) -> Iterator[TestClient]:
+    with make_client() as c:
+        c.headers["Authorization"] = f"Bearer {KEY}"
+        yield c
+
+
+@pytest.fixture()
+def other(batch_env: dict[str, str]) -> Iterator[TestClient]:
+    with make_client() as c:
+        c.headers["Authorization"] = f"Bearer {OTHER_KEY}"
+        yield c
+
+
+def items(count: int, **extra: Any) -> list[dict[str, Any]]:
+    return [{"topic": f"Garden topic {k}", **extra} for k in range(count)]
+
+
+def queued_articles(connection: redis.Redis) -> list[str]:
+    """The article of each outline job waiting on the articles queue, in queue order (an
+    article's first job: the article has started)."""
+    ids = Queue(jobs.ARTICLES_QUEUE, connection=connection).get_job_ids()
+    return [i.removesuffix("-outline") for i in ids if i.endswith("-outline")]
+
+
+class SlotWatcher(InProcessWorker):
+    """Runs the jobs in this process and notes, after each, how many items each key holds."""
+
+    most: dict[str, int]
+
+    def perform_job(self, job: Job, queue: Queue, *args: Any) -> bool:
+        done = super().perform_job(job, queue, *args)
+        for scope in (key_scope(KEY), key_scope(OTHER_KEY)):
+            held = int(self.connection.scard(record.started_key(scope)))
+            self.most[scope] = max(self.most.get(scope, 0), held)
+        return done
+
+
+def run_all(connection: redis.Redis) -> dict[str, int]:
+    queues = [Queue(name, connection=connection) for name in (jobs.ARTICLES_QUEUE, "images")]
+    worker = SlotWatcher(queues, connection=connection)
+    worker.most = {}
+    worker.work(burst=True)
+    return worker.most
+
+
+def test_a_batch_starts_only_its_keys_share_and_the_rest_wait(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    reply = api.post("/v1/batches", json={"name": "December", "items": items(10)})
+    assert reply.status_code == 202, reply.text
+    batch = reply.json()
+    assert batch["id"].startswith("bat_") and reply.headers["Location"] == batch["links"]["self"]
+    assert batch["status"] == "running" and batch["name"] == "December"
+    assert batch["counts"]["total"] == 10
+    assert batch["counts"]["waiting"] == 10 - SLOTS
+    assert [i["index"] for i in batch["items"]] == list(range(10))
+    assert [i["waiting"] for i in batch["items"]] == [False] * SLOTS + [True] * (10 - SLOTS)
+    ids = [i["article_id"] for i in batch["items"]]
+    assert queued_articles(redis_db) == ids[:SLOTS]  # only the share's outlines are queued
+    # Each item is an ordinary article that names its batch.
+    article = api.get(f"/v1/articles/{ids[5]}").json()
+    assert article["status"] == "queued"
+    assert article["batch"] == {"id": batch["id"], "index": 5, "waiting": True}
+
+
+def test_another_keys_single_article_and_batch_do_not_wait_behind_a_big_batch(
+    api: TestClient, other: TestClient, redis_db: redis.Redis
+) -> None:
+    big = api.post("/v1/batches", json={"items": items(30)}).json()
+    single = other.post("/v1/articles", json={"topic": "Pruning roses"}).json()
+    theirs = other.post("/v1/batches", json={"items": items(4)}).json()
+    order = queued_articles(redis_db)
+    # The single article waits behind the big batch's share only, not its 30 items...
+    assert order.index(single["id"]) == SLOTS
+    # ...and the other key's batch gets its own share at once.
+    assert theirs["counts"]["waiting"] == 4 - SLOTS
+    started = [i["article_id"] for i in theirs["items"][:SLOTS]]
+    assert order[SLOTS + 1 :] == started
+
+    most = run_all(redis_db)  # every article fails at its outline; each end starts the next
+    assert most == {key_scope(KEY): SLOTS, key_scope(OTHER_KEY): SLOTS}
+    for batch in (big, theirs):
+        final = api.get(f"/v1/batches/{batch['id']}") if batch is big else None
+        final = (final or other.get(f"/v1/batches/{batch['id']}")).json()
+        assert final["status"] == "failed"
+        assert final["counts"]["by_status"] == {"failed": batch["counts"]["total"]}
+        assert final["counts"]["waiting"] == 0
+        assert final["finished_at"] is not None
+    assert redis_db.scard(record.RUNNING) == 0
+    assert redis_db.scard(record.WAITING_KEYS) == 0
+
+
+def test_cancel_stops_every_item_not_yet_ended_and_a_second_cancel_is_409(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    batch = api.post("/v1/batches", json={"items": items(6)}).json()
+    first = batch["items"][0]["article_id"]
+    # One item ends before the cancel: the first job on the queue, its outline, fails.
+    queue = Queue(jobs.ARTICLES_QUEUE, connection=redis_db)
+    InProcessWorker([queue], connection=redis_db).work(burst=True, max_jobs=1)
+    assert api.get(f"/v1/articles/{first}").json()["status"] == "failed"
+
+    reply = api.delete(f"/v1/batches/{batch['id']}")
+    assert reply.status_code == 200, reply.text
+    cancelled = reply.json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["counts"]["by_status"] == {"failed": 1, "cancelled": 5}
+    assert cancelled["counts"]["waiting"] == 0
+    assert queued_articles(redis_db) == []  # the started items' jobs are gone from the queue
+    again = api.delete(f"/v1/batches/{batch['id']}")
+    assert again.status_code == 409
+    assert (
+        again.json()["error"]["message"]
+        == f"batch {batch['id']} already cancelled; nothing to cancel"
+    )
+    assert api.post(f"/v1/batches/{batch['id']}/retry").status_code == 409
+    run_all(redis_db)  # nothing waiting starts after a cancel
+    final = api.get(f"/v1/batches/{batch['id']}").json()
+    assert final["counts"]["by_status"] == {"failed": 1, "cancelled": 5}
+
+
+def test_retry_runs_only_the_failed_items_again_as_new_articles(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    batch = api.post("/v1/batches", json={"items": items(4)}).json()
+    run_all(redis_db)
+    failed = api.get(f"/v1/batches/{batch['id']}").json()
+    assert failed["status"] == "failed"
+    assert api.post("/v1/batches/bat_000000000000000000000000/retry").status_code == 404
+
+    reply = api.post(f"/v1/batches/{batch['id']}/retry")
+    assert reply.status_code == 202, reply.text
+    retried = reply.json()
+    assert retried["status"] == "running" and retried["retries"] == 1
+    assert retried["finished_at"] is None
+    for before, after in zip(failed["items"], retried["items"], strict=True):
+        assert after["article_id"] != before["article_id"]
+        assert after["earlier_ids"] == [before["article_id"]]
+        assert after["status"] == "queued"
+    assert retried["counts"]["waiting"] == 4 - SLOTS
+    run_all(redis_db)
+    final = api.get(f"/v1/batches/{batch['id']}").json()
+    assert final["status"] == "failed" and final["retries"] == 1
+    # The earlier articles stay as they were, readable by their ids.
+    assert api.get(f"/v1/articles/{failed['items'][0]['article_id']}").json()["status"] == "failed"
+
+
+def test_an_idempotency_key_replays_the_same_batch_and_refuses_another_body(
+    api: TestClient,
+) -> None:
+    body = {"items": items(2)}
+    first = api.post("/v1/batches", json=body, headers={"Idempotency-Key": "cal-1"})
+    again = api.post("/v1/batches", json=body, headers={"Idempotency-Key": "cal-1"})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other_body = api.post(
+        "/v1/batches", json={"items": items(3)}, headers={"Idempotency-Key": "cal-1"}
+    )
+    assert other_body.status_code == 409
+    assert other_body.json()["error"]["param"] == "Idempotency-Key"
+    # The same key for an article is another namespace: it makes an article.
+    article = api.post("/v1/articles", json={"topic": "Cal"}, headers={"Idempotency-Key": "cal-1"})
+    assert article.status_code == 202 and article.json()["id"].startswith("art_")
+
+
+def test_a_batch_is_its_keys_alone(api: TestClient, other: TestClient) -> None:
+    mine = api.post("/v1/batches", json={"items": items(1)}).json()
+    theirs = other.post("/v1/batches", json={"items": items(1)}).json()
+    assert other.get(f"/v1/batches/{mine['id']}").status_code == 404
+    assert other.delete(f"/v1/batches/{mine['id']}").status_code == 404
+    assert other.post(f"/v1/batches/{mine['id']}/retry").status_code == 404
+    listed = api.get("/v1/batches").json()["data"]
+    assert [b["id"] for b in listed] == [mine["id"]]
+    assert listed[0]["items"] == []  # the list carries counts, not items
+    assert [b["id"] for b in other.get("/v1/batches").json()["data"]] == [theirs["id"]]
+
+
+def test_items_page_through_the_cursor(api: TestClient) -> None:
+    batch = api.post("/v1/batches", json={"items": items(7)}).json()
+    seen, cursor = [], 0
+    while True:
+        page = api.get(f"/v1/batches/{batch['id']}", params={"limit": 3, "cursor": cursor})
+        body = page.json()
+        seen += [i["index"] for i in body["items"]]
+        if body["next_cursor"] is None:
+            break
+        cursor = int(body["next_cursor"])
+    assert seen == list(range(7))
+
+
+def error(reply: Any) -> tuple[int, str, str]:
+    found = reply.json()["error"]
+    return reply.status_code, found["param"], found["message"]
+
+
+def test_bad_batches_are_refused_naming_the_field_and_the_limit(api: TestClient) -> None:
+    status, param, message = error(api.post("/v1/batches", json={"items": items(41)}))
+    assert (status, param) == (422, "items")
+    assert "at most 40 items (ARTICLEFORGE_BATCH_MAX_ITEMS); got 41" in message
+
+    bad_item = items(3)
+    bad_item[2]["sections"] = 99
+    status, param, message = error(api.post("/v1/batches", json={"items": bad_item}))
+    assert (status, param) == (422, "items.2.sections")
+
+    status, param, _ = error(
+        api.post(
+            "/v1/batches",
+            json={"items": items(1), "schedule": {"start": "2030-01-01", "times": ["25:00"]}},
+        )
+    )
+    assert (status, param) == (422, "schedule.times")
+    status, param, _ = error(api.post("/v1/batches", json={"items": [], "name": "empty"}))
+    assert (status, param) == (422, "items")
+    status, param, message = error(
+        api.post(
+            "/v1/batches",
+            json={"items": items(1), "defaults": {"publish": {"target": "ghost"}}},
+        )
+    )
+    assert (status, param) == (400, "items.0.publish.target")
+    assert "configured on this gateway" in message
+
+
+def test_too_many_waiting_items_for_one_key_is_a_429(api: TestClient) -> None:
+    assert api.post("/v1/batches", json={"items": items(40)}).status_code == 202
+    reply = api.post("/v1/batches", json={"items": items(30)})
+    assert reply.status_code == 429
+    assert reply.headers["Retry-After"] == "60"
+    assert "ARTICLEFORGE_BATCH_MAX_WAITING_PER_KEY" in reply.json()["error"]["message"]
+
+
+CSV = (
+    "\ufefftopic,Keywords, words ,images,style\n"
+    'Heat pumps in old houses,"heat pump; insulation",400,1,watercolor\n'
+    "\n"
+    "Solar roof tiles,,,0,\n"
+)
+
+
+def test_a_csv_upload_becomes_the_same_items_as_json(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    reply = api.post("/v1/batches", content=CSV.encode(), headers={"content-type": "text/csv"})
+    assert reply.status_code == 202, reply.text
+    batch = reply.json()
+    assert [i["topic"] for i in batch["items"]] == ["Heat pumps in old houses", "Solar roof tiles"]
+    stored = json.loads(redis_db.hget(f"af:article:{batch['items'][0]['article_id']}", "request"))
+    assert stored["keywords"] == ["heat pump", "insulation"]
+    assert stored["target_words"] == 400
+    assert stored["images"]["count"] == 1 and stored["images"]["style"] == "watercolor"
+    second = json.loads(redis_db.hget(f"af:article:{batch['items'][1]['article_id']}", "request"))
+    assert second["keywords"] == [] and second["target_words"] is None
+
+    form = api.post(
+        "/v1/batches",
+        files={"file": ("topics.csv", CSV.encode(), "text/csv")},
+        data={"options": json.dumps({"name": "From a form", "defaults": {"sections": 2}})},
+    )
+    assert form.status_code == 202, form.text
+    assert form.json()["name"] == "From a form"
+    third = json.loads(
+        redis_db.hget(f"af:article:{form.json()['items'][1]['article_id']}", "request")
+    )
+    assert third["sections"] == 2
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "param", "needle"),
+    [
+        ("topic,wordz\nHeat pumps,400\n", "file", "unknown CSV column 'wordz'"),
+        ("keywords\nheat\n", "file", "needs a `topic` column"),
+        ("", "file", "the CSV is empty"),
+        ("topic\n", "file", "a header but no rows"),
+        (
+            "topic,words\nHeat pumps,400\nSolar,lots\n",
+            "items.1.target_words",
+            "CSV line 3, column `words`",
+        ),
+        ("topic,publish_at\nHeat pumps,2020-01-01T00:00:00Z\n", "items.0.publish", ""),
+    ],
+)
+def test_a_bad_csv_names_the_row_and_column(
+    api: TestClient, csv_text: str, param: str, needle: str
+) -> None:
+    reply = api.post("/v1/batches", content=csv_text.encode(), headers={"content-type": "text/csv"})
+    assert reply.status_code in (400, 422), reply.text
+    assert reply.json()["error"]["param"].startswith(param)
+    assert needle in reply.json()["error"]["message"]
+
+
+def test_a_csv_that_is_not_utf8_or_a_body_of_another_type_is_refused(api: TestClient) -> None:
+    reply = api.post(
+        "/v1/batches", content=b"topic\n\xff\xfe\n", headers={"content-type": "text/csv"}
+    )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "file"
+    reply = api.post("/v1/batches", content=b"<xml/>", headers={"content-type": "application/xml"})
+    assert reply.status_code == 400 and "text/csv" in reply.json()["error"]["message"]
+    reply = api.post("/v1/batches", files={"other": ("x.csv", b"topic\nA b c\n")})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "file"
+
+
+WP = {"target": "wordpress"}
+
+
+def test_a_schedule_gives_each_item_the_next_slot_of_the_calendar(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    body = {
+        "items": [
+            *items(2),
+            {"topic": "Own time", "publish": {**WP, "at": "2031-06-01T12:00:00Z"}},
+            *items(2),
+        ],
+        "defaults": {"publish": WP},
+        "schedule": {
+            "start": "2031-03-29",  # Europe/Berlin moves to summer time at 02:00 on the 30th
+            "every": "1d",
+            "times": ["09:00", "02:30"],
+            "timezone": "Europe/Berlin",
+        },
+    }
+    reply = api.post("/v1/batches", json=body)
+    assert reply.status_code == 202, reply.text
+    at = []
+    for item in reply.json()["items"]:
+        stored = json.loads(redis_db.hget(f"af:article:{item['article_id']}", "request"))
+        assert stored["publish"]["status"] == "publish"
+        at.append(stored["publish"]["at"])
+    assert at == [
+        "2031-03-29T01:30:00Z",  # 02:30 winter time (UTC+1)
+        "2031-03-29T08:00:00Z",  # 09:00 winter time
+        "2031-06-01T12:00:00Z",  # the item's own time is kept and takes no slot
+        "2031-03-30T01:30:00Z",  # 02:30 does not exist that night: 03:30 summer time (UTC+2)
+        "2031-03-30T07:00:00Z",  # 09:00 summer time
+    ]
+    assert reply.json()["schedule"]["times"] == ["02:30", "09:00"]
+
+
+def test_times_in_the_past_and_contradictions_are_a_422_naming_the_field(
+    api: TestClient,
+) -> None:
+    past = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    status, param, message = error(
+        api.post(
+            "/v1/batches",
+            json={
+                "items": items(1),
+                "defaults": {"publish": WP},
+                "schedule": {"start": past, "every": "1h"},
+            },
+        )
+    )
+    assert (status, param) == (422, "schedule.start")
+    assert "first slot in the future" in message
+    status, param, message = error(
+        api.post("/v1/batches", json={"items": [{"topic": "Late", "publish": {**WP, "at": past}}]})
+    )
+    assert (status, param) == (422, "items.0.publish.at")
+    assert message.startswith("items.0.publish.at must be in the future")
+    status, param, _ = error(
+        api.post(
+            "/v1/batches",
+            json={
+                "items": [{"topic": "Draft", "publish": {**WP, "status": "draft"}}],
+                "schedule": {"start": "2031-01-01", "times": ["09:00"]},
+            },
+        )
+    )
+    assert (status, param) == (422, "items.0.publish.status")
+    status, param, message = error(
+        api.post(
+            "/v1/batches",
+            json={
+                "items": items(1),
+                "defaults": {"publish": WP},
+                "schedule": {"start": "2031-01-01", "timezone": "Mars/Olympus"},
+            },
+        )
+    )
+    assert (status, param) == (422, "schedule.timezone")
+    status, param, _ = error(
+        api.post(
+            "/v1/batches",
+            json={
+                "items": items(1),
+                "schedule": {"start": "2031-01-01", "every": "12h", "times": ["09:00"]},
+            },
+        )
+    )
+    assert (status, param) == (422, "schedule")
+    # The article route checks the same way.
+    status, param, _ = error(
+        api.post("/v1/articles", json={"topic": "Late", "publish": {**WP, "at": past}})
+    )
+    assert (status, param) == (422, "publish.at")
