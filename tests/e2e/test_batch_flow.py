@@ -25,6 +25,10 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.e2e.stack import SECRET, Stack, stack
+from tests.publish.ghost_site import GhostSite
+from tests.publish.ghost_site import missing as ghost_missing
+from tests.publish.ghost_site import required as ghost_required
+from tests.publish.test_ghost_live import admin_api, public_posts
 from tests.publish.wordpress_site import WordPressSite, missing
 from tests.redis_db import leased_db
 
@@ -58,10 +62,37 @@ def site() -> Iterator[WordPressSite]:
 
 
 @pytest.fixture(scope="module")
+def ghost() -> Iterator[GhostSite | None]:
+    """A real Ghost beside the WordPress, where one is installed (CI requires it); None here
+    otherwise, and only the Ghost test skips."""
+    reason = ghost_missing()
+    if reason:
+        if ghost_required():
+            pytest.fail(f"ARTICLEFORGE_GHOST_REQUIRED is set, but {reason}")
+        yield None
+        return
+    site = GhostSite()
+    try:
+        yield site.start()
+    finally:
+        site.stop()
+
+
+@pytest.fixture(scope="module")
 def calendar_stack(
-    site: WordPressSite, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    site: WordPressSite,
+    ghost: GhostSite | None,
+    cache_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    cms = {}
+    if ghost is not None:
+        cms = {
+            "ARTICLEFORGE_PUBLISH_GHOST_URL": ghost.url,
+            "ARTICLEFORGE_PUBLISH_GHOST_ADMIN_KEY": ghost.admin_key,
+        }
     env = {
+        **cms,
         "OMP_NUM_THREADS": "1",
         "ARTICLEFORGE_API_KEYS": f"{KEY_A},{KEY_B}",
         "ARTICLEFORGE_BATCH_SLOTS_PER_KEY": str(SLOTS),
@@ -271,3 +302,39 @@ def test_cancelling_half_way_keeps_the_finished_items_and_their_posts(
                 assert item["publish"] is None or item["publish"]["post_id"] is None
         assert [h["type"] for h in batch_hooks(s, batch_id)] == ["batch.cancelled"]
         assert a.post(f"/v1/batches/{batch_id}/retry").status_code == 409
+
+
+def test_a_calendar_batch_into_ghost_schedules_its_posts(
+    calendar_stack: Stack, ghost: GhostSite | None
+) -> None:
+    if ghost is None:
+        pytest.skip(f"no real Ghost here: {ghost_missing()}")
+    s = calendar_stack
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+    with client(s, KEY_B) as b:
+        reply = b.post(
+            "/v1/batches",
+            json={
+                "items": [{"topic": f"Seed saving, part {k}"} for k in range(4)],
+                "defaults": {
+                    "target_words": 100,
+                    "sections": 2,
+                    "images": {"count": 1, "size": "64x64", "steps": 1},
+                    "publish": {"target": "ghost"},
+                },
+                "schedule": {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "every": "12h"},
+            },
+        )
+        assert reply.status_code == 202, reply.text
+        done = wait_batch(b, reply.json()["id"], 300)
+    assert done["status"] == "succeeded", done["counts"]
+    assert done["counts"]["scheduled"] == 4
+    with admin_api(ghost) as api:
+        for item in done["items"]:
+            slot = (start + timedelta(hours=12 * item["index"])).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert item["publish"]["at"] == slot
+            assert item["publish"]["post_status"] == "scheduled"
+            post = api.get(f"/posts/{item['publish']['post_id']}/").json()["posts"][0]
+            assert post["status"] == "scheduled"
+            assert post["published_at"].replace(".000Z", "Z") == slot
+            assert public_posts(ghost, item["publish"]["post_id"]) == []  # not public yet
