@@ -184,17 +184,17 @@ def test_the_collector_shows_what_the_workers_counted(redis_url: str) -> None:
     text = generate_latest(registry).decode()
     connection.flushdb()
     for line in (
-        'articleforge_publish_total{outcome="published",target="wordpress"} 1.0',
-        'articleforge_publish_total{outcome="failed",target="ghost"} 1.0',
-        'articleforge_publish_attempts_total{result="retried",target="wordpress"} 1.0',
-        'articleforge_publish_attempts_total{result="ok",target="wordpress"} 1.0',
-        'articleforge_publish_duration_seconds_bucket{le="0.5",target="wordpress"} 1.0',
-        'articleforge_publish_duration_seconds_bucket{le="2.5",target="wordpress"} 2.0',
-        'articleforge_publish_duration_seconds_bucket{le="30.0",target="ghost"} 0.0',
-        'articleforge_publish_duration_seconds_bucket{le="+Inf",target="ghost"} 1.0',
-        'articleforge_publish_duration_seconds_count{target="wordpress"} 2.0',
-        'articleforge_publish_duration_seconds_sum{target="wordpress"} 2.0',
-        'articleforge_publish_attempts_per_publish_bucket{le="1.0",target="wordpress"} 0.0',
-        'articleforge_publish_attempts_per_publish_bucket{le="2.0",target="wordpress"} 1.0',
+        'articleforge_gateway_publish_total{outcome="published",target="wordpress"} 1.0',
+        'articleforge_gateway_publish_total{outcome="failed",target="ghost"} 1.0',
+        'articleforge_gateway_publish_attempts_total{result="retried",target="wordpress"} 1.0',
+        'articleforge_gateway_publish_attempts_total{result="ok",target="wordpress"} 1.0',
+        'articleforge_gateway_publish_duration_seconds_bucket{le="0.5",target="wordpress"} 1.0',
+        'articleforge_gateway_publish_duration_seconds_bucket{le="2.5",target="wordpress"} 2.0',
+        'articleforge_gateway_publish_duration_seconds_bucket{le="30.0",target="ghost"} 0.0',
+        'articleforge_gateway_publish_duration_seconds_bucket{le="+Inf",target="ghost"} 1.0',
+        'articleforge_gateway_publish_duration_seconds_count{target="wordpress"} 2.0',
+        'articleforge_gateway_publish_duration_seconds_sum{target="wordpress"} 2.0',
+        'articleforge_gateway_publish_attempts_per_publish_bucket{le="1.0",target="wordpress"} 0.0',
+        'articleforge_gateway_publish_attempts_per_publish_bucket{le="2.0",target="wordpress"} 1.0',
     ):
         assert line in text, line

@@ -89,9 +89,9 @@ def test_a_scheduled_post_is_rescheduled_unscheduled_and_published_in_place(
         assert "must be in the future" in refused.json()["error"]["message"]
 
         metrics = client.get("/metrics").text
-    assert 'articleforge_publish_total{outcome="published",target="wordpress"}' in metrics
-    assert 'articleforge_publish_attempts_total{result="ok",target="wordpress"}' in metrics
-    assert 'articleforge_publish_duration_seconds_count{target="wordpress"}' in metrics
+    assert 'articleforge_gateway_publish_total{outcome="published",target="wordpress"}' in metrics
+    assert 'articleforge_gateway_publish_attempts_total{result="ok",target="wordpress"}' in metrics
+    assert 'articleforge_gateway_publish_duration_seconds_count{target="wordpress"}' in metrics
 
 
 def join_batch(connection: redis.Redis, article_ids: list[str], topics: list[str]) -> str:

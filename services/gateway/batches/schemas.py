@@ -188,7 +188,9 @@ class BatchCounts(BaseModel):
 
 
 class BatchItem(BaseModel):
-    index: int = Field(description="The item's place in the batch (CSV: its row, from 0).")
+    index: int = Field(
+        description="The item's place in the batch (CSV: its row, from 0).", examples=[3]
+    )
     article_id: str = Field(
         description="The item's article (the newest, after a retry).",
         examples=["art_3f2a9c1d0e4b5a6978a1b2c3"],
@@ -221,7 +223,9 @@ class BatchStatus(BaseModel):
         "`cancelled` (DELETE). POST /v1/batches/{id}/retry makes a failed batch `running` again.",
         examples=["running"],
     )
-    name: str | None = Field(default=None, description="The request's name.")
+    name: str | None = Field(
+        default=None, description="The request's name.", examples=["December calendar"]
+    )
     counts: BatchCounts = Field(description="How many items stand where.")
     items: list[BatchItem] = Field(description="One page of the items, in batch order.")
     next_cursor: str | None = Field(
@@ -231,7 +235,9 @@ class BatchStatus(BaseModel):
     )
     link_related: bool = Field(description="As requested.", examples=[False])
     schedule: Schedule | None = Field(default=None, description="As requested.")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="As requested.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="As requested.", examples=[{"calendar": "2026-12"}]
+    )
     retries: int = Field(description="Times POST /v1/batches/{id}/retry ran.", examples=[0])
     created_at: str = Field(description="ISO 8601 UTC.", examples=["2026-12-07T09:00:00Z"])
     finished_at: str | None = Field(
@@ -242,4 +248,8 @@ class BatchStatus(BaseModel):
 
 class BatchList(BaseModel):
     data: list[BatchStatus] = Field(description="Batches, newest first (items left out).")
-    next_cursor: str | None = Field(default=None, description="For the next page.")
+    next_cursor: str | None = Field(
+        default=None,
+        description="Pass as `cursor` for the next page; null on the last.",
+        examples=["1796630400.123"],
+    )

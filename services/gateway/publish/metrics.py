@@ -4,11 +4,11 @@ Publishes run in worker processes, which nobody scrapes (and which may run on ot
 each worker adds its counts to Redis hashes and the gateway's ``/metrics`` reads them through a
 collector (``PublishCollector``) at each scrape:
 
-- ``articleforge_publish_total{target, outcome}``: publishes that ended, `published` or `failed`;
-- ``articleforge_publish_attempts_total{target, result}``: attempts, `ok`, `retried` (a 429,
+- ``articleforge_gateway_publish_total{target, outcome}``: publishes that ended, `published` or `failed`;
+- ``articleforge_gateway_publish_attempts_total{target, result}``: attempts, `ok`, `retried` (a 429,
   5xx or no answer, tried again) or `failed` (the last one, or a CMS refusal);
-- ``articleforge_publish_duration_seconds{target}``: a histogram of each attempt's time;
-- ``articleforge_publish_attempts{target}``: a histogram of the attempts a publish took.
+- ``articleforge_gateway_publish_duration_seconds{target}``: a histogram of each attempt's time;
+- ``articleforge_gateway_publish_attempts_per_publish{target}``: a histogram of the attempts a publish took.
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ class PublishCollector(Collector):
     def collect(self) -> Iterator[Any]:
         values = self.values
         total = CounterMetricFamily(
-            "articleforge_publish",
+            "articleforge_gateway_publish_total",
             "Publishes that ended, by target and outcome.",
             labels=["target", "outcome"],
         )
         attempts = CounterMetricFamily(
-            "articleforge_publish_attempts",
+            "articleforge_gateway_publish_attempts_total",
             "Publish attempts by target and result (ok, retried, failed).",
             labels=["target", "result"],
         )
@@ -79,14 +79,14 @@ class PublishCollector(Collector):
         yield self._histogram(
             values,
             "duration",
-            "articleforge_publish_duration_seconds",
+            "articleforge_gateway_publish_duration_seconds",
             "Seconds each publish attempt took.",
             DURATION_BUCKETS,
         )
         yield self._histogram(
             values,
             "attempts",
-            "articleforge_publish_attempts_per_publish",
+            "articleforge_gateway_publish_attempts_per_publish",
             "Attempts each ended publish took.",
             ATTEMPT_BUCKETS,
         )
