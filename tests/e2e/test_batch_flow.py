@@ -246,8 +246,9 @@ def test_a_csv_calendar_batch_publishes_scheduled_posts_and_retries_its_failure(
         assert types == ["batch.failed", "batch.succeeded"]
 
         metrics = httpx.get(f"{s.gateway}/metrics").text
-        assert 'articleforge_gateway_publish_total{outcome="published",target="wordpress"} 20.0' in metrics
-        assert 'articleforge_gateway_publish_total{outcome="failed",target="wordpress"} 1.0' in metrics
+        total = "articleforge_gateway_publish_total"
+        assert f'{total}{{outcome="published",target="wordpress"}} 20.0' in metrics
+        assert f'{total}{{outcome="failed",target="wordpress"}} 1.0' in metrics
 
 
 def test_cancelling_half_way_keeps_the_finished_items_and_their_posts(

@@ -4,11 +4,13 @@ Publishes run in worker processes, which nobody scrapes (and which may run on ot
 each worker adds its counts to Redis hashes and the gateway's ``/metrics`` reads them through a
 collector (``PublishCollector``) at each scrape:
 
-- ``articleforge_gateway_publish_total{target, outcome}``: publishes that ended, `published` or `failed`;
-- ``articleforge_gateway_publish_attempts_total{target, result}``: attempts, `ok`, `retried` (a 429,
-  5xx or no answer, tried again) or `failed` (the last one, or a CMS refusal);
+- ``articleforge_gateway_publish_total{target, outcome}``: publishes that ended, `published`
+  or `failed`;
+- ``articleforge_gateway_publish_attempts_total{target, result}``: attempts, `ok`, `retried`
+  (a 429, 5xx or no answer, tried again) or `failed` (the last one, or a CMS refusal);
 - ``articleforge_gateway_publish_duration_seconds{target}``: a histogram of each attempt's time;
-- ``articleforge_gateway_publish_attempts_per_publish{target}``: a histogram of the attempts a publish took.
+- ``articleforge_gateway_publish_attempts_per_publish{target}``: a histogram of the attempts
+  a publish took.
 """
 
 from __future__ import annotations
