@@ -156,4 +156,5 @@ def _batch_ref(fields: dict[str, str]) -> BatchRef | None:
     if "batch" not in fields:
         return None
     found = json.loads(fields["batch"])
-    return BatchRef(id=found["id"], index=found["index"], waiting="waiting" in fields)
+    waiting = "waiting" in fields and fields.get("status") == "queued"
+    return BatchRef(id=found["id"], index=found["index"], waiting=waiting)

@@ -153,6 +153,7 @@ def test_cancel_stops_every_item_not_yet_ended_and_a_second_cancel_is_409(
     assert cancelled["counts"]["by_status"] == {"failed": 1, "cancelled": 5}
     assert cancelled["counts"]["waiting"] == 0
     assert queued_articles(redis_db) == []  # the started items' jobs are gone from the queue
+    assert redis_db.llen(record.waiting_key(key_scope(KEY))) == 0  # nor do they count as waiting
     again = api.delete(f"/v1/batches/{batch['id']}")
     assert again.status_code == 409
     assert (

@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -343,18 +344,46 @@ def batch_webhook_job(batch_id: str, event: str, url: str, message_id: str) -> N
 # --- cancel and retry ---
 
 
+@contextlib.contextmanager
+def exclusive(store: ArticleStore, batch_id: str) -> Iterator[None]:
+    """One cancel or retry of a batch at a time (two retries at once would renew an item
+    twice); another waits for it, or is a 409 after 10 s."""
+    lock = store.redis.lock(f"{record.key(batch_id)}:lock", timeout=120, blocking_timeout=10)
+    if not lock.acquire():
+        raise Conflict(f"batch {batch_id} is being cancelled or retried; try again", param="id")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(LockError):
+            lock.release()
+
+
 def cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
     """Cancels every item not yet ended (a waiting one never starts); finished items, their
     posts and scheduled publishes stay as they are. Returns how many were cancelled."""
+    with exclusive(store, batch_id):
+        return _cancel(store, config, batch_id)
+
+
+def _cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
     if not end(store, batch_id, "cancelled"):
         status = record.fields(store, batch_id).get("status")
         raise Conflict(f"batch {batch_id} already {status}; nothing to cancel", param="id")
-    cancelled = 0
+    cancelled, waited = 0, []
     for article_id in record.item_ids(store, batch_id):
+        waiting = store.redis.hexists(store.key(article_id), "waiting")
         if store.transition(article_id, "cancelled"):
             jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
             enqueue_webhook(store, config, article_id, "article.cancelled")
             cancelled += 1
+            if waiting:
+                waited.append(article_id)
+    scope = record.owner(store, batch_id)
+    if waited and scope is not None:  # out of the key's waiting list, so they count no more
+        pipe = store.redis.pipeline(transaction=False)
+        for article_id in waited:
+            pipe.lrem(record.waiting_key(scope), 1, article_id)
+        pipe.execute()
     announce(store, config, batch_id, "batch.cancelled")
     logger.info("batch %s: cancelled (%d items stopped)", batch_id, cancelled)
     return cancelled
@@ -365,6 +394,13 @@ def retry(
 ) -> int:
     """Runs the failed items again: a failed article as a new article (same request), a failed
     publish as a new publish of the same article. Returns how many."""
+    with exclusive(store, batch_id):
+        return _retry(store, config, scope, batch_id, request_id)
+
+
+def _retry(
+    store: ArticleStore, config: GatewaySettings, scope: str, batch_id: str, request_id: str
+) -> int:
     found = record.fields(store, batch_id)
     if found.get("status") == "cancelled":
         raise Conflict(f"batch {batch_id} was cancelled; there is nothing to retry", param="id")
@@ -378,6 +414,15 @@ def retry(
     ]
     if not failed_articles and not failed_publishes:
         raise Conflict(f"batch {batch_id} has no failed items to retry", param="id")
+    # The new work first, the batch `running` after: a maintenance pass in between finds the
+    # batch ended and leaves it, never announcing the old round's end again.
+    for k in failed_articles:
+        _renew(store, scope, batch_id, k, ids[k], request_id)
+    for k in failed_publishes:
+        target = states[k].target
+        kept = load_record(store, ids[k], target) if target else None
+        if kept is not None:
+            enqueue_publish(store, config, ids[k], same_options(kept), request_id)
     pipe = store.redis.pipeline()
     pipe.hincrby(record.key(batch_id), "retries", 1)
     pipe.hset(record.key(batch_id), "status", "running")
@@ -386,13 +431,6 @@ def retry(
     pipe.persist(record.items_key(batch_id))
     pipe.sadd(record.RUNNING, batch_id)
     pipe.execute()
-    for k in failed_articles:
-        _renew(store, scope, batch_id, k, ids[k], request_id)
-    for k in failed_publishes:
-        target = states[k].target
-        kept = load_record(store, ids[k], target) if target else None
-        if kept is not None:
-            enqueue_publish(store, config, ids[k], same_options(kept), request_id)
     if failed_articles:
         store.redis.sadd(record.WAITING_KEYS, scope)
         dispatch(store, config, scope)
