@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from services.common import limits
 from services.ui.launch import DEFAULT_PORT as UI_PORT
+
+if TYPE_CHECKING:
+    import httpx
 
 app = typer.Typer(
     help="articleforge: topic in, illustrated article out.",
@@ -345,6 +350,234 @@ def _source_specs(values: list[str]) -> list[dict[str, str]]:
         data = base64.b64encode(path.read_bytes()).decode()
         specs.append({"type": "file", "filename": path.name, "content_base64": data})
     return specs
+
+
+class PostStatus(StrEnum):
+    draft = "draft"
+    publish = "publish"
+
+
+BATCH_POLL_SECONDS = 1.0  # between two looks at a running batch (one small GET each)
+BATCH_PUBLISH_MOVING = ("queued", "publishing")
+
+
+@app.command()
+def batch(
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            help="The CSV: a `topic` column, and optionally the others of docs/api.md, "
+            '"Batches" (keywords, sections, words, images, publish_target, ...).',
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    url: Annotated[str, typer.Option(help="The gateway's URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Bearer key (default: the first of ARTICLEFORGE_API_KEYS, if any)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A label for people.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Publish every item into this target (wordpress, ghost)."),
+    ] = None,
+    status: Annotated[
+        PostStatus | None,
+        typer.Option(help="Post status for --target (without a calendar)."),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish on a calendar from this day or moment: 2026-12-08, 2026-12-08T09:00."
+        ),
+    ] = None,
+    every: Annotated[
+        str | None, typer.Option(help="Calendar step: 30m, 12h, 1d, 2w (default 1d).")
+    ] = None,
+    times: Annotated[
+        str | None, typer.Option(help="Calendar clock times on each day: 09:00,17:30.")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA time zone of the calendar (default UTC).")
+    ] = None,
+    link_related: Annotated[
+        bool, typer.Option(help="Link each post to the batch's other posts it mentions.")
+    ] = False,
+    defaults: Annotated[
+        str | None,
+        typer.Option(
+            help='Article request fields for every item, as JSON: \'{"language": "de"}\'.'
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Sending again with this key gives the same batch.")
+    ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Print the batch id and return at once.")
+    ] = False,
+) -> None:
+    """Send a CSV of topics to a running gateway as one batch, then follow it to its end.
+
+    Prints the batch id (stdout). Exit code: 0 succeeded, 1 failed or cancelled (or no
+    gateway answers), 2 refused (the message names the field). Ctrl-C stops following only."""
+    import httpx
+
+    options = _batch_options(
+        name, target, status, start, every, times, timezone, link_related, defaults
+    )
+    if api_key is None:
+        from services.gateway.config import GatewaySettings
+
+        api_key = next(iter(load_settings(GatewaySettings).keys()), None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
+        try:
+            reply = client.post(
+                "/v1/batches",
+                files={"file": (csv_file.name, csv_file.read_bytes(), "text/csv")},
+                data={"options": json.dumps(options, ensure_ascii=False)},
+            )
+        except httpx.TransportError as exc:
+            _no_gateway(url, exc)
+        if reply.status_code >= 400:
+            _refused(reply, "the batch")
+        batch_id = str(reply.json()["id"])
+        # stdout, for scripts: `id=$(articleforge batch topics.csv --no-wait)`
+        print(batch_id, flush=True)
+        if reply.headers.get("Idempotent-Replayed") == "true":
+            _say(f"batch {batch_id}: already sent with this --idempotency-key")
+        if no_wait:
+            return
+        try:
+            outcome, line = _follow_batch(client, batch_id, url)
+        except KeyboardInterrupt:
+            _say(
+                f"stopped following batch {batch_id}; it goes on. Follow it with "
+                f"`curl {url}/v1/batches/{batch_id}` or on the studio's Batches page; cancel "
+                f"it with `curl -X DELETE {url}/v1/batches/{batch_id}` (with your key: "
+                "`-H 'Authorization: Bearer …'`)."
+            )
+            raise typer.Exit(130) from None
+    _say(f"batch {batch_id} {outcome}: {line}", "green" if outcome == "succeeded" else "red")
+    raise typer.Exit(0 if outcome == "succeeded" else 1)
+
+
+def _say(message: str, style: str | None = None) -> None:
+    console.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _usage_error(message: str) -> NoReturn:
+    _say(message, "red")
+    raise typer.Exit(2)
+
+
+def _batch_options(
+    name: str | None,
+    target: str | None,
+    status: PostStatus | None,
+    start: str | None,
+    every: str | None,
+    times: str | None,
+    timezone: str | None,
+    link_related: bool,
+    defaults: str | None,
+) -> dict[str, Any]:
+    """The options as `BatchOptions` JSON: only what was given, so the gateway's defaults
+    apply and its 422 names the field."""
+    options: dict[str, Any] = {"link_related": link_related}
+    if name is not None:
+        options["name"] = name
+    base: Any = {}
+    if defaults is not None:
+        try:
+            base = json.loads(defaults)
+        except ValueError as exc:
+            _usage_error(f"--defaults is not JSON ({exc})")
+        if not isinstance(base, dict):
+            _usage_error("--defaults must be a JSON object")
+    if target is not None or status is not None:
+        publish = base.get("publish")
+        publish = dict(publish) if isinstance(publish, dict) else {}
+        publish.update({"target": target} if target else {})
+        publish.update({"status": status.value} if status else {})
+        base["publish"] = publish
+    if base:
+        options["defaults"] = base
+    if start is None and (every or times or timezone):
+        _usage_error("--every, --times and --timezone shape a calendar: give --start too")
+    if start is not None:
+        schedule: dict[str, Any] = {"start": start}
+        if every:
+            schedule["every"] = every
+        if times:
+            schedule["times"] = [t.strip() for t in times.split(",") if t.strip()]
+        if timezone:
+            schedule["timezone"] = timezone
+        options["schedule"] = schedule
+    return options
+
+
+def _refused(reply: httpx.Response, what: str) -> NoReturn:
+    """The gateway's error reply as one sentence naming its field; exit 2 for a refusal (4xx),
+    1 for a failure (5xx)."""
+    try:
+        error = reply.json().get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    message = str(error.get("message") or reply.text[:300] or reply.reason_phrase)
+    if reply.status_code == 401:
+        message += " (pass --api-key, or set ARTICLEFORGE_API_KEYS)"
+    field = f" `{error['param']}`" if error.get("param") else ""
+    _say(f"error: the gateway refused {what} ({reply.status_code}){field}: {message}", "red")
+    raise typer.Exit(2 if reply.status_code < 500 else 1)
+
+
+def _no_gateway(url: str, exc: Exception) -> NoReturn:
+    _say(
+        f"error: no gateway answers at {url} ({exc}); start one with `articleforge up`, "
+        "or pass --url",
+        "red",
+    )
+    raise typer.Exit(1)
+
+
+def _follow_batch(client: httpx.Client, batch_id: str, url: str) -> tuple[str, str]:
+    """Shows the batch's progress (ended items of all, counts by status) until it ends;
+    returns its outcome and its counts as a line."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(batch_id, total=None, counts="")
+        while True:
+            try:
+                reply = client.get(f"/v1/batches/{batch_id}", params={"limit": 0})
+            except httpx.TransportError as exc:
+                _no_gateway(url, exc)
+            if reply.status_code >= 400:
+                _refused(reply, f"a look at batch {batch_id}")
+            found = reply.json()
+            counts = found["counts"]
+            by_status: dict[str, int] = counts["by_status"]
+            moving = sum(counts["by_publish"].get(s, 0) for s in BATCH_PUBLISH_MOVING)
+            ended = int(counts["ended"])  # the article and, where asked, its publish too
+            line = " · ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
+            line += f" · {moving} publishing" if moving else ""
+            bar.update(task, completed=max(0, ended), total=counts["total"], counts=line)
+            if found["status"] != "running":
+                return str(found["status"]), line
+            time.sleep(BATCH_POLL_SECONDS)
 
 
 NO_STREAMLIT = "the studio needs Streamlit: pip install 'articleforge[ui]'"

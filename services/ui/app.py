@@ -1,7 +1,8 @@
 """The studio: `articleforge ui`, or `streamlit run services/ui/app.py`.
 
-Four pages: an article (the form, its live progress, outline review, the result with rewrite,
-redraw and downloads), the history of articles, and playgrounds for text and images alone.
+Five pages: an article (the form, its live progress, outline review, the result with rewrite,
+redraw and downloads), the history of articles, batches (a CSV of topics sent as one batch,
+its counts and items followed, cancel and retry), and playgrounds for text and images alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ navigation = st.navigation(
     [
         st.Page(PAGES / "article.py", title="Article", icon=":material/article:", default=True),
         st.Page(PAGES / "history.py", title="History", icon=":material/history:"),
+        st.Page(PAGES / "batch.py", title="Batches", icon=":material/table_rows:"),
         st.Page(PAGES / "text_playground.py", title="Text playground", icon=":material/notes:"),
         st.Page(PAGES / "image_playground.py", title="Image playground", icon=":material/image:"),
     ]

@@ -229,6 +229,47 @@ class GatewayClient(ApiClient):
         a key, so the studio's server fetches and serves it."""
         return self.request("GET", f"/v1/images/{image_id}").content
 
+    def create_batch(
+        self,
+        csv: bytes,
+        filename: str,
+        options: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """POST /v1/batches as a form: the CSV as its `file` part, `BatchOptions` as JSON in
+        its `options` part; answers the 202's batch status."""
+        files = {"file": (filename, csv, "text/csv")}
+        data = {"options": json.dumps(options, ensure_ascii=False)}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        try:
+            with self._client(None) as client:
+                response = client.post("/v1/batches", files=files, data=data, headers=headers)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, None) from None
+        if response.status_code >= 400:
+            raise describe(self.name, self.base_url, response)
+        return dict(response.json())
+
+    def batch(self, batch_id: str, *, limit: int = 50, cursor: int = 0) -> dict[str, Any]:
+        """The batch's counts and the page of its items from index `cursor` on."""
+        params = {"limit": limit, "cursor": cursor}
+        return self.json("GET", f"/v1/batches/{batch_id}", params=params)
+
+    def batches(self, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        """The key's batches, newest first, without their items."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        return self.json("GET", "/v1/batches", params=params)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self.json("DELETE", f"/v1/batches/{batch_id}")
+
+    def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        """Runs the failed items again (a 409 when none failed, or the batch was cancelled)."""
+        return self.json("POST", f"/v1/batches/{batch_id}/retry")
+
 
 class TextClient(ApiClient):
     """The text service's OpenAI-compatible API."""

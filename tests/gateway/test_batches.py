@@ -99,6 +99,7 @@ def test_a_batch_starts_only_its_keys_share_and_the_rest_wait(
     assert batch["status"] == "running" and batch["name"] == "December"
     assert batch["counts"]["total"] == 10
     assert batch["counts"]["waiting"] == 10 - SLOTS
+    assert batch["counts"]["ended"] == 0
     assert [i["index"] for i in batch["items"]] == list(range(10))
     assert [i["waiting"] for i in batch["items"]] == [False] * SLOTS + [True] * (10 - SLOTS)
     ids = [i["article_id"] for i in batch["items"]]
@@ -131,6 +132,7 @@ def test_another_keys_single_article_and_batch_do_not_wait_behind_a_big_batch(
         assert final["status"] == "failed"
         assert final["counts"]["by_status"] == {"failed": batch["counts"]["total"]}
         assert final["counts"]["waiting"] == 0
+        assert final["counts"]["ended"] == final["counts"]["total"]
         assert final["finished_at"] is not None
     assert redis_db.scard(record.RUNNING) == 0
     assert redis_db.scard(record.WAITING_KEYS) == 0
@@ -299,10 +301,16 @@ def test_a_csv_upload_becomes_the_same_items_as_json(
     second = json.loads(redis_db.hget(f"af:article:{batch['items'][1]['article_id']}", "request"))
     assert second["keywords"] == [] and second["target_words"] is None
 
+    options = json.dumps({"name": "From a form", "defaults": {"sections": 2}})
+    as_file = api.post(  # `curl -F options=@options.json` sends the options as a file
+        "/v1/batches",
+        files={"file": ("t.csv", CSV.encode(), "text/csv"), "options": ("o.json", options)},
+    )
+    assert as_file.status_code == 202 and as_file.json()["name"] == "From a form"
     form = api.post(
         "/v1/batches",
         files={"file": ("topics.csv", CSV.encode(), "text/csv")},
-        data={"options": json.dumps({"name": "From a form", "defaults": {"sections": 2}})},
+        data={"options": options},
     )
     assert form.status_code == 202, form.text
     assert form.json()["name"] == "From a form"
@@ -441,3 +449,31 @@ def test_times_in_the_past_and_contradictions_are_a_422_naming_the_field(
         api.post("/v1/articles", json={"topic": "Late", "publish": {**WP, "at": past}})
     )
     assert (status, param) == (422, "publish.at")
+
+
+def test_a_calendar_from_today_begins_with_the_next_slot_still_ahead(
+    api: TestClient, redis_db: redis.Redis
+) -> None:
+    today = datetime.now(UTC).date()
+    reply = api.post(
+        "/v1/batches",
+        json={
+            "items": items(2),
+            "defaults": {"publish": WP},
+            "schedule": {"start": today.isoformat(), "times": ["00:00", "23:59"]},
+        },
+    )
+    assert reply.status_code == 202, reply.text
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    moments = [
+        datetime.combine(today + timedelta(days=d), datetime.min.time(), tzinfo=UTC)
+        + timedelta(minutes=m)
+        for d in range(3)
+        for m in (0, 23 * 60 + 59)
+    ]
+    expected = [m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in moments if m > soon][:2]
+    got = [
+        json.loads(redis_db.hget(f"af:article:{i['article_id']}", "request"))["publish"]["at"]
+        for i in reply.json()["items"]
+    ]
+    assert got == expected

@@ -14,7 +14,7 @@ from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.e2e
 
-PAGES = ("", "history", "text_playground", "image_playground")
+PAGES = ("", "history", "batch", "text_playground", "image_playground")
 
 
 def origin(url: str) -> str:

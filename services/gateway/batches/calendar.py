@@ -3,7 +3,9 @@
 With ``times``, the slots are those clock times on ``start``'s day, then on the day ``every``
 later, and so on, each read in ``timezone`` (so 09:00 stays 09:00 across a daylight saving
 change, and a time the change skips moves forward by the gap, as ``zoneinfo`` does). Without
-``times`` they are ``start``, ``start + every``, ... No slot comes before ``start``.
+``times`` they are ``start``, ``start + every``, ... No slot comes before ``start``; a start
+given as a day skips that day's times already past (a batch sent at noon "from today" begins
+with today's 17:30).
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ def _local(day: date, clock: str, tz: ZoneInfo) -> datetime:
     return wall.astimezone(UTC).astimezone(tz).astimezone(UTC)
 
 
-def slots(schedule: Schedule) -> Iterator[datetime]:
-    """The schedule's moments in UTC, in order, without end."""
+def slots(schedule: Schedule, not_before: datetime | None = None) -> Iterator[datetime]:
+    """The schedule's moments in UTC, in order, without end; none before ``not_before``."""
     tz = zone(schedule.timezone)
     begin, gap = first_moment(schedule, tz), step(schedule.every)
+    if not_before is not None and not_before > begin:
+        begin = not_before
     if not schedule.times:
         moment = begin
         while True:
@@ -69,9 +73,9 @@ def slots(schedule: Schedule) -> Iterator[datetime]:
         day += timedelta(days=gap.days)
 
 
-def take(schedule: Schedule, count: int) -> list[datetime]:
+def take(schedule: Schedule, count: int, not_before: datetime | None = None) -> list[datetime]:
     found: list[datetime] = []
-    for moment in slots(schedule):
+    for moment in slots(schedule, not_before):
         if len(found) == count:
             break
         found.append(moment)

@@ -37,6 +37,7 @@ from services.gateway.batches import calendar, record
 from services.gateway.batches.schemas import BatchOptions, BatchRequest
 from services.gateway.config import GatewaySettings
 from services.gateway.job_base import ARTICLES_QUEUE, settings, store_for
+from services.gateway.publish.common import SCHEDULE_MARGIN
 from services.gateway.publish.job import (
     check_publish,
     enqueue_publish,
@@ -123,7 +124,10 @@ def _scheduled(body: BatchRequest, where: Any) -> list[ArticleRequest]:
                 "publishes it; leave it out or give `publish`",
                 param=f"items.{k}.publish.status",
             )
-    slots = calendar.take(body.schedule, len(unslotted))
+    # A day as the start means its slots still ahead; a moment must itself be ahead.
+    soon = datetime.now(UTC) + SCHEDULE_MARGIN
+    day = not isinstance(body.schedule.start, datetime)
+    slots = calendar.take(body.schedule, len(unslotted), soon if day else None)
     if slots and slots[0] <= datetime.now(UTC):
         raise Unprocessable(
             f"schedule.start must give a first slot in the future; it gives {utc_iso(slots[0])}",

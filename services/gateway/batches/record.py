@@ -167,6 +167,7 @@ def status_of(
             scheduled += state.publish.post_status in ("future", "scheduled")
     counts = BatchCounts(
         total=len(ids),
+        ended=sum(state.ended for state in states),
         waiting=sum(s.waiting and s.status == "queued" for s in states),
         by_status=by_status,
         by_publish=by_publish,

@@ -87,7 +87,10 @@ async def _parse(request: Request) -> tuple[BatchRequest, list[int] | None]:
             raise InvalidRequest("the form needs a `file` part holding the CSV", param="file")
         text = csv_items.decode(await upload.read())
         options_part = form.get("options")
-        raw_options = options_part if isinstance(options_part, str) else "{}"
+        if isinstance(options_part, UploadFile):  # `curl -F options=@options.json`
+            raw_options = (await options_part.read()).decode("utf-8", "replace")
+        else:
+            raw_options = options_part or "{}"
         return _from_csv(text, _validated(BatchOptions, raw_options, ("options",)))
     if media in ("text/csv", "application/csv"):
         return _from_csv(csv_items.decode(await request.body()), BatchOptions())

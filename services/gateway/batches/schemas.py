@@ -31,9 +31,9 @@ class Schedule(BaseModel):
     model_config = REQUEST_CONFIG
 
     start: date | datetime = Field(
-        description="The first day (`2026-12-08`, from its midnight) or the first moment "
-        "(`2026-12-08T09:00`, read in `timezone` when it has no offset). No slot falls before "
-        "it, and the first slot must be in the future.",
+        description="The first day (`2026-12-08`: its slots still ahead, so today's later "
+        "times when it is today) or the first moment (`2026-12-08T09:00`, read in `timezone` "
+        "when it has no offset, which must be in the future). No slot falls before it.",
         examples=["2026-12-08"],
     )
     every: str = Field(
@@ -170,6 +170,12 @@ def merged(defaults: dict[str, Any], item: Any) -> Any:
 
 class BatchCounts(BaseModel):
     total: int = Field(description="Items in the batch.", examples=[20])
+    ended: int = Field(
+        description="Items that have ended: the article is terminal and, where it asked for "
+        "publishing, the publish has ended too (published, scheduled, or failed). The batch "
+        "ends when `ended` reaches `total`.",
+        examples=[9],
+    )
     waiting: int = Field(
         description="`queued` items still waiting for one of the key's batch slots "
         "(ARTICLEFORGE_BATCH_SLOTS_PER_KEY).",
