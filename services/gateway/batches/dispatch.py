@@ -161,12 +161,37 @@ def create(
             retry_after=60,
         )
     ids = ["art_" + secrets.token_hex(12) for _ in body.items]
-    for k, (article_id, item) in enumerate(zip(ids, body.items, strict=True)):
-        target = item.publish.target if item.publish is not None else None
-        fields = jobs.record_fields(item, request_id, scope)
-        fields["batch"] = {"id": batch_id, "index": k, "target": target}
-        fields["waiting"] = True
-        store.create(article_id, fields, active=False)
+    made: list[str] = []
+    try:
+        for k, (article_id, item) in enumerate(zip(ids, body.items, strict=True)):
+            target = item.publish.target if item.publish is not None else None
+            fields = jobs.record_fields(item, request_id, scope)
+            fields["batch"] = {"id": batch_id, "index": k, "target": target}
+            fields["waiting"] = True
+            store.create(article_id, fields, active=False)
+            made.append(article_id)
+        _write(store, scope, body, request_id, batch_id, ids)
+    except RedisError:
+        # The request answers 503 and nothing of it may stay half-made: items that no batch
+        # would ever start are cancelled (best effort: Redis may still be failing).
+        with contextlib.suppress(RedisError):
+            for article_id in made:
+                store.transition(article_id, "cancelled")
+        raise
+    logger.info("batch %s: %d items queued for key %s", batch_id, len(ids), scope)
+    dispatch(store, config, scope)
+
+
+def _write(
+    store: ArticleStore,
+    scope: str,
+    body: BatchRequest,
+    request_id: str,
+    batch_id: str,
+    ids: list[str],
+) -> None:
+    """The batch's own records, in one transaction: the hash, its items, the indexes, the
+    key's waiting list."""
     options = BatchOptions.model_validate(body.model_dump(exclude={"items"}))
     now = time.time()
     pipe = store.redis.pipeline()
@@ -184,12 +209,11 @@ def create(
     )
     pipe.rpush(record.items_key(batch_id), *ids)
     pipe.zadd(record.INDEX, {batch_id: now})
+    pipe.zadd(record.index_key(scope), {batch_id: now})
     pipe.sadd(record.RUNNING, batch_id)
     pipe.rpush(record.waiting_key(scope), *ids)
     pipe.sadd(record.WAITING_KEYS, scope)
     pipe.execute()
-    logger.info("batch %s: %d items queued for key %s", batch_id, len(ids), scope)
-    dispatch(store, config, scope)
 
 
 # --- starting items as slots free ---

@@ -47,6 +47,11 @@ def items_key(batch_id: str) -> str:
     return f"{key(batch_id)}:items"
 
 
+def index_key(scope: str) -> str:
+    """The scope's own batches, by creation time (``INDEX`` holds every key's)."""
+    return f"{PREFIX}:batches:of:{scope}"
+
+
 def waiting_key(scope: str) -> str:
     return f"{PREFIX}:batches:waiting:{scope}"
 

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from services.common.errors import Conflict, InvalidRequest, NotFound
 from services.common.http import refuse_unknown_query, request_id_of
 from services.gateway import metrics
-from services.gateway.auth import KeyDep, RateLimitedKeyDep, may_read
+from services.gateway.auth import ANONYMOUS, KeyDep, RateLimitedKeyDep, may_read
 from services.gateway.batches import csv_items, dispatch, record
 from services.gateway.batches.schemas import (
     BatchList,
@@ -237,19 +237,20 @@ def list_batches(
     ] = None,
 ) -> BatchList:
     high = f"({cursor}" if cursor is not None else "+inf"
+    # The key's own index (with auth off, every batch's): no other key's batch is read.
+    index = record.INDEX if scope == ANONYMOUS else record.index_key(scope)
     data: list[BatchStatus] = []
     last = 0.0
     while True:
-        rows = store.redis.zrevrangebyscore(
-            record.INDEX, high, "-inf", start=0, num=100, withscores=True
-        )
+        rows = store.redis.zrevrangebyscore(index, high, "-inf", start=0, num=100, withscores=True)
         for raw, score in rows:
             batch_id = raw.decode()
             if not may_read(record.owner(store, batch_id), scope):
                 continue
             status = record.status_of(store, batch_id, limit=0)
-            if status is None:  # expired: its index entry goes too
+            if status is None:  # expired: its index entries go too
                 store.redis.zrem(record.INDEX, batch_id)
+                store.redis.zrem(record.index_key(scope), batch_id)
                 continue
             if len(data) == limit:
                 return BatchList(data=data, next_cursor=str(last))
