@@ -6,6 +6,7 @@ flow to published posts is tests/e2e/test_batch_flow.py."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -477,3 +478,22 @@ def test_a_calendar_from_today_begins_with_the_next_slot_still_ahead(
         for i in reply.json()["items"]
     ]
     assert got == expected
+
+
+def test_a_batch_counts_as_one_request_for_the_keys_rate_limit(
+    batch_env: dict[str, str],
+) -> None:
+    # The limit counts per minute: a run that straddles a minute's end is done again with the
+    # other key (its count starts at 0 too).
+    for key in (KEY, OTHER_KEY):
+        minute = int(time.time() // 60)
+        with make_client(rate_limit_per_minute=2) as c:
+            c.headers["Authorization"] = f"Bearer {key}"
+            first = c.post("/v1/batches", json={"items": items(10)})  # 10 items, one request
+            second = c.post("/v1/articles", json={"topic": "One more"})
+            third = c.post("/v1/batches", json={"items": items(1)})
+        if int(time.time() // 60) == minute:
+            break
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert third.status_code == 429 and "Retry-After" in third.headers
+    assert "ARTICLEFORGE_RATE_LIMIT_PER_MINUTE" in third.json()["error"]["message"]
