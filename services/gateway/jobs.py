@@ -203,6 +203,16 @@ def enqueue_assemble(store: ArticleStore, config: GatewaySettings, article_id: s
     _cancel_if_over(store, article_id, job)
 
 
+def cancel(store: ArticleStore, config: GatewaySettings, article_id: str) -> bool:
+    """Cancels the article unless it already ended: its jobs are dropped or stopped and
+    `article.cancelled` is sent. Returns whether this call cancelled it."""
+    if not store.transition(article_id, "cancelled"):
+        return False
+    stop_jobs(store.redis, store.get(article_id, "jobs") or [])
+    enqueue_webhook(store, config, article_id, "article.cancelled")
+    return True
+
+
 def stop_jobs(connection: Redis, job_ids: list[str]) -> None:
     """Drops queued and deferred jobs; asks workers to kill running ones."""
     for job_id in job_ids:

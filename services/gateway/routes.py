@@ -33,7 +33,6 @@ from services.gateway.schemas import (
 from services.gateway.sources import Source
 from services.gateway.store import ARTICLE_ID, ArticleStore
 from services.gateway.views import status_view
-from services.gateway.webhook_jobs import enqueue_webhook
 from services.gateway.webhooks import check_url
 
 logger = logging.getLogger(__name__)
@@ -252,21 +251,23 @@ def cancel_article(
         raise Conflict(
             f"article {article_id} already {current.status}; nothing to cancel", param="id"
         )
-    if store.transition(article_id, "cancelled"):  # else it ended meanwhile, and said so
-        jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
-        enqueue_webhook(store, settings, article_id, "article.cancelled")
+    jobs.cancel(store, settings, article_id)  # False: it ended meanwhile, and said so
     return load(store, article_id, scope)
+
+
+# A list's page: its size, and where it starts (the creation time of the last row shown).
+PageSize = Annotated[int, Query(ge=1, le=100, description="Page size.")]
+TimeCursor = Annotated[
+    float | None, Query(allow_inf_nan=False, description="`next_cursor` of the previous page.")
+]
 
 
 @router.get("/articles", response_model=ArticleList, summary="Articles, newest first.")
 def list_articles(
     scope: KeyDep,
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    cursor: Annotated[
-        float | None,
-        Query(allow_inf_nan=False, description="`next_cursor` of the previous page."),
-    ] = None,
+    limit: PageSize = 20,
+    cursor: TimeCursor = None,
     status: Annotated[
         Status | None,
         Query(description="Only articles with this status.", examples=["cancelled"]),

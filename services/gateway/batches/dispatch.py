@@ -47,7 +47,6 @@ from services.gateway.publish.job import (
 from services.gateway.publish.schemas import PublishOptions, utc_iso
 from services.gateway.schemas import TERMINAL, ArticleRequest
 from services.gateway.store import ArticleStore
-from services.gateway.webhook_jobs import enqueue_webhook
 from services.gateway.webhooks import check_url, deliver
 
 logger = logging.getLogger(__name__)
@@ -400,9 +399,7 @@ def _cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
     cancelled, waited = 0, []
     for article_id in record.item_ids(store, batch_id):
         waiting = store.redis.hexists(store.key(article_id), "waiting")
-        if store.transition(article_id, "cancelled"):
-            jobs.stop_jobs(store.redis, store.get(article_id, "jobs") or [])
-            enqueue_webhook(store, config, article_id, "article.cancelled")
+        if jobs.cancel(store, config, article_id):
             cancelled += 1
             if waiting:
                 waited.append(article_id)

@@ -24,7 +24,7 @@ from services.gateway.batches.schemas import (
 )
 from services.gateway.config import GatewaySettings
 from services.gateway.deps import SettingsDep, StoreDep
-from services.gateway.routes import RESPONSES
+from services.gateway.routes import RESPONSES, PageSize, TimeCursor
 from services.gateway.store import ArticleStore
 
 router = APIRouter(
@@ -230,11 +230,8 @@ def get_batch(
 def list_batches(
     scope: KeyDep,
     store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    cursor: Annotated[
-        float | None,
-        Query(allow_inf_nan=False, description="`next_cursor` of the previous page."),
-    ] = None,
+    limit: PageSize = 20,
+    cursor: TimeCursor = None,
 ) -> BatchList:
     high = f"({cursor}" if cursor is not None else "+inf"
     # The key's own index (with auth off, every batch's): no other key's batch is read.
