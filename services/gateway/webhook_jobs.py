@@ -54,16 +54,17 @@ def _hook_url(store: ArticleStore, config: GatewaySettings, article_id: str) -> 
     return str(webhook["url"]) if webhook else config.webhook_default_url
 
 
+# Named by path: that module sits above this one.
+ITEM_EVENT_JOB = "services.gateway.batches.dispatch.item_event_job"
+
+
 def note_batch_item(store: ArticleStore, article_id: str) -> None:
     """A batch item ended, or its publish did: its batch frees the slot and checks its own end
-    (``batches.dispatch.item_event_job``, named by path: that module sits above this one)."""
+    (``batches.dispatch.item_event_job``)."""
     if store.redis.hexists(store.key(article_id), "batch"):
         Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
             ITEM_EVENT_JOB, article_id, result_ttl=60, meta={"article_id": article_id}
         )
-
-
-ITEM_EVENT_JOB = "services.gateway.batches.dispatch.item_event_job"
 
 
 def enqueue_webhook(

@@ -333,7 +333,16 @@ def test_a_csv_upload_becomes_the_same_items_as_json(
             "items.1.target_words",
             "CSV line 3, column `words`",
         ),
-        ("topic,publish_at\nHeat pumps,2020-01-01T00:00:00Z\n", "items.0.publish", ""),
+        (
+            "topic,publish_target,publish_at\nHeat pumps,wordpress,2020-01-01T00:00:00Z\n",
+            "items.0.publish.at",
+            "got 2020-01-01T00:00:00Z (CSV line 2)",
+        ),
+        (
+            "topic,publish_at\nHeat pumps,2031-01-01T00:00:00Z\n",
+            "items.0.publish.target",
+            "CSV line 2",
+        ),
     ],
 )
 def test_a_bad_csv_names_the_row_and_column(

@@ -23,9 +23,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError, RedisError
@@ -102,7 +101,7 @@ def check(
     return body.model_copy(update={"items": items})
 
 
-def _scheduled(body: BatchRequest, where: Any) -> list[ArticleRequest]:
+def _scheduled(body: BatchRequest, where: Callable[[int], str]) -> list[ArticleRequest]:
     assert body.schedule is not None
     try:
         calendar.zone(body.schedule.timezone)
@@ -218,10 +217,11 @@ def _write(
 # --- starting items as slots free ---
 
 
-def dispatch(store: ArticleStore, config: GatewaySettings, scope: str) -> int:
-    """Starts the key's waiting items while it has free slots; returns how many started."""
+def dispatch(store: ArticleStore, config: GatewaySettings, scope: str, wait: float = 10) -> int:
+    """Starts the key's waiting items while it has free slots; returns how many started.
+    Waits up to ``wait`` seconds for another dispatcher of the key to finish."""
     lock = store.redis.lock(
-        f"{record.PREFIX}:batches:lock:{scope}", timeout=60, blocking_timeout=10
+        f"{record.PREFIX}:batches:lock:{scope}", timeout=60, blocking_timeout=wait
     )
     if not lock.acquire():
         return 0  # another dispatcher holds the key; it hands out what is free
@@ -280,7 +280,9 @@ def sweep(connection: Redis) -> None:
     config = settings()
     store = store_for(config, connection)
     for raw in store.redis.smembers(record.WAITING_KEYS):
-        dispatch(store, config, raw.decode())
+        # A key whose dispatcher is busy is handed its slots by that one: the maintenance pass
+        # never waits for it.
+        dispatch(store, config, raw.decode(), wait=0)
     for raw in store.redis.smembers(record.RUNNING):
         refresh(store, config, raw.decode())
 

@@ -139,10 +139,11 @@ def stale(store: ArticleStore, published: PublishRecord, target: str) -> bool:
     return any(now[other] != url for other, url in published.links.items())
 
 
-def to_relink(store: ArticleStore, article_id: str, target: str, url: str | None) -> list[str]:
-    """The batch's published articles that mention ``article_id`` with a URL other than ``url``
-    (or none yet): they are published again."""
-    others = siblings(store, article_id)
+def to_relink(
+    store: ArticleStore, article_id: str, others: Mapping[str, str], target: str, url: str | None
+) -> list[str]:
+    """Of the batch's other articles (``siblings``), the published ones that mention
+    ``article_id`` with a URL other than ``url`` (or none yet): they are published again."""
     if not others or url is None:
         return []
     pipe = store.redis.pipeline(transaction=False)

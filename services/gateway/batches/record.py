@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,19 +85,16 @@ def of_article(store: ArticleStore, article_id: str) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
+@dataclass(frozen=True)
 class ItemState:
-    """What the batch needs to know of one item: its status, publish record, error."""
+    """What the batch needs to know of one item: its status, whether it still waits for a
+    slot (`queued` and not started), its publish record and error."""
 
-    def __init__(
-        self,
-        status: str,
-        waiting: bool,
-        target: str | None,
-        publish: PublishInfo | None,
-        error: ErrorInfo | None,
-    ) -> None:
-        self.status, self.waiting, self.target = status, waiting, target
-        self.publish, self.error = publish, error
+    status: str
+    waiting: bool
+    target: str | None
+    publish: PublishInfo | None
+    error: ErrorInfo | None
 
     @property
     def ended(self) -> bool:
@@ -134,7 +132,7 @@ def item_states(store: ArticleStore, ids: list[str]) -> list[ItemState]:
         states.append(
             ItemState(
                 status,
-                waiting is not None,
+                waiting is not None and status == "queued",
                 target,
                 None if raw is None else PublishInfo.model_validate_json(raw),
                 None if error is None else ErrorInfo.model_validate_json(error),
@@ -173,7 +171,7 @@ def status_of(
     counts = BatchCounts(
         total=len(ids),
         ended=sum(state.ended for state in states),
-        waiting=sum(s.waiting and s.status == "queued" for s in states),
+        waiting=sum(s.waiting for s in states),
         by_status=by_status,
         by_publish=by_publish,
         scheduled=scheduled,
@@ -186,7 +184,7 @@ def status_of(
             article_id=ids[k],
             topic=names[k] if k < len(names) else "",
             status=states[k].status,
-            waiting=states[k].waiting and states[k].status == "queued",
+            waiting=states[k].waiting,
             publish=states[k].publish,
             error=states[k].error,
             earlier_ids=json.loads(found.get(f"earlier:{k}", "[]")),

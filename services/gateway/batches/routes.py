@@ -152,10 +152,12 @@ def _create(
     request_id: str,
     idempotency_key: str | None,
 ) -> JSONResponse:
+    # The request as sent: `check` gives the items their calendar slots, which hang on the
+    # clock (a day's slots still ahead), so a replay a minute later must not see another body.
+    fingerprint = dispatch.fingerprint(body)
     body = dispatch.check(settings, body, lines)
     batch_id = dispatch.new_batch_id()
     if idempotency_key is not None:
-        fingerprint = dispatch.fingerprint(body)
         earlier = store.claim_idempotency(
             dispatch.idempotency_scope(scope), idempotency_key, fingerprint, batch_id
         )
@@ -204,11 +206,19 @@ async def create_batch(
     )
 
 
+def _owned(store: ArticleStore, batch_id: str, scope: str) -> str:
+    """The batch's owner, if it exists and this key may see it (one read; other keys' batches
+    look absent): a 404 otherwise."""
+    owner = record.owner(store, batch_id) if record.BATCH_ID.match(batch_id) else None
+    if owner is None or not may_read(owner, scope):
+        raise NotFound(f"no batch {batch_id!r}", param="id")
+    return owner
+
+
 def _load(
     store: ArticleStore, batch_id: str, scope: str, limit: int = 50, cursor: int = 0
 ) -> BatchStatus:
-    if not record.BATCH_ID.match(batch_id) or not may_read(record.owner(store, batch_id), scope):
-        raise NotFound(f"no batch {batch_id!r}", param="id")
+    _owned(store, batch_id, scope)
     status = record.status_of(store, batch_id, limit, cursor)
     if status is None:
         raise NotFound(f"no batch {batch_id!r}", param="id")
@@ -267,7 +277,7 @@ def list_batches(
 def cancel_batch(
     batch_id: BatchId, scope: KeyDep, store: StoreDep, settings: SettingsDep
 ) -> BatchStatus:
-    _load(store, batch_id, scope, limit=0)
+    _owned(store, batch_id, scope)
     dispatch.cancel(store, settings, batch_id)
     return _load(store, batch_id, scope)
 
@@ -285,7 +295,6 @@ def cancel_batch(
 def retry_batch(
     batch_id: BatchId, request: Request, scope: KeyDep, store: StoreDep, settings: SettingsDep
 ) -> BatchStatus:
-    _load(store, batch_id, scope, limit=0)
-    owner = record.owner(store, batch_id) or scope
+    owner = _owned(store, batch_id, scope)
     dispatch.retry(store, settings, owner, batch_id, request_id_of(request))
     return _load(store, batch_id, scope)

@@ -325,7 +325,10 @@ def _relink(
     """`link_related`: the batch's posts that mention this one get its URL (published again),
     and this post again if a post it mentions got a URL while it was written. After the slot is
     released, so that one of the two always sees the other (docs: batches.links)."""
-    again = links.to_relink(store, article_id, record.target, record.url)
+    others = links.siblings(store, article_id)
+    if others is None:  # not a batch item with `link_related`
+        return
+    again = links.to_relink(store, article_id, others, record.target, record.url)
     if links.stale(store, record, record.target):
         again.append(article_id)
     for other in again:

@@ -22,13 +22,9 @@ from services.ui.publishing import POST_STATUSES, TARGETS
 NO_TARGET = "none"
 CHOICE = "batch-choice"  # the list's widget key, kept in step with `?batch=`
 CURSORS = "batch-cursors"  # session key: the item cursors of the pages before this one
+FETCHED = "batch-fetched"  # session key: the status ``show`` read, for the fragment's first run
 # Shown first in the counts, in this order; any other status follows.
 STATUS_ORDER = ("queued", "writing", "illustrating", "assembling", "awaiting_review")
-
-
-def ended(counts: dict[str, Any]) -> int:
-    """Items that have ended: their article is terminal and its publish, where asked, too."""
-    return int(counts.get("ended", 0))
 
 
 def options_of(
@@ -144,7 +140,7 @@ def label(batch: dict[str, Any]) -> str:
     counts = batch["counts"]
     name = batch.get("name") or batch["id"]
     return (
-        f"{name} · {batch['status']} · {ended(counts)}/{counts['total']} ended · "
+        f"{name} · {batch['status']} · {counts['ended']}/{counts['total']} ended · "
         f"{utc(batch['created_at'])}"
     )
 
@@ -177,7 +173,7 @@ def chooser(current: str | None) -> str | None:
 
 def render_counts(status: dict[str, Any]) -> None:
     counts = status["counts"]
-    total, done = int(counts["total"]), ended(counts)
+    total, done = int(counts["total"]), int(counts["ended"])
     by_status: dict[str, int] = counts.get("by_status") or {}
     st.progress(done / total if total else 0.0, text=f"{done} of {total} items ended")
     columns = st.columns(5)
@@ -261,11 +257,16 @@ def render(status: dict[str, Any], cursors: list[int]) -> None:
     render_items(status, cursors)
 
 
+def fetch(batch_id: str, cursors: list[int]) -> dict[str, Any]:
+    return gateway().batch(batch_id, limit=settings().ui_history_page_size, cursor=cursors[-1])
+
+
 @shows_errors
 def follow(batch_id: str) -> None:
-    """The running batch's view as a fragment: once it ends the whole page runs again."""
+    """The running batch's view as a fragment: once it ends the whole page runs again. Its
+    first run shows what ``show`` just read; each later one reads the batch again."""
     cursors: list[int] = st.session_state.setdefault(CURSORS, [0])
-    status = gateway().batch(batch_id, limit=settings().ui_history_page_size, cursor=cursors[-1])
+    status = st.session_state.pop(FETCHED, None) or fetch(batch_id, cursors)
     if status["status"] != "running":
         st.rerun()
     render(status, cursors)
@@ -273,8 +274,9 @@ def follow(batch_id: str) -> None:
 
 def show(batch_id: str) -> None:
     cursors: list[int] = st.session_state.setdefault(CURSORS, [0])
-    status = gateway().batch(batch_id, limit=settings().ui_history_page_size, cursor=cursors[-1])
+    status = fetch(batch_id, cursors)
     if status["status"] == "running":
+        st.session_state[FETCHED] = status
         st.fragment(run_every=settings().ui_poll_seconds)(follow)(batch_id)
     else:
         render(status, cursors)
