@@ -83,8 +83,7 @@ def test_a_batch_runs_to_success_and_exits_0(batch_stack: Stack, tmp_path: Path)
 
 def test_no_wait_prints_the_id_of_the_batch_as_asked(batch_stack: Stack, tmp_path: Path) -> None:
     path = csv_file(tmp_path, "Cold frames", "Hot beds")
-    result = cli(
-        batch_stack,
+    argv = [
         str(path),
         "--no-wait",
         "--name",
@@ -93,7 +92,8 @@ def test_no_wait_prints_the_id_of_the_batch_as_asked(batch_stack: Stack, tmp_pat
         json.dumps({"language": "de"}),
         "--idempotency-key",
         "frames-1",
-    )
+    ]
+    result = cli(batch_stack, *argv)
     assert result.returncode == 0, result.stderr[-3000:]
     [batch_id] = result.stdout.split()
     status = batch_of(batch_stack, batch_id)
@@ -103,17 +103,7 @@ def test_no_wait_prints_the_id_of_the_batch_as_asked(batch_stack: Stack, tmp_pat
     assert first["batch"]["id"] == batch_id
 
     # The same key and body: the same batch, said so.
-    again = cli(
-        batch_stack,
-        str(path),
-        "--no-wait",
-        "--name",
-        "Frames",
-        "--defaults",
-        json.dumps({"language": "de"}),
-        "--idempotency-key",
-        "frames-1",
-    )
+    again = cli(batch_stack, *argv)
     assert again.returncode == 0 and again.stdout.split() == [batch_id], again.stderr
     assert "already sent with this --idempotency-key" in again.stderr
 

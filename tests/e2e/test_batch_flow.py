@@ -37,6 +37,8 @@ pytestmark = pytest.mark.e2e
 KEY_A, KEY_B = "sk-calendar-a", "sk-calendar-b"
 SLOTS = 3
 REFUSED_TAG = "refuse-me"
+# Items that the tiny models finish in a few seconds: two short sections, one small image.
+SMALL = {"target_words": 100, "sections": 2, "images": {"count": 1, "size": "64x64", "steps": 1}}
 REFUSE_PLUGIN = """<?php
 // Refuses to create one tag, as a site's policy plugin might refuse a post's terms.
 add_filter('rest_pre_dispatch', function ($result, $server, $request) {
@@ -260,12 +262,7 @@ def test_cancelling_half_way_keeps_the_finished_items_and_their_posts(
             "/v1/batches",
             json={
                 "items": [{"topic": f"Composting, step {k}"} for k in range(10)],
-                "defaults": {
-                    "target_words": 100,
-                    "sections": 2,
-                    "images": {"count": 1, "size": "64x64", "steps": 1},
-                    "publish": {"target": "wordpress", "status": "draft"},
-                },
+                "defaults": {**SMALL, "publish": {"target": "wordpress", "status": "draft"}},
                 "webhook": {"url": s.hook_url},
             },
         )
@@ -317,12 +314,7 @@ def test_a_calendar_batch_into_ghost_schedules_its_posts(
             "/v1/batches",
             json={
                 "items": [{"topic": f"Seed saving, part {k}"} for k in range(4)],
-                "defaults": {
-                    "target_words": 100,
-                    "sections": 2,
-                    "images": {"count": 1, "size": "64x64", "steps": 1},
-                    "publish": {"target": "ghost"},
-                },
+                "defaults": {**SMALL, "publish": {"target": "ghost"}},
                 "schedule": {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "every": "12h"},
             },
         )
