@@ -6,10 +6,12 @@ flow to published posts is tests/e2e/test_batch_flow.py."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from http.server import ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -19,9 +21,12 @@ from rq.job import Job
 
 from services.gateway import jobs
 from services.gateway.auth import key_scope
-from services.gateway.batches import record
+from services.gateway.batches import dispatch, record
+from services.gateway.job_base import store_for
+from services.gateway.webhook_jobs import ITEM_EVENT_JOB
 from services.gateway.worker import InProcessWorker
 from tests.gateway.conftest import KEY, OTHER_KEY, make_client
+from tests.webhook_receiver import Receiver
 
 SLOTS = 3
 
@@ -193,6 +198,85 @@ def test_retry_runs_only_the_failed_items_again_as_new_articles(
     assert final["status"] == "failed" and final["retries"] == 1
     # The earlier articles stay as they were, readable by their ids.
     assert api.get(f"/v1/articles/{failed['items'][0]['article_id']}").json()["status"] == "failed"
+
+
+class BatchHooks(Receiver):
+    deliveries: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+
+@pytest.fixture()
+def hook_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    BatchHooks.deliveries = []
+    monkeypatch.setenv("ARTICLEFORGE_WEBHOOK_ALLOW_PRIVATE", "true")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BatchHooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+class WithoutItemEvents(InProcessWorker):
+    """Drops each batch item's event job, as if the worker that held it had died."""
+
+    def perform_job(self, job: Job, queue: Queue, *args: Any) -> bool:
+        if job.func_name == ITEM_EVENT_JOB:
+            return True
+        return bool(super().perform_job(job, queue, *args))
+
+
+def batch_hooks(batch_id: str) -> list[str]:
+    return [
+        json.loads(raw)["type"]
+        for _, raw in BatchHooks.deliveries
+        if json.loads(raw)["data"]["id"] == batch_id
+    ]
+
+
+def test_an_end_cut_short_is_finished_by_the_next_pass_and_announced_once(
+    hook_url: str, api: TestClient, redis_db: redis.Redis
+) -> None:
+    batch = api.post("/v1/batches", json={"items": items(2), "webhook": {"url": hook_url}}).json()
+    queue = Queue(jobs.ARTICLES_QUEUE, connection=redis_db)
+    WithoutItemEvents([queue], connection=redis_db).work(burst=True)
+    assert api.get(f"/v1/batches/{batch['id']}").json()["status"] == "running"  # events lost
+
+    # A process turns the batch `failed`, and dies before it queues the webhook.
+    store = store_for(jobs.settings(), redis_db)
+    assert dispatch.end(store, batch["id"], "failed")
+    job_id = f"{batch['id']}-webhook-0-failed"
+    assert not Job.exists(job_id, connection=redis_db)
+    assert redis_db.sismember(record.RUNNING, batch["id"])
+
+    # The maintenance pass finishes it; another pass and a late item event queue nothing more.
+    dispatch.sweep(redis_db)
+    dispatch.sweep(redis_db)
+    assert dispatch.refresh(store, jobs.settings(), batch["id"]) is None
+    assert queue.get_job_ids().count(job_id) == 1
+    assert redis_db.scard(record.RUNNING) == 0
+    InProcessWorker([queue], connection=redis_db).work(burst=True)
+    assert batch_hooks(batch["id"]) == ["batch.failed"]
+
+
+def test_a_cancel_cut_short_is_finished_by_the_next_pass(
+    hook_url: str, api: TestClient, redis_db: redis.Redis
+) -> None:
+    batch = api.post("/v1/batches", json={"items": items(6), "webhook": {"url": hook_url}}).json()
+    assert batch["counts"]["waiting"] == 6 - SLOTS
+    # The cancel turns the batch `cancelled`, and its process dies before it stops any item.
+    store = store_for(jobs.settings(), redis_db)
+    assert dispatch.end(store, batch["id"], "cancelled")
+
+    dispatch.sweep(redis_db)
+    final = api.get(f"/v1/batches/{batch['id']}").json()
+    assert final["status"] == "cancelled"
+    assert final["counts"]["by_status"] == {"cancelled": 6}
+    assert final["counts"]["waiting"] == 0
+    assert queued_articles(redis_db) == []
+    assert redis_db.llen(record.waiting_key(key_scope(KEY))) == 0
+    assert redis_db.scard(record.RUNNING) == 0
+    run_all(redis_db)  # the webhooks; no item starts
+    assert batch_hooks(batch["id"]) == ["batch.cancelled"]
+    after = api.get(f"/v1/batches/{batch['id']}").json()
+    assert after["counts"]["by_status"] == {"cancelled": 6}
 
 
 def test_an_idempotency_key_replays_the_same_batch_and_refuses_another_body(

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from redis import Redis
 from redis.exceptions import LockError, RedisError
 from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
 
 from services.common.errors import Conflict, Overloaded, Unprocessable
 from services.gateway import jobs
@@ -305,35 +306,55 @@ def item_event_job(article_id: str) -> None:
 
 
 def refresh(store: ArticleStore, config: GatewaySettings, batch_id: str) -> str | None:
-    """Ends the batch once every item has ended; returns the outcome when this call ended it."""
+    """Ends the batch once every item has ended; returns the outcome when this call ended it.
+
+    Ending is two steps: ``end`` turns the status (once, atomically), then ``_finish`` queues
+    the webhook and takes the batch off the running set. A process that dies between the two
+    leaves an ended batch in the running set, and the next call (an item's event or the
+    maintenance pass) finishes it, so the batch's webhook is never lost."""
     found = record.fields(store, batch_id)
     if not found:
         store.redis.srem(record.RUNNING, batch_id)
         return None
-    if found["status"] != "running":
-        store.redis.srem(record.RUNNING, batch_id)
-        return None
-    states = record.item_states(store, record.item_ids(store, batch_id))
-    if not all(state.ended for state in states):
-        return None
-    outcome = "succeeded" if all(state.good for state in states) else "failed"
-    if not end(store, batch_id, outcome):
-        return None
-    announce(store, config, batch_id, f"batch.{outcome}")
-    logger.info("batch %s: %s (%d items)", batch_id, outcome, len(states))
+    outcome = None
+    if found["status"] == "running":
+        states = record.item_states(store, record.item_ids(store, batch_id))
+        if not all(state.ended for state in states):
+            return None
+        outcome = "succeeded" if all(state.good for state in states) else "failed"
+        if not end(store, batch_id, outcome):
+            return None
+        logger.info("batch %s: %s (%d items)", batch_id, outcome, len(states))
+    if store.redis.sismember(record.RUNNING, batch_id):
+        with held(store, batch_id, wait=0) as taken:
+            if taken:  # else a cancel or retry holds it, and finishes or restarts it itself
+                _finish(store, config, batch_id)
     return outcome
 
 
 def end(store: ArticleStore, batch_id: str, outcome: str) -> bool:
+    """Moves a running batch to ``outcome``; False when it had already ended."""
     name = record.key(batch_id)
     changed = bool(store.redis.eval(_END, 1, name, outcome, str(time.time())))
     if changed:
         pipe = store.redis.pipeline()
-        pipe.srem(record.RUNNING, batch_id)
         pipe.expire(name, store.ttl)
         pipe.expire(record.items_key(batch_id), store.ttl)
         pipe.execute()
     return changed
+
+
+def _finish(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
+    """What follows an end, under the batch's lock, safe to run again: a cancelled batch's
+    unfinished items are stopped, the round's webhook is queued (once: its job id is fixed),
+    and the batch leaves the running set. Returns how many items it stopped."""
+    status = record.fields(store, batch_id).get("status")
+    if status in (None, "running") or not store.redis.sismember(record.RUNNING, batch_id):
+        return 0  # gone, started again by a retry, or finished already
+    stopped = _stop_items(store, config, batch_id) if status == "cancelled" else 0
+    announce(store, config, batch_id, f"batch.{status}")
+    store.redis.srem(record.RUNNING, batch_id)
+    return stopped
 
 
 def announce(store: ArticleStore, config: GatewaySettings, batch_id: str, event: str) -> None:
@@ -344,20 +365,22 @@ def announce(store: ArticleStore, config: GatewaySettings, batch_id: str, event:
     if url is None:
         return
     rounds = found.get("retries", "0")
-    message_id = f"msg_{batch_id}_{rounds}_{event.rsplit('.', 1)[-1]}"
+    outcome = event.rsplit(".", 1)[-1]
     intervals = config.webhook_retry_intervals
-    Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
-        batch_webhook_job,
-        batch_id,
-        event,
-        url,
-        message_id,
-        job_id=f"{batch_id}-webhook-{rounds}-{event.rsplit('.', 1)[-1]}",
-        retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-        job_timeout=int(config.webhook_timeout_seconds) + 30,
-        result_ttl=3600,
-        meta={"batch_id": batch_id, "stage": "webhook"},
-    )
+    with contextlib.suppress(DuplicateJobError):  # queued already, by a call that died after
+        Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
+            batch_webhook_job,
+            batch_id,
+            event,
+            url,
+            f"msg_{batch_id}_{rounds}_{outcome}",
+            job_id=f"{batch_id}-webhook-{rounds}-{outcome}",
+            unique=True,
+            retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+            job_timeout=int(config.webhook_timeout_seconds) + 30,
+            result_ttl=3600,
+            meta={"batch_id": batch_id, "stage": "webhook"},
+        )
 
 
 def batch_webhook_job(batch_id: str, event: str, url: str, message_id: str) -> None:
@@ -374,30 +397,43 @@ def batch_webhook_job(batch_id: str, event: str, url: str, message_id: str) -> N
 
 
 @contextlib.contextmanager
-def exclusive(store: ArticleStore, batch_id: str) -> Iterator[None]:
-    """One cancel or retry of a batch at a time (two retries at once would renew an item
-    twice); another waits for it, or is a 409 after 10 s."""
-    lock = store.redis.lock(f"{record.key(batch_id)}:lock", timeout=120, blocking_timeout=10)
-    if not lock.acquire():
-        raise Conflict(f"batch {batch_id} is being cancelled or retried; try again", param="id")
+def held(store: ArticleStore, batch_id: str, wait: float) -> Iterator[bool]:
+    """The batch's lock for one cancel, retry or finish at a time (two retries at once would
+    renew an item twice), waited for up to ``wait`` seconds; yields whether it was taken."""
+    lock = store.redis.lock(f"{record.key(batch_id)}:lock", timeout=120, blocking_timeout=wait)
+    taken = bool(lock.acquire(blocking=wait > 0))
     try:
-        yield
+        yield taken
     finally:
-        with contextlib.suppress(LockError):
-            lock.release()
+        if taken:
+            with contextlib.suppress(LockError):
+                lock.release()
+
+
+@contextlib.contextmanager
+def exclusive(store: ArticleStore, batch_id: str) -> Iterator[None]:
+    """The batch's lock for a request; a 409 after 10 s."""
+    with held(store, batch_id, wait=10) as taken:
+        if not taken:
+            raise Conflict(f"batch {batch_id} is being cancelled or retried; try again", param="id")
+        yield
 
 
 def cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
     """Cancels every item not yet ended (a waiting one never starts); finished items, their
     posts and scheduled publishes stay as they are. Returns how many were cancelled."""
     with exclusive(store, batch_id):
-        return _cancel(store, config, batch_id)
+        if not end(store, batch_id, "cancelled"):
+            status = record.fields(store, batch_id).get("status")
+            raise Conflict(f"batch {batch_id} already {status}; nothing to cancel", param="id")
+        cancelled = _finish(store, config, batch_id)
+    logger.info("batch %s: cancelled (%d items stopped)", batch_id, cancelled)
+    return cancelled
 
 
-def _cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
-    if not end(store, batch_id, "cancelled"):
-        status = record.fields(store, batch_id).get("status")
-        raise Conflict(f"batch {batch_id} already {status}; nothing to cancel", param="id")
+def _stop_items(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
+    """Cancels the items not yet ended and takes the waiting ones off the key's list; returns
+    how many it cancelled (none, the second time)."""
     cancelled, waited = 0, []
     for article_id in record.item_ids(store, batch_id):
         waiting = store.redis.hexists(store.key(article_id), "waiting")
@@ -411,8 +447,6 @@ def _cancel(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
         for article_id in waited:
             pipe.lrem(record.waiting_key(scope), 1, article_id)
         pipe.execute()
-    announce(store, config, batch_id, "batch.cancelled")
-    logger.info("batch %s: cancelled (%d items stopped)", batch_id, cancelled)
     return cancelled
 
 
@@ -428,6 +462,7 @@ def retry(
 def _retry(
     store: ArticleStore, config: GatewaySettings, scope: str, batch_id: str, request_id: str
 ) -> int:
+    _finish(store, config, batch_id)  # the last round's end first, if a crash left it
     found = record.fields(store, batch_id)
     if found.get("status") == "cancelled":
         raise Conflict(f"batch {batch_id} was cancelled; there is nothing to retry", param="id")
@@ -441,8 +476,8 @@ def _retry(
     ]
     if not failed_articles and not failed_publishes:
         raise Conflict(f"batch {batch_id} has no failed items to retry", param="id")
-    # The new work first, the batch `running` after: a maintenance pass in between finds the
-    # batch ended and leaves it, never announcing the old round's end again.
+    # The new work first, the batch `running` after: a pass in between finds the batch ended
+    # and finished, and leaves it.
     for k in failed_articles:
         _renew(store, scope, batch_id, k, ids[k], request_id)
     for k in failed_publishes:
