@@ -47,6 +47,11 @@ from services.text.token_sampler import Sampler
 logger = logging.getLogger(__name__)
 
 
+class WarmupFailed(RuntimeError):
+    """A warm-up step failed: the engine would fail every request the same way, so it never
+    reports ready (and warm-up does not wait for a phase that the step will never reach)."""
+
+
 class TextEngine:
     def __init__(self, settings: TextSettings, loaded: LoadedModel) -> None:
         self.settings = settings
@@ -246,6 +251,8 @@ class TextEngine:
                 launched = self._launch(plan)
             except Exception as exc:  # a failed step fails its requests, not the engine
                 rows = len(plan.decode) + len(plan.prefill)
+                if not self._warm:
+                    raise WarmupFailed(f"a warm-up step of {rows} rows failed: {exc}") from exc
                 logger.exception("text step of %d rows failed", rows)
                 self._fail(plan, exc)
             self.scheduler.advance(plan)

@@ -109,15 +109,19 @@ def _rope_store(  # type: ignore[no-untyped-def]
             slot = tl.load(SLOTS + token)
             dst = slot * stride_slot + kv * DIM
             vsrc = QKV + token * stride_t + (HEADS + KV_HEADS + kv) * DIM
-            va = tl.load(vsrc + half)
-            vb = tl.load(vsrc + DIM // 2 + half)
+            # All in float32 (exact for bf16 values): Triton wants a name's type to be the same
+            # on both sides of the `if`.
+            ka = ra.to(tl.float32)
+            kb = rb.to(tl.float32)
+            va = tl.load(vsrc + half).to(tl.float32)
+            vb = tl.load(vsrc + DIM // 2 + half).to(tl.float32)
             if SATURATE:  # an E4M3 cache: clamp first, so that nothing large becomes NaN
-                ra = tl.minimum(tl.maximum(ra.to(tl.float32), -KV_MAX), KV_MAX)
-                rb = tl.minimum(tl.maximum(rb.to(tl.float32), -KV_MAX), KV_MAX)
-                va = tl.minimum(tl.maximum(va.to(tl.float32), -KV_MAX), KV_MAX)
-                vb = tl.minimum(tl.maximum(vb.to(tl.float32), -KV_MAX), KV_MAX)
-            tl.store(KC + dst + half, ra.to(KC.dtype.element_ty))
-            tl.store(KC + dst + DIM // 2 + half, rb.to(KC.dtype.element_ty))
+                ka = tl.minimum(tl.maximum(ka, -KV_MAX), KV_MAX)
+                kb = tl.minimum(tl.maximum(kb, -KV_MAX), KV_MAX)
+                va = tl.minimum(tl.maximum(va, -KV_MAX), KV_MAX)
+                vb = tl.minimum(tl.maximum(vb, -KV_MAX), KV_MAX)
+            tl.store(KC + dst + half, ka.to(KC.dtype.element_ty))
+            tl.store(KC + dst + DIM // 2 + half, kb.to(KC.dtype.element_ty))
             tl.store(VC + dst + half, va.to(VC.dtype.element_ty))
             tl.store(VC + dst + DIM // 2 + half, vb.to(VC.dtype.element_ty))
 

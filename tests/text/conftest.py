@@ -38,6 +38,22 @@ def ready_client(settings: TextSettings) -> Iterator[TestClient]:
 
 
 @contextmanager
+def refused_readyz(settings: TextSettings) -> Iterator[dict[str, Any]]:
+    """The app started on what it cannot serve: the /readyz body once loading has ended."""
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            reply = client.get("/readyz")
+            assert reply.status_code == 503
+            body: dict[str, Any] = reply.json()
+            if "loading" not in body["error"]["message"]:
+                break
+            assert time.monotonic() < deadline, "the text service is still loading"
+            time.sleep(0.05)
+        yield body
+
+
+@contextmanager
 def live_server(settings: TextSettings) -> Iterator[str]:
     """uvicorn on a free port in a thread: real sockets, real HTTP, this process's metrics."""
     port = free_port()

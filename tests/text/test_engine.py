@@ -29,12 +29,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.text import engine as engine_module
 from services.text.kv_cache import CacheShape, KVCacheManager
 from services.text.llama import LeanLlama, Segment, StepInputs
 from services.text.loading import load_text_model
 from services.text.schemas import Prompt, SamplingParams
 from tests.metrics import sample
-from tests.text.conftest import live_server, make_settings, ready_client
+from tests.text.conftest import live_server, make_settings, ready_client, refused_readyz
 
 # Seeds 3 and 7 run past 1500 tokens on this prompt before the tiny model samples EOS.
 LONG = {"prompt": "Solar", "temperature": 1.0, "max_new_tokens": 1000, "stream": True}
@@ -284,6 +285,31 @@ def test_a_request_cancelled_during_its_prefill_gives_its_pages_back(cache_dir: 
         after = assert_cancelled_and_freed(base, before)
     key = "articleforge_text_generated_tokens_total"
     assert sample(after, key) == sample(before, key), "the prefill ended before the cancel"
+
+
+def test_a_failing_warm_up_step_keeps_the_service_unready_and_says_why(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in warm-up (on a card: a kernel that does not compile) would fail every request
+    the same way; the service says so at /readyz instead of warming up forever."""
+    real_build = engine_module.build_runner
+
+    def build_faulty_runner(*args: Any) -> Any:
+        runner, kv, vocab = real_build(*args)
+
+        def fault(plan: Any, last: Any) -> Any:
+            raise RuntimeError("injected kernel compile error")
+
+        runner.run = fault
+        return runner, kv, vocab
+
+    monkeypatch.setattr(engine_module, "build_runner", build_faulty_runner)
+    settings = make_settings(cache_dir)
+    started = time.monotonic()
+    with refused_readyz(settings) as ready:
+        message = ready["error"]["message"]
+    assert "a warm-up step of 1 rows failed: injected kernel compile error" in message
+    assert time.monotonic() - started < 60
 
 
 # --- the request checks ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from services.text import fp8
 from services.text.fp8 import FP8, FP8_MAX, Fp8Weight
 from services.text.llama import LeanLlama, StepInputs
 from services.text.loading import load_text_model
-from tests.text.conftest import make_settings
+from tests.text.conftest import make_settings, refused_readyz
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IDS = [1, 17, 305, 44, 912, 7, 88, 600, 23, 5, 400, 61]
@@ -108,36 +108,8 @@ def test_fp8_is_refused_on_the_cpu_with_one_sentence(cache_dir: Path, tiny_text_
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"articleforge serve text: {reason}"
     # In process (a TestClient), /readyz names it instead of a traceback.
-    with ready_client_refused(settings) as ready:
+    with refused_readyz(settings) as ready:
         assert ready["error"]["message"] == reason
-
-
-class ready_client_refused:
-    """The app started on a setting it refuses: the /readyz body once loading has ended."""
-
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
-
-    def __enter__(self) -> dict[str, Any]:
-        import time
-
-        from fastapi.testclient import TestClient
-
-        from services.text.app import create_app
-
-        self.client = TestClient(create_app(self.settings)).__enter__()
-        deadline = time.monotonic() + 60
-        while True:
-            reply = self.client.get("/readyz")
-            assert reply.status_code == 503
-            body: dict[str, Any] = reply.json()
-            if "loading" not in body["error"]["message"]:
-                return body
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.__exit__(None, None, None)
 
 
 # --- the lean Llama with FP8 layers ---------------------------------------------------------------
