@@ -166,9 +166,15 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         ref = torch.cat([hf(input_ids=s[None]).logits[0].float().cpu() for s in seqs])
     hf.to(torch.bfloat16)
+    saved = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+
+    def fresh() -> None:  # LeanLlama frees the HF weights it fuses: each variant gets its own
+        hf.load_state_dict({k: v.clone() for k, v in saved.items()}, assign=True)
+
     results: dict[str, Any] = {"positions": int(ref.shape[0])}
     logits: dict[str, torch.Tensor] = {}
     for label, use_fp8 in (("bf16", False), ("w8a8", True)):
+        fresh()
         lean = LeanLlama(hf, [], config.max_position_embeddings, fp8_linears=use_fp8)
         with torch.inference_mode():
             logits[label] = torch.cat([_lean_logits(lean, s).float().cpu() for s in seqs])
@@ -179,6 +185,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
         del lean
         gc.collect()
         torch.cuda.empty_cache()
+    fresh()
     with torch.no_grad():  # weight-only fp8: every block's linear weight rounded through E4M3
         for layer in hf.model.layers:
             for module in layer.modules():
