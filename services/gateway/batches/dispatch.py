@@ -348,24 +348,27 @@ def _finish(store: ArticleStore, config: GatewaySettings, batch_id: str) -> int:
     """What follows an end, under the batch's lock, safe to run again: a cancelled batch's
     unfinished items are stopped, the round's webhook is queued (once: its job id is fixed),
     and the batch leaves the running set. Returns how many items it stopped."""
-    status = record.fields(store, batch_id).get("status")
+    found = record.fields(store, batch_id)
+    status = found.get("status")
     if status in (None, "running") or not store.redis.sismember(record.RUNNING, batch_id):
         return 0  # gone, started again by a retry, or finished already
     stopped = _stop_items(store, config, batch_id) if status == "cancelled" else 0
-    announce(store, config, batch_id, f"batch.{status}")
+    announce(store, config, batch_id, found)
     store.redis.srem(record.RUNNING, batch_id)
     return stopped
 
 
-def announce(store: ArticleStore, config: GatewaySettings, batch_id: str, event: str) -> None:
-    """Queues the batch's webhook for ``event``, once per round (a retry starts another)."""
-    found = record.fields(store, batch_id)
+def announce(
+    store: ArticleStore, config: GatewaySettings, batch_id: str, found: dict[str, str]
+) -> None:
+    """Queues `batch.{status}` for the ended batch whose fields are ``found``, once per round
+    (a retry starts another)."""
     options = BatchOptions.model_validate_json(found["options"])
     url = str(options.webhook.url) if options.webhook else config.webhook_default_url
     if url is None:
         return
-    rounds = found.get("retries", "0")
-    outcome = event.rsplit(".", 1)[-1]
+    rounds, outcome = found.get("retries", "0"), found["status"]
+    event = f"batch.{outcome}"
     intervals = config.webhook_retry_intervals
     with contextlib.suppress(DuplicateJobError):  # queued already, by a call that died after
         Queue(ARTICLES_QUEUE, connection=store.redis).enqueue(
